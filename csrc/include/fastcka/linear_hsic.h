@@ -1,0 +1,110 @@
+// Linear-kernel HSIC from a handful of float64 moments: the math shared by the CPU and CUDA kernels.
+//
+// The moments are taken on column-centred features that were multiplied by exact powers of two sx, sy (so that
+// nothing overflows or goes subnormal); every formula divides the scales back out. With Xc, Yc centred,
+// K = XcXcᵀ, L = YcYcᵀ, dK = diag K (row norms²), trK = Σ dK:
+//   biased   HSIC₀(K,L) = ⟨K,L⟩ / (n−1)²                               (Gretton et al. 2005)
+//   unbiased HSIC₁(K,L) = [⟨K,L⟩ − n/(n−2)·dK·dL + trK·trL/((n−1)(n−2))] / (n(n−3))
+// The unbiased line is Song et al.'s estimator rewritten for centred features (K1 = 0), as in Kornblith et al.'s
+// feature-space debiased CKA; HSIC₁ of a linear kernel does not change when the features are shifted.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "fastcka/macros.h"
+
+namespace fastcka {
+
+// Slots of the float64 moment vector a linear-HSIC forward fills.
+enum LinearMoment : int {
+  kKL = 0,     // ⟨K, L⟩ = ‖XcᵀYc‖²_F
+  kKK = 1,     // ⟨K, K⟩
+  kLL = 2,     // ⟨L, L⟩
+  kDkDl = 3,   // Σ dKᵢ dLᵢ
+  kDkDk = 4,   // Σ dKᵢ²
+  kDlDl = 5,   // Σ dLᵢ²
+  kTrK = 6,    // Σ dKᵢ
+  kTrL = 7,    // Σ dLᵢ
+  kScaleX = 8, // sx (power of two)
+  kScaleY = 9, // sy
+  kNumLinearMoments = 10
+};
+
+// One HSIC from moments of (scaled) kernels; `scale2` is sa²·sb², the factor the scaled moments carry.
+FASTCKA_HD double hsic_from_moments(double kl, double dadb, double tra, double trb, double scale2, int64_t n,
+                                   bool unbiased) {
+  const double nd = static_cast<double>(n);
+  if (!unbiased) return kl / scale2 / ((nd - 1.0) * (nd - 1.0));
+  const double num = kl - nd / (nd - 2.0) * dadb + tra * trb / ((nd - 1.0) * (nd - 2.0));
+  return num / scale2 / (nd * (nd - 3.0));
+}
+
+// out[0..2] = HSIC(K,L), HSIC(K,K), HSIC(L,L).
+FASTCKA_HD void linear_hsic_combine(const double* m, int64_t n, bool unbiased, double* out) {
+  const double sx2 = m[kScaleX] * m[kScaleX], sy2 = m[kScaleY] * m[kScaleY];
+  out[0] = hsic_from_moments(m[kKL], m[kDkDl], m[kTrK], m[kTrL], sx2 * sy2, n, unbiased);
+  out[1] = hsic_from_moments(m[kKK], m[kDkDk], m[kTrK], m[kTrK], sx2 * sx2, n, unbiased);
+  out[2] = hsic_from_moments(m[kLL], m[kDlDl], m[kTrL], m[kTrL], sy2 * sy2, n, unbiased);
+}
+
+// Gradient of g·(HSIC(K,L), HSIC(K,K), HSIC(L,L)) with respect to the centred X side, as
+//   ∂/∂Xcᵢ = a·(Yc Ycᵀ Xc)ᵢ + b·(Xc Xcᵀ Xc)ᵢ + rᵢ·Xcᵢ,
+// computed from the scaled products A' = Yc'Yc'ᵀXc' (= sx·sy²·A) and B' = Xc'Xc'ᵀXc' (= sx³·B) and Xc' = sx·Xc.
+// For the Y side call it with the roles swapped (g_self = g[2], own/other moments swapped).
+struct LinearGradCoef {
+  double a;        // multiplies A'
+  double b;        // multiplies B'
+  double r_const;  // rᵢ = r_const + r_other·dLᵢ' + r_own·dKᵢ'  (multiplies Xc')
+  double r_other;
+  double r_own;
+};
+
+FASTCKA_HD LinearGradCoef linear_grad_coef(double g_cross, double g_self, double s_own, double s_other,
+                                           double tr_own_scaled, double tr_other_scaled, int64_t n,
+                                           bool unbiased) {
+  const double nd = static_cast<double>(n);
+  const double so2 = s_own * s_own, st2 = s_other * s_other;
+  const double norm = unbiased ? 1.0 / (nd * (nd - 3.0)) : 1.0 / ((nd - 1.0) * (nd - 1.0));
+  LinearGradCoef c;
+  c.a = 2.0 * g_cross * norm / (s_own * st2);
+  c.b = 4.0 * g_self * norm / (s_own * so2);
+  if (!unbiased) {
+    c.r_const = c.r_other = c.r_own = 0.0;
+    return c;
+  }
+  const double tr_own = tr_own_scaled / so2, tr_other = tr_other_scaled / st2;
+  // rᵢ (unscaled Xc) = norm·[−2n/(n−2)(g_cross·dLᵢ + 2 g_self·dKᵢ) + 2/((n−1)(n−2))(g_cross·trL + 2 g_self·trK)];
+  // Xc' carries sx and dK', dL' carry sx², sy².
+  const double k1 = -2.0 * nd / (nd - 2.0) * norm / s_own;
+  const double k2 = 2.0 / ((nd - 1.0) * (nd - 2.0)) * norm / s_own;
+  c.r_other = k1 * g_cross / st2;
+  c.r_own = k1 * 2.0 * g_self / so2;
+  c.r_const = k2 * (g_cross * tr_other + 2.0 * g_self * tr_own);
+  return c;
+}
+
+// Power-of-two multiplier that brings max|x| into [0.5, 1): exact, and keeps Grams of the result finite and normal.
+FASTCKA_HD double pow2_normaliser(double maxabs) {
+  if (!(maxabs > 0.0) || maxabs > 1.79e308) return 1.0;  // zero, NaN or inf: leave the data as it is
+  int e = 0;
+  // frexp is host/device in both libstdc++ and CUDA's math library.
+  (void)frexp(maxabs, &e);
+  return ldexp(1.0, -e);
+}
+
+}  // namespace fastcka
+
+namespace fastcka {
+
+// Path choice for linear HSIC: 0 = auto, 1 = feature space (p×p, q×q, p×q Grams), 2 = sample space (n×n Grams).
+enum LinearPath : int { kPathAuto = 0, kPathFeature = 1, kPathSample = 2 };
+
+// Auto picks the smaller multiply count: feature n(p² + q² + pq) against sample n²(p + q).
+FASTCKA_HD bool use_sample_space(int64_t method, int64_t n, int64_t p, int64_t q) {
+  if (method != kPathAuto) return method == kPathSample;
+  const double nd = static_cast<double>(n), pd = static_cast<double>(p), qd = static_cast<double>(q);
+  return nd * nd * (pd + qd) < nd * (pd * pd + qd * qd + pd * qd);
+}
+
+}  // namespace fastcka

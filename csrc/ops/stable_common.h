@@ -1,0 +1,51 @@
+// Torch-facing helpers shared by every op file: stable-ABI includes, checks, dtype dispatch, small tensor utilities.
+// The math itself lives in csrc/include/fastcka/ (torch-free); this file only moves tensors around.
+#pragma once
+
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/Exception.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace fastcka {
+
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+// Float and double kernels only: the Python layer upcasts half and bfloat16 to float32 before calling an op.
+#define FASTCKA_DISPATCH_FLOATING(st, name, ...)                                        \
+  [&] {                                                                                \
+    if ((st) == ScalarType::Double) {                                                  \
+      using scalar_t = double;                                                         \
+      return __VA_ARGS__();                                                            \
+    }                                                                                  \
+    STD_TORCH_CHECK((st) == ScalarType::Float, name, ": expected float32 or float64"); \
+    using scalar_t = float;                                                            \
+    return __VA_ARGS__();                                                              \
+  }()
+
+inline Tensor as_contiguous(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+
+inline Tensor transposed(const Tensor& t) { return torch::stable::transpose(t, 0, 1); }
+
+inline Tensor mm(const Tensor& a, const Tensor& b) { return torch::stable::matmul(a, b); }
+
+inline Tensor empty_like_shape(const Tensor& like, std::vector<int64_t> sizes, ScalarType dtype) {
+  return torch::stable::new_empty(like, torch::headeronly::IntHeaderOnlyArrayRef(sizes.data(), sizes.size()), dtype);
+}
+
+inline Tensor zeros_f64(const Tensor& like, int64_t size) {
+  Tensor t = empty_like_shape(like, {size}, ScalarType::Double);
+  torch::stable::zero_(t);
+  return t;
+}
+
+inline void check_matrix(const Tensor& t, const char* op, const char* arg) {
+  STD_TORCH_CHECK(t.dim() == 2, op, ": ", arg, " must be 2-D (n, features)");
+}
+
+}  // namespace fastcka

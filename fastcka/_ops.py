@@ -1,0 +1,47 @@
+"""Loads the compiled extension and registers, for every fastcka op, its fake kernel (shapes for torch.compile and
+meta tensors) and its autograd formula (a call to the op's own `_<op>_backward` schema)."""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (importing the library registers the ops with the dispatcher)
+except ImportError as e:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "fastcka's compiled extension (fastcka._C) is missing: install with "
+        "`pip install --no-build-isolation -e .` in an environment that has torch (see README)."
+    ) from e
+
+ops = torch.ops.fastcka
+
+# Every public op; CI checks that each has a CPU and a CUDA kernel registered (tests/test_registration.py).
+OP_NAMES = ("linear_hsic", "_linear_hsic_backward")
+
+
+# --- linear_hsic ----------------------------------------------------------------------------------------------------
+@torch.library.register_fake("fastcka::linear_hsic")
+def _linear_hsic_fake(x, y, unbiased, method):
+    torch._check(x.dim() == 2 and y.dim() == 2)
+    torch._check(x.shape[0] == y.shape[0])
+    return x.new_empty((3,), dtype=torch.float64)
+
+
+@torch.library.register_fake("fastcka::_linear_hsic_backward")
+def _linear_hsic_backward_fake(grad, x, y, unbiased, method):
+    return torch.empty_like(x), torch.empty_like(y)
+
+
+def _linear_hsic_setup(ctx, inputs, output):
+    x, y, unbiased, method = inputs
+    ctx.save_for_backward(x, y)
+    ctx.unbiased, ctx.method = unbiased, method
+
+
+def _linear_hsic_bwd(ctx, grad):
+    x, y = ctx.saved_tensors
+    dx, dy = ops._linear_hsic_backward(grad.to(torch.float64).contiguous(), x, y, ctx.unbiased, ctx.method)
+    return dx, dy, None, None
+
+
+torch.library.register_autograd("fastcka::linear_hsic", _linear_hsic_bwd, setup_context=_linear_hsic_setup)

@@ -1,0 +1,119 @@
+"""The public functions: validate the input, pick the path, call one op.
+
+Shapes: ``x`` of shape (n, ...) and ``y`` of shape (n, ...) hold one example per row; everything after the first
+dim is flattened, so (n, p), (n, seq, d) and (n, C, H, W) feature maps all work (a 4-D map becomes C·H·W features).
+
+Dtypes: float32 and float64 compute in their own precision with float64 reductions; float16 and bfloat16 are
+accepted and computed in float32 (the result is then float32). Mixed dtypes are promoted. Integer, bool and
+complex inputs raise TypeError.
+
+Results are 0-d tensors on the input's device: nothing here reads a value back to the host, so the functions are
+safe on a training step's hot path. NaN or Inf anywhere in the input gives NaN (checking would cost a host sync).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ._ops import ops
+
+Tensor = torch.Tensor
+
+KERNELS = ("linear", "rbf")
+LINEAR_METHODS = {"auto": 0, "feature": 1, "sample": 2}
+
+__all__ = ["hsic", "cka", "hsic_terms"]
+
+
+def _as_matrix(t: Tensor, name: str) -> Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_complex() or not t.is_floating_point():
+        raise TypeError(f"{name} must be a real floating-point tensor (float16/bfloat16/float32/float64), got {t.dtype}")
+    if t.dim() == 0:
+        raise ValueError(f"{name} must have shape (n, ...) with one example per row, got a 0-d tensor")
+    if t.dim() == 1:
+        t = t[:, None]
+    t = t.reshape(t.shape[0], -1)
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} has no features: shape {tuple(t.shape)}")
+    return t
+
+
+def _compute_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    return torch.float64 if torch.float64 in (a, b) else torch.float32
+
+
+def _prepare_pair(x: Tensor, y: Tensor, unbiased: bool) -> Tuple[Tensor, Tensor]:
+    xm, ym = _as_matrix(x, "x"), _as_matrix(y, "y")
+    if xm.device != ym.device:
+        raise ValueError(f"x and y must be on the same device, got x on {xm.device} and y on {ym.device}")
+    if xm.shape[0] != ym.shape[0]:
+        raise ValueError(
+            f"x and y must have the same number of examples (first dim): x has shape {tuple(x.shape)}, "
+            f"y has shape {tuple(y.shape)}"
+        )
+    need = 4 if unbiased else 2
+    if xm.shape[0] < need:
+        kind = "the unbiased (debiased) estimator" if unbiased else "HSIC/CKA"
+        raise ValueError(f"{kind} needs at least {need} examples, got n={xm.shape[0]}")
+    dt = _compute_dtype(xm.dtype, ym.dtype)
+    return xm.to(dt), ym.to(dt)
+
+
+def _check_kernel(kernel: str, method: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; known kernels: {', '.join(KERNELS)}")
+    if kernel == "linear" and method not in LINEAR_METHODS:
+        raise ValueError(f"unknown method {method!r} for the linear kernel; known: {', '.join(LINEAR_METHODS)}")
+
+
+def hsic_terms(
+    x: Tensor, y: Tensor, kernel: str = "linear", unbiased: bool = False, method: str = "auto"
+) -> Tensor:
+    """float64 tensor [HSIC(K,L), HSIC(K,K), HSIC(L,L)]: the three numbers CKA is made of."""
+    _check_kernel(kernel, method)
+    xm, ym = _prepare_pair(x, y, unbiased)
+    if kernel == "rbf":
+        raise NotImplementedError("the RBF kernel arrives with the tiled HSIC op")
+    return ops.linear_hsic(xm, ym, bool(unbiased), LINEAR_METHODS[method])
+
+
+def hsic(
+    x: Tensor, y: Tensor, kernel: str = "linear", unbiased: bool = False, method: str = "auto"
+) -> Tensor:
+    """Hilbert-Schmidt independence criterion between the representations ``x`` (n, ...) and ``y`` (n, ...).
+
+    Biased (Gretton et al. 2005): tr(K H L H)/(n−1)². Unbiased (Song et al. 2012, ``unbiased=True``, n ≥ 4).
+    ``method`` picks the linear-kernel path: "feature" (p×p Grams, O(n(p²+q²+pq))), "sample" (n×n Grams,
+    O(n²(p+q))) or "auto" (the cheaper). Returns a 0-d tensor on the input's device, differentiable.
+    """
+    h = hsic_terms(x, y, kernel, unbiased, method)
+    return h[0].to(_compute_dtype(x.dtype, y.dtype))
+
+
+def cka(
+    x: Tensor, y: Tensor, kernel: str = "linear", unbiased: bool = False, method: str = "auto"
+) -> Tensor:
+    """Centered kernel alignment (Kornblith et al. 2019) between ``x`` (n, ...) and ``y`` (n, ...).
+
+    CKA = HSIC(K,L)/√(HSIC(K,K)·HSIC(L,L)). The biased CKA lies in [0, 1]; with ``unbiased=True`` (the debiased CKA
+    of Kornblith et al., Song et al.'s HSIC₁, n ≥ 4) it may dip slightly below 0 by estimator noise: it is reported
+    as computed, never clamped. A representation with no variation (all rows equal), or whose debiased self-HSIC is
+    not positive, has CKA 0 with anything, on every path.
+
+    Invariant to orthogonal transforms and isotropic scaling of either side and to shifts (features are centred in
+    float64 before any product, so a mean 10⁴ times the spread costs no digits in float32).
+    Returns a 0-d tensor on the input's device (float64 for float64 input, else float32), differentiable.
+    """
+    h = hsic_terms(x, y, kernel, unbiased, method)
+    return cka_from_terms(h).to(_compute_dtype(x.dtype, y.dtype))
+
+
+def cka_from_terms(h: Tensor) -> Tensor:
+    """h[..., 0] / √(h[..., 1]·h[..., 2]), and 0 where the product is not positive (no host sync)."""
+    denom = h[..., 1] * h[..., 2]
+    pos = denom > 0
+    return torch.where(pos, h[..., 0] / torch.sqrt(torch.where(pos, denom, torch.ones_like(denom))), torch.zeros_like(denom))

@@ -1,0 +1,91 @@
+"""Builds fastcka._C: the CPU kernels always, the CUDA kernels when torch has CUDA and nvcc is found.
+
+Knobs (environment):
+  FASTCKA_FORCE_CUDA=1   build the CUDA kernels even if the check below says no (fails loudly if it cannot)
+  FASTCKA_NO_CUDA=1      never build them
+  FASTCKA_CUDA_ARCHS     semicolon list of compute capabilities, default "80;90" (PTX is embedded for the newest)
+  MAX_JOBS               parallel compile jobs (torch's BuildExtension honours it)
+
+The CUDA decision never asks `torch.cuda.is_available()`: a GPU-less builder must still ship the CUDA kernels.
+Everything is written against the LibTorch stable ABI (torch >= 2.10), so one abi3 wheel serves torch >= 2.10 and
+Python >= 3.10.
+"""
+
+import glob
+import os
+import shutil
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join("csrc")
+TORCH_TARGET = "-DTORCH_TARGET_VERSION=0x020a000000000000"  # stable ABI of torch 2.10
+PY_LIMITED = "-DPy_LIMITED_API=0x030a0000"
+
+
+def want_cuda() -> bool:
+    if os.environ.get("FASTCKA_NO_CUDA") == "1":
+        return False
+    if os.environ.get("FASTCKA_FORCE_CUDA") == "1":
+        return True
+    nvcc = shutil.which("nvcc") or (CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")))
+    return bool(torch.version.cuda) and bool(nvcc)
+
+
+def nvidia_pip_dirs():
+    """Include and library dirs of the pip `nvidia/*` packages that the CUDA torch wheel installs (the toolkit
+    here has nvcc and the runtime headers only)."""
+    incs, libs = [], []
+    try:
+        import nvidia  # namespace package shipped by the CUDA torch wheel's dependencies
+    except ImportError:
+        return incs, libs
+    for base in list(nvidia.__path__):
+        incs += sorted(glob.glob(os.path.join(base, "*", "include")))
+        libs += sorted(glob.glob(os.path.join(base, "*", "lib")))
+    return incs, libs
+
+
+def torch_arch_list(archs: str) -> str:
+    """'80;90' -> '8.0;9.0+PTX' (torch's BuildExtension turns it into -gencode flags; PTX for the newest)."""
+    caps = [a.strip().replace(".", "") for a in archs.split(";") if a.strip()]
+    names = [f"{c[:-1]}.{c[-1]}" for c in caps]
+    names[-1] += "+PTX"
+    return ";".join(names)
+
+
+def extensions():
+    cuda = want_cuda()
+    sources = sorted(glob.glob(os.path.join(CSRC, "ops", "*.cpp")) + glob.glob(os.path.join(CSRC, "ops", "cpu", "*.cpp")))
+    include_dirs = [os.path.join(ROOT, CSRC, "include"), os.path.join(ROOT, CSRC, "ops")]
+    cxx = ["-O3", "-std=c++17", TORCH_TARGET, PY_LIMITED, "-fvisibility=hidden"]
+    if os.environ.get("FASTCKA_NATIVE") == "1":
+        cxx.append("-march=native")
+    kwargs = dict(include_dirs=include_dirs, py_limited_api=True)
+    if not cuda:
+        return [CppExtension("fastcka._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)]
+    sources += sorted(glob.glob(os.path.join(CSRC, "ops", "cuda", "*.cu")))
+    incs, libs = nvidia_pip_dirs()
+    archs = os.environ.get("FASTCKA_CUDA_ARCHS", "80;90")
+    nvcc = ["-O3", "-std=c++17", TORCH_TARGET, "-DUSE_CUDA", "-DFASTCKA_WITH_CUDA", "--expt-relaxed-constexpr"]
+    os.environ["TORCH_CUDA_ARCH_LIST"] = torch_arch_list(archs)
+    kwargs["include_dirs"] = include_dirs + incs
+    return [
+        CUDAExtension(
+            "fastcka._C",
+            sources,
+            extra_compile_args={"cxx": cxx + ["-DUSE_CUDA", "-DFASTCKA_WITH_CUDA"], "nvcc": nvcc},
+            library_dirs=libs,
+            **kwargs,
+        )
+    ]
+
+
+setup(
+    packages=find_packages(include=["fastcka", "fastcka.*"]),
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)
