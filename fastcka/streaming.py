@@ -1,0 +1,768 @@
+"""Exact streaming CKA: accumulate additive states one minibatch at a time, across ranks, then compute.
+
+Two families, each in a pair form and a matrix form (every layer against every layer):
+
+* :class:`LinearCKA` / :class:`LinearCKAMatrix` — the **exact** linear CKA (biased or debiased) of the whole
+  stream, as if all examples had been stacked into one matrix. The states are additive sums
+  (``../shared/DESIGN.md`` §1, "Streaming, exact"); centering happens only in :meth:`compute`.
+* :class:`MinibatchCKA` / :class:`MinibatchCKAMatrix` — minibatch CKA (Nguyen et al. 2021):
+  Σ_b HSIC₁(K_b, L_b) / √(Σ_b HSIC₁(K_b, K_b) · Σ_b HSIC₁(L_b, L_b)), linear or RBF kernel. This is a different
+  estimator (it is not the CKA of the stacked data); its states, the three HSIC₁ sums, are additive too.
+
+All four follow the torchmetrics shape: ``update(...)``, ``compute()``, ``reset()``, ``merge(other)``,
+``state_dict()`` / ``load_state_dict()``, ``sync(group)`` / ``unsync()``. States live on the device of the first
+batch; ``update`` launches device work only (no host synchronisation; the checks use shapes alone).
+
+Linear states
+-------------
+For representations X₁ … X_L (rows are examples, X_l of width p_l) the accumulator keeps, in float64,
+
+    n and  M = Σ_batches Zᵀ Z,   Z = [1, X₁ − c₁, …, X_L − c_L, a₁, …, a_L],   a_l,i = ‖x_l,i − c_l‖²,
+
+one (D × D) moment matrix with D = 1 + Σ p_l (+ L for the debiased form, which needs the row-norm columns a_l).
+It holds every state the formulas need: the count (M₀₀), the column sums (M₀,x), all cross-products X_lᵀX_m, and
+for the debiased form Σ a_l, Σ a_l x_m (vectors) and Σ a_l a_m. The shift c is the first example seen (so a
+constant representation gives exactly zero states and CKA 0); with it, data whose mean is 10³ times its spread
+loses no digits to the raw-moment cancellation. Accumulators with different shifts (other ranks, :meth:`merge`)
+are brought to a common shift exactly: Z' = Z T for a (D × D) matrix T, so M' = Tᵀ M T.
+
+At :meth:`compute`, with μ_l = (column sums)/n:
+
+* centred cross-products  C_lm = X_lᵀX_m − n μ_l μ_mᵀ  (= X_l,cᵀ X_m,c), biased HSIC ∝ ‖C_lm‖²_F;
+* debiased (Kornblith et al.'s feature-space form, ``reference.feature_space_linear_cka(debiased=True)``):
+  with the centred row norms d_l,i = ‖x_l,i − x̄_l‖² (x̄_l the mean),
+
+      HSIC₁ ∝ ‖C_lm‖²_F − n/(n−2) Σᵢ d_l,i d_m,i + (Σᵢ d_l,i)(Σᵢ d_m,i) / ((n−1)(n−2)).
+
+  In shifted coordinates d_l,i = a_l,i − 2 μ_l·x_l,i + ‖μ_l‖² is linear in the columns of Z: d_l = Z w_l with
+  w_l = (‖μ_l‖² at the 1-column, −2μ_l at X_l's columns, 1 at a_l's column). Hence, exactly,
+
+      Σᵢ d_l,i d_m,i = w_lᵀ M w_m      and      Σᵢ d_l,i = (M w_l)₀.
+
+  Expanded, this uses Σ a_l a_m, the vectors Σ a_l x_m, the moment matrices and the column sums: the minimal
+  additive set for the debiased form.
+
+CKA is 0 where a self-HSIC is ≤ 0 (a constant representation), as in :mod:`fastcka.reference`.
+
+The update is one function, :func:`_moment_update` (one float64 GEMM on the concatenated [1, X − c, a]): it is
+the piece meant to become a single C++ op.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+Tensor = torch.Tensor
+
+__all__ = ["LinearCKA", "LinearCKAMatrix", "MinibatchCKA", "MinibatchCKAMatrix"]
+
+_F64 = torch.float64
+_STATE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# small helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _as_rows(x: Any, name: str) -> Tensor:
+    """(n, ...) -> (n, features) view/copy; a 1-D input is one feature per example. Validates type and dtype."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"{name} must be a real tensor, got dtype {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have shape (n, ...) with examples along dim 0, got a 0-d tensor")
+    if x.dim() == 1:
+        x = x[:, None]
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+
+def _block_indicator(widths: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """B (F × L) with B[j, l] = 1 when feature j belongs to representation l."""
+    ids = torch.repeat_interleave(torch.arange(len(widths), device=device), torch.tensor(list(widths), device=device))
+    return torch.nn.functional.one_hot(ids, len(widths)).to(dtype)
+
+
+def _cka_from_hsic_matrix(h: Tensor) -> Tensor:
+    """CKA_lm = h_lm / √(h_ll h_mm), 0 where h_ll h_mm ≤ 0 (the reference convention). No host sync."""
+    d = torch.diagonal(h)
+    den = torch.outer(d, d)
+    pos = den > 0
+    return torch.where(pos, h / torch.sqrt(torch.where(pos, den, torch.ones_like(den))), torch.zeros_like(h))
+
+
+def _dist_active() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _collective_device(group: Any) -> torch.device:
+    """Device for collectives on a rank that holds no state yet (it saw no data): CUDA for NCCL, else CPU."""
+    backend = str(torch.distributed.get_backend(group)).lower()
+    if "nccl" in backend and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_gather_meta(meta: Dict[str, Any], group: Any) -> List[Dict[str, Any]]:
+    world = torch.distributed.get_world_size(group)
+    out: List[Any] = [None] * world
+    torch.distributed.all_gather_object(out, meta, group=group)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the linear moment states: update, re-shift, compute (pure functions on tensors)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _moment_update(moments: Tensor, shift: Tensor, reps: Sequence[Tensor], blocks: Optional[Tensor]) -> None:
+    """``moments += Zᵀ Z`` in place, Z = [1, X − c, a] in float64 (a = per-representation ‖x − c‖², present
+    when ``blocks`` (the F × L block indicator) is given, i.e. for the debiased form).
+
+    This is the whole per-batch update — a concatenation, a shift, optionally a row-norm reduction and one
+    float64 GEMM — written to move into one C++ op (``fastcka::moment_update``) unchanged.
+    """
+    b = reps[0].shape[0]
+    x = torch.cat([r.to(_F64) for r in reps], 1) if len(reps) > 1 else reps[0].to(_F64)
+    x = x - shift
+    cols = [x.new_ones(b, 1), x]
+    if blocks is not None:
+        cols.append((x * x) @ blocks)
+    z = torch.cat(cols, 1)
+    moments.addmm_(z.T, z)
+
+
+def _reshift(moments: Tensor, old: Tensor, new: Tensor, blocks: Tensor, with_norms: bool) -> Tensor:
+    """Moments about shift ``old`` -> the same moments about shift ``new`` (exact linear map M' = Tᵀ M T)."""
+    d = (new - old).to(moments.device, _F64)
+    f = d.numel()
+    t = torch.eye(moments.shape[0], dtype=_F64, device=moments.device)
+    t[0, 1 : 1 + f] = -d  # x' = x − d·1
+    if with_norms:  # a' = a − 2 d·x + ‖d‖²
+        t[0, 1 + f :] = (d * d) @ blocks
+        t[1 : 1 + f, 1 + f :] = -2.0 * d[:, None] * blocks
+    return t.T @ moments @ t
+
+
+def _linear_hsic_from_moments(n: int, moments: Tensor, blocks: Tensor, debiased: bool) -> Tensor:
+    """(L × L) matrix of the (unnormalised) HSIC between every pair of representations; see the module docstring."""
+    f, nl = blocks.shape
+    s = moments[0, 1 : 1 + f]
+    c = moments[1 : 1 + f, 1 : 1 + f] - torch.outer(s, s) / n  # centred cross-products X_cᵀ Y_c
+    fro = blocks.T @ (c * c) @ blocks  # ‖C_lm‖²_F
+    if not debiased:
+        return fro
+    mu = s / n
+    w = torch.zeros(moments.shape[0], nl, dtype=_F64, device=moments.device)
+    w[0] = (mu * mu) @ blocks
+    w[1 : 1 + f] = -2.0 * mu[:, None] * blocks
+    w[1 + f :] = torch.eye(nl, dtype=_F64, device=moments.device)
+    mw = moments @ w
+    dd = w.T @ mw  # Σᵢ d_l,i d_m,i (centred row norms)
+    tr = mw[0]  # Σᵢ d_l,i
+    return fro - (n / (n - 2.0)) * dd + torch.outer(tr, tr) / ((n - 1.0) * (n - 2.0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the per-batch HSIC₁ used by minibatch CKA (the one switch point to the fused op)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _hsic1(x: Tensor, y: Tensor, kernel: str, sigma_x: Optional[float], sigma_y: Optional[float]) -> Tensor:
+    """Unbiased HSIC₁(K(x), L(y)) of one minibatch as a 0-d tensor. The only place that does kernel HSIC math:
+    it calls the fused op ``fastcka.hsic`` when the extension provides it, else the float64 reference."""
+    import fastcka
+
+    op = getattr(fastcka, "hsic", None)
+    if op is not None and (kernel == "linear" or sigma_x == sigma_y):
+        return op(x, y, kernel=kernel, unbiased=True, sigma=sigma_x)
+    from fastcka import reference as ref
+
+    if kernel == "linear":
+        k, l = ref.gram_linear(x), ref.gram_linear(y)
+    else:
+        k, l = ref.gram_rbf(x, sigma_x), ref.gram_rbf(y, sigma_y)
+    return ref.hsic1(k.cpu(), l.cpu()).to(x.device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shared accumulator plumbing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Accumulator:
+    """Common plumbing: representation checks, sync/unsync bookkeeping, reset."""
+
+    _kind = "accumulator"
+
+    def __init__(self, num_layers: Optional[int], names: Optional[Sequence[str]]) -> None:
+        if num_layers is not None and (not isinstance(num_layers, int) or num_layers < 1):
+            raise ValueError(f"num_layers must be a positive int or None, got {num_layers!r}")
+        if names is not None:
+            names = tuple(str(s) for s in names)
+            if num_layers is not None and len(names) != num_layers:
+                raise ValueError(f"names has {len(names)} entries but num_layers={num_layers}")
+            num_layers = len(names)
+        self.num_layers: Optional[int] = num_layers
+        self.names: Optional[Tuple[str, ...]] = names
+        self.reset()
+
+    # -- to be provided by subclasses --------------------------------------------------------------------------
+    def reset(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # -- input handling ------------------------------------------------------------------------------------------
+    def _rep_name(self, i: int) -> str:
+        if self.names is not None:
+            return self.names[i]
+        return f"reps[{i}]"
+
+    def _prepare(self, reps: Sequence[Any]) -> List[Tensor]:
+        """Flatten to (n, features), check counts, row counts and widths against the first batch."""
+        if self.num_layers is not None and len(reps) != self.num_layers:
+            raise ValueError(f"expected {self.num_layers} representations per update, got {len(reps)}")
+        if len(reps) < 1:
+            raise ValueError("update() needs at least one representation")
+        mats = [_as_rows(r, self._rep_name(i)) for i, r in enumerate(reps)]
+        n0 = mats[0].shape[0]
+        for i, m in enumerate(mats[1:], 1):
+            if m.shape[0] != n0:
+                raise ValueError(
+                    f"{self._rep_name(i)} has {m.shape[0]} examples but {self._rep_name(0)} has {n0}: "
+                    "every representation of a batch needs the same number of rows (examples)"
+                )
+            if m.device != mats[0].device:
+                raise ValueError(f"{self._rep_name(i)} is on {m.device} but {self._rep_name(0)} is on {mats[0].device}")
+        widths = getattr(self, "_widths", None)
+        if widths is not None:
+            for i, m in enumerate(mats):
+                if m.shape[1] != widths[i]:
+                    raise ValueError(
+                        f"{self._rep_name(i)} has {m.shape[1]} features per example but the first batch had "
+                        f"{widths[i]}: the width of a representation must not change between batches"
+                    )
+        return mats
+
+    # -- distributed ---------------------------------------------------------------------------------------------
+    @property
+    def synced(self) -> bool:
+        """True while :meth:`compute` returns the global (all-rank) value from the last :meth:`sync`."""
+        return self._synced is not None
+
+    def unsync(self) -> "_Accumulator":
+        """Drop the global view from :meth:`sync`; :meth:`compute` then uses the local states again."""
+        self._synced = None
+        return self
+
+    def _check_merge(self, other: "_Accumulator") -> None:
+        if type(other) is not type(self):
+            raise TypeError(f"merge() needs another {type(self).__name__}, got {type(other).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# exact linear CKA
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class LinearCKAMatrix(_Accumulator):
+    """Exact streaming linear CKA between every pair of L representations (e.g. all layers of a network).
+
+    Each :meth:`update` takes the L representations of one minibatch (same number of rows, any widths; inputs of
+    shape (n, ...) are flattened to (n, features)); :meth:`compute` returns the (L × L) matrix of the linear CKA of
+    the whole stream — the value :func:`fastcka.reference.linear_cka` gives on all rows stacked (biased), or the
+    debiased CKA (``debiased=True``, HSIC₁ in Kornblith et al.'s feature-space form). See the module docstring
+    for the states and formulas.
+
+    Cost: one float64 GEMM of a (b × D) matrix per batch, D = 1 + Σ p_l (+ L if debiased); memory D² float64 for
+    the state. States are kept on the first batch's device and accumulate under ``torch.no_grad``.
+
+    Args:
+        num_layers: number of representations per update (inferred from the first update when ``None``).
+        debiased: compute the debiased CKA (needs n ≥ 4 examples in total) instead of the biased one (n ≥ 2).
+        names: optional names of the representations, used in error messages (sets ``num_layers``).
+
+    Example::
+
+        acc = LinearCKAMatrix(num_layers=3)
+        for batch in loader:
+            acc.update(h0(batch), h1(batch), h2(batch))
+        acc.sync()            # no-op without torch.distributed
+        cka = acc.compute()   # (3, 3) float64
+    """
+
+    _kind = "LinearCKAMatrix"
+
+    def __init__(
+        self, num_layers: Optional[int] = None, *, debiased: bool = False, names: Optional[Sequence[str]] = None
+    ) -> None:
+        self.debiased = bool(debiased)
+        super().__init__(num_layers, names)
+
+    # -- state -----------------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every state (and any synced view); widths are re-learned from the next batch."""
+        self._widths: Optional[Tuple[int, ...]] = None
+        self._n: int = 0
+        self._shift: Optional[Tensor] = None
+        self._moments: Optional[Tensor] = None
+        self._blocks: Optional[Tensor] = None
+        self._synced: Optional[Tuple[int, Tensor, Tensor]] = None
+
+    @property
+    def n(self) -> int:
+        """Number of examples accumulated locally (a host-side int, known without a device sync)."""
+        return self._n
+
+    @property
+    def widths(self) -> Optional[Tuple[int, ...]]:
+        """Feature widths of the representations (``None`` before the first non-empty batch)."""
+        return self._widths
+
+    @property
+    def device(self) -> Optional[torch.device]:
+        return None if self._moments is None else self._moments.device
+
+    def _dim(self, widths: Sequence[int]) -> int:
+        return 1 + sum(widths) + (len(widths) if self.debiased else 0)
+
+    def _init_states(self, widths: Tuple[int, ...], shift: Tensor, device: torch.device) -> None:
+        self._widths = widths
+        if self.num_layers is None:
+            self.num_layers = len(widths)
+        self._shift = shift.to(device, _F64)
+        d = self._dim(widths)
+        self._moments = torch.zeros(d, d, dtype=_F64, device=device)
+        self._blocks = _block_indicator(widths, _F64, device)
+
+    # -- update ------------------------------------------------------------------------------------------------
+    def update(self, *reps: Tensor) -> None:
+        """Add one minibatch: ``update(x0, x1, ..., x_{L-1})`` (or one list/tuple of them). Rows are examples.
+
+        Raises ValueError when a representation's width differs from the first batch's (naming both widths),
+        when the representations disagree in their number of rows, or when their count changes. A batch with no
+        rows is accepted and changes nothing.
+        """
+        if len(reps) == 1 and isinstance(reps[0], (list, tuple)):
+            reps = tuple(reps[0])
+        mats = self._prepare(reps)
+        b = mats[0].shape[0]
+        if b == 0:
+            return
+        with torch.no_grad():
+            if self._moments is None:
+                shift = torch.cat([m[0].to(_F64) for m in mats])  # the first example: exact zeros for constants
+                self._init_states(tuple(m.shape[1] for m in mats), shift, mats[0].device)
+            elif mats[0].device != self._moments.device:
+                raise ValueError(f"batch is on {mats[0].device} but the states are on {self._moments.device}")
+            _moment_update(self._moments, self._shift, mats, self._blocks if self.debiased else None)
+        self._n += b
+        self._synced = None
+
+    # -- compute -----------------------------------------------------------------------------------------------
+    def _current(self) -> Tuple[int, Optional[Tensor], Optional[Tensor]]:
+        if self._synced is not None:
+            return self._synced
+        return self._n, self._shift, self._moments
+
+    def compute(self) -> Tensor:
+        """(L × L) float64 CKA matrix on the states' device (global after :meth:`sync`, local otherwise).
+
+        Entries are 0 where a representation is constant (its self-HSIC is ≤ 0). Raises RuntimeError before any
+        data, ValueError when n < 2 (biased) or n < 4 (debiased) examples were seen in total.
+        """
+        n, _, moments = self._current()
+        if n == 0 or moments is None:
+            where = "on any rank" if self._synced is not None else "yet"
+            raise RuntimeError(
+                f"{type(self).__name__}.compute() called before any data: no non-empty batch was seen {where}; "
+                "call update() first"
+            )
+        need = 4 if self.debiased else 2
+        if n < need:
+            form = "debiased" if self.debiased else "biased"
+            raise ValueError(f"the {form} linear CKA needs n >= {need} examples in total, got n={n}")
+        blocks = self._blocks
+        if blocks is None or blocks.device != moments.device:
+            blocks = _block_indicator(self._widths, _F64, moments.device)
+        h = _linear_hsic_from_moments(n, moments, blocks, self.debiased)
+        return _cka_from_hsic_matrix(h)
+
+    # -- merge / distributed -----------------------------------------------------------------------------------
+    def _moments_about(self, shift: Tensor) -> Tensor:
+        """Local moments expressed about ``shift`` (a copy when the shifts differ)."""
+        assert self._moments is not None and self._shift is not None and self._blocks is not None
+        shift = shift.to(self._moments.device, _F64)
+        if torch.equal(shift, self._shift):
+            return self._moments
+        return _reshift(self._moments, self._shift, shift, self._blocks, self.debiased)
+
+    def merge(self, other: "LinearCKAMatrix") -> "LinearCKAMatrix":
+        """Add another accumulator's local states to this one (as if its batches had been fed here). Exact:
+        the other's moments are moved to this accumulator's shift first. Returns ``self``."""
+        self._check_merge(other)
+        if other.debiased != self.debiased:
+            raise ValueError(f"cannot merge debiased={other.debiased} into debiased={self.debiased}")
+        if other._moments is None:
+            return self
+        if self._moments is None:
+            self._init_states(other._widths, other._shift.clone(), other._moments.device)
+            self._moments.copy_(other._moments)
+        else:
+            if other._widths != self._widths:
+                raise ValueError(f"cannot merge widths {other._widths} into an accumulator with widths {self._widths}")
+            with torch.no_grad():
+                self._moments += other._moments_about(self._shift).to(self._moments.device)
+        self._n += other._n
+        self._synced = None
+        return self
+
+    def sync(self, group: Any = None) -> "LinearCKAMatrix":
+        """All-reduce the states over ``group`` so that :meth:`compute` returns the global value on every rank.
+
+        A collective: every rank of the group must call it. Ranks may have seen different numbers of batches, or
+        none at all. The states are first moved to a common shift (the first data-holding rank's), then summed
+        with one ``all_reduce(SUM)``; works with gloo and NCCL. Local accumulation is untouched: the global states
+        are kept aside until the next :meth:`update`, :meth:`unsync`, :meth:`merge` or :meth:`reset`.
+        A no-op (returns ``self``) when torch.distributed is not initialised. Returns ``self``.
+        """
+        self._synced = None
+        if not _dist_active():
+            return self
+        meta = {
+            "kind": self._kind,
+            "debiased": self.debiased,
+            "num_layers": self.num_layers,
+            "n": self._n,
+            "widths": self._widths,
+            "shift": None if self._shift is None else self._shift.detach().cpu(),
+        }
+        metas = _all_gather_meta(meta, group)
+        for m in metas:
+            if m["kind"] != self._kind or m["debiased"] != self.debiased:
+                raise ValueError(f"sync(): ranks disagree on the accumulator: {m['kind']}/debiased={m['debiased']} "
+                                 f"vs {self._kind}/debiased={self.debiased}")
+        data = [m for m in metas if m["n"] > 0]
+        total = sum(m["n"] for m in metas)
+        if not data:
+            self._synced = (0, None, None)
+            return self
+        widths = tuple(data[0]["widths"])
+        for r, m in enumerate(metas):
+            if m["n"] > 0 and tuple(m["widths"]) != widths:
+                raise ValueError(f"sync(): rank {r} has widths {tuple(m['widths'])} but another rank has {widths}")
+        shift = data[0]["shift"]
+        if self._moments is not None:
+            device = self._moments.device
+            moments = self._moments_about(shift).clone()
+        else:
+            device = _collective_device(group)
+            d = self._dim(widths)
+            moments = torch.zeros(d, d, dtype=_F64, device=device)
+            self._widths = widths
+            if self.num_layers is None:
+                self.num_layers = len(widths)
+        torch.distributed.all_reduce(moments, op=torch.distributed.ReduceOp.SUM, group=group)
+        self._synced = (total, shift.to(device, _F64), moments)
+        return self
+
+    # -- serialisation -----------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """The local states (copies): ``n``, ``widths``, ``shift`` (F,), ``moments`` (D × D), plus the settings."""
+        return {
+            "version": _STATE_VERSION,
+            "kind": self._kind,
+            "debiased": self.debiased,
+            "num_layers": self.num_layers,
+            "names": self.names,
+            "n": self._n,
+            "widths": self._widths,
+            "shift": None if self._shift is None else self._shift.clone(),
+            "moments": None if self._moments is None else self._moments.clone(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore states from :meth:`state_dict` (copied, kept on the saved tensors' device; use :meth:`to`)."""
+        if state.get("kind") != self._kind:
+            raise ValueError(f"state_dict is for {state.get('kind')!r}, not {self._kind!r}")
+        if bool(state["debiased"]) != self.debiased:
+            raise ValueError(f"state_dict has debiased={state['debiased']} but this accumulator has {self.debiased}")
+        self.reset()
+        self.num_layers = state["num_layers"]
+        self.names = state.get("names", self.names)
+        if state["moments"] is not None:
+            widths = tuple(int(w) for w in state["widths"])
+            moments = torch.as_tensor(state["moments"])
+            if moments.shape != (self._dim(widths),) * 2:
+                raise ValueError(f"state_dict moments have shape {tuple(moments.shape)}, expected "
+                                 f"{(self._dim(widths),) * 2} for widths {widths}")
+            self._init_states(widths, torch.as_tensor(state["shift"]).clone(), moments.device)
+            self._moments.copy_(moments)
+            self._n = int(state["n"])
+
+    def to(self, device: Union[str, torch.device]) -> "LinearCKAMatrix":
+        """Move the states to ``device`` (in place); returns ``self``."""
+        if self._moments is not None:
+            self._moments = self._moments.to(device)
+            self._shift = self._shift.to(device)
+            self._blocks = self._blocks.to(device)
+        self._synced = None
+        return self
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_layers={self.num_layers}, debiased={self.debiased}, n={self._n}, "
+                f"widths={self._widths})")
+
+
+class LinearCKA(LinearCKAMatrix):
+    """Exact streaming linear CKA between two representations X and Y over a whole data set.
+
+    ``update(x, y)`` with x of shape (b, ...) and y of shape (b, ...) (flattened to (b, p), (b, q)); ``compute()``
+    gives a 0-d float64 tensor equal (to ~1e-12 relative) to :func:`fastcka.reference.linear_cka` of all the
+    rows stacked — biased, or debiased with ``debiased=True`` (Kornblith et al.'s feature-space HSIC₁). 0 for a
+    constant representation. See :class:`LinearCKAMatrix` and the module docstring for states and formulas.
+
+    Example (data parallel)::
+
+        metric = LinearCKA(debiased=True)
+        for x, y in loader:                    # each rank its own shard; shards may be unequal or empty
+            metric.update(layer1(x), layer2(x))
+        value = metric.sync().compute()        # same value on every rank
+    """
+
+    _kind = "LinearCKA"
+
+    def __init__(self, *, debiased: bool = False) -> None:
+        super().__init__(2, debiased=debiased, names=("x", "y"))
+
+    def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
+        """Add one minibatch of paired rows. ValueError when x or y changes width or their row counts differ."""
+        super().update(x, y)
+
+    def compute(self) -> Tensor:
+        """0-d float64 CKA(X, Y) of the stream (global after :meth:`sync`). See :meth:`LinearCKAMatrix.compute`."""
+        return super().compute()[0, 1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# minibatch CKA
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class MinibatchCKAMatrix(_Accumulator):
+    """Minibatch CKA (Nguyen et al. 2021) between every pair of L representations.
+
+    Every batch adds HSIC₁(K_l, K_m) (unbiased HSIC, Song et al. 2012) for all l ≤ m to an (L × L) float64 sum;
+    :meth:`compute` returns Σ_b HSIC₁(K_l,b, K_m,b) / √(Σ_b HSIC₁(K_l,b, K_l,b) · Σ_b HSIC₁(K_m,b, K_m,b)), 0 where
+    a self-sum is ≤ 0. Matches :func:`fastcka.reference.minibatch_cka`. Each batch needs ≥ 4 rows.
+
+    Args:
+        num_layers: representations per update (inferred from the first update when ``None``).
+        kernel: ``"linear"`` or ``"rbf"``.
+        sigma: RBF bandwidth: ``None`` (median heuristic on each batch, Kornblith et al. 2019), one float for all
+            representations, or a sequence with one float (or ``None``) per representation.
+        names: optional representation names for error messages.
+    """
+
+    _kind = "MinibatchCKAMatrix"
+
+    def __init__(
+        self,
+        num_layers: Optional[int] = None,
+        *,
+        kernel: str = "linear",
+        sigma: Union[None, float, Sequence[Optional[float]]] = None,
+        names: Optional[Sequence[str]] = None,
+    ) -> None:
+        if kernel not in ("linear", "rbf"):
+            raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
+        if sigma is not None and kernel == "linear":
+            raise ValueError("sigma is only used with kernel='rbf'")
+        self.kernel = kernel
+        self.sigma = sigma
+        super().__init__(num_layers, names)
+
+    def reset(self) -> None:
+        """Forget every state (and any synced view)."""
+        self._widths: Optional[Tuple[int, ...]] = None
+        self._n: int = 0
+        self._batches: int = 0
+        self._hsic: Optional[Tensor] = None
+        self._synced: Optional[Tuple[int, Optional[Tensor]]] = None
+
+    @property
+    def n(self) -> int:
+        """Examples accumulated locally."""
+        return self._n
+
+    @property
+    def batches(self) -> int:
+        """Batches accumulated locally."""
+        return self._batches
+
+    def _sigma_of(self, i: int) -> Optional[float]:
+        s = self.sigma
+        if s is None or isinstance(s, (int, float)):
+            return s
+        if isinstance(s, Tensor) and s.dim() == 0:
+            return float(s)
+        s = list(s)
+        if len(s) != len(self._widths):
+            raise ValueError(f"sigma has {len(s)} entries but there are {len(self._widths)} representations")
+        return s[i]
+
+    def update(self, *reps: Tensor) -> None:
+        """Add one minibatch (≥ 4 rows): ``update(x0, ..., x_{L-1})`` or one list of them."""
+        if len(reps) == 1 and isinstance(reps[0], (list, tuple)):
+            reps = tuple(reps[0])
+        mats = self._prepare(reps)
+        b = mats[0].shape[0]
+        if b == 0:
+            return
+        if b < 4:
+            raise ValueError(f"minibatch CKA needs at least 4 examples per batch (unbiased HSIC), got a batch of {b}")
+        nl = len(mats)
+        if self._hsic is None:
+            self._widths = tuple(m.shape[1] for m in mats)
+            if self.num_layers is None:
+                self.num_layers = nl
+            self._hsic = torch.zeros(nl, nl, dtype=_F64, device=mats[0].device)
+        with torch.no_grad():
+            rows, cols, vals = [], [], []
+            for i in range(nl):
+                for j in range(i, nl):
+                    vals.append(_hsic1(mats[i], mats[j], self.kernel, self._sigma_of(i), self._sigma_of(j)).to(_F64))
+                    rows.append(i)
+                    cols.append(j)
+            v = torch.stack(vals).to(self._hsic.device)
+            r = torch.tensor(rows, device=self._hsic.device)
+            c = torch.tensor(cols, device=self._hsic.device)
+            self._hsic.index_put_((r, c), v, accumulate=True)
+            off = r != c
+            self._hsic.index_put_((c[off], r[off]), v[off], accumulate=True)
+        self._n += b
+        self._batches += 1
+        self._synced = None
+
+    def compute(self) -> Tensor:
+        """(L × L) float64 minibatch CKA (global after :meth:`sync`). RuntimeError before any batch."""
+        if self._synced is not None:
+            batches, h = self._synced
+        else:
+            batches, h = self._batches, self._hsic
+        if batches == 0 or h is None:
+            where = "on any rank" if self._synced is not None else "yet"
+            raise RuntimeError(f"{type(self).__name__}.compute() called before any data: no batch was seen {where}; "
+                               "call update() first")
+        return _cka_from_hsic_matrix(h)
+
+    def merge(self, other: "MinibatchCKAMatrix") -> "MinibatchCKAMatrix":
+        """Add another accumulator's HSIC₁ sums (same kernel and widths). Returns ``self``."""
+        self._check_merge(other)
+        if other.kernel != self.kernel:
+            raise ValueError(f"cannot merge kernel={other.kernel!r} into kernel={self.kernel!r}")
+        if other._hsic is None:
+            return self
+        if self._hsic is None:
+            self._widths = other._widths
+            self.num_layers = self.num_layers or other.num_layers
+            self._hsic = other._hsic.clone()
+        else:
+            if other._widths != self._widths:
+                raise ValueError(f"cannot merge widths {other._widths} into an accumulator with widths {self._widths}")
+            self._hsic += other._hsic.to(self._hsic.device)
+        self._n += other._n
+        self._batches += other._batches
+        self._synced = None
+        return self
+
+    def sync(self, group: Any = None) -> "MinibatchCKAMatrix":
+        """All-reduce (SUM) the HSIC₁ sums over ``group``; see :meth:`LinearCKAMatrix.sync` (same semantics)."""
+        self._synced = None
+        if not _dist_active():
+            return self
+        meta = {"kind": self._kind, "kernel": self.kernel, "n": self._n, "batches": self._batches,
+                "widths": self._widths}
+        metas = _all_gather_meta(meta, group)
+        data = [m for m in metas if m["batches"] > 0]
+        for r, m in enumerate(metas):
+            if m["kind"] != self._kind or m["kernel"] != self.kernel:
+                raise ValueError(f"sync(): rank {r} has {m['kind']}/kernel={m['kernel']!r}, this rank "
+                                 f"{self._kind}/kernel={self.kernel!r}")
+        if not data:
+            self._synced = (0, None)
+            return self
+        widths = tuple(data[0]["widths"])
+        for r, m in enumerate(data):
+            if tuple(m["widths"]) != widths:
+                raise ValueError(f"sync(): ranks disagree on the widths: {tuple(m['widths'])} vs {widths}")
+        if self._hsic is not None:
+            h = self._hsic.clone()
+        else:
+            h = torch.zeros(len(widths), len(widths), dtype=_F64, device=_collective_device(group))
+        torch.distributed.all_reduce(h, op=torch.distributed.ReduceOp.SUM, group=group)
+        self._synced = (sum(m["batches"] for m in metas), h)
+        return self
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Local states (copies) and settings."""
+        return {
+            "version": _STATE_VERSION,
+            "kind": self._kind,
+            "kernel": self.kernel,
+            "sigma": self.sigma,
+            "num_layers": self.num_layers,
+            "names": self.names,
+            "n": self._n,
+            "batches": self._batches,
+            "widths": self._widths,
+            "hsic": None if self._hsic is None else self._hsic.clone(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore states from :meth:`state_dict`."""
+        if state.get("kind") != self._kind:
+            raise ValueError(f"state_dict is for {state.get('kind')!r}, not {self._kind!r}")
+        if state["kernel"] != self.kernel:
+            raise ValueError(f"state_dict has kernel={state['kernel']!r} but this accumulator has {self.kernel!r}")
+        self.reset()
+        self.num_layers = state["num_layers"]
+        self.names = state.get("names", self.names)
+        self._n = int(state["n"])
+        self._batches = int(state["batches"])
+        self._widths = None if state["widths"] is None else tuple(state["widths"])
+        self._hsic = None if state["hsic"] is None else torch.as_tensor(state["hsic"]).clone()
+
+    def to(self, device: Union[str, torch.device]) -> "MinibatchCKAMatrix":
+        """Move the states to ``device``; returns ``self``."""
+        if self._hsic is not None:
+            self._hsic = self._hsic.to(device)
+        self._synced = None
+        return self
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_layers={self.num_layers}, kernel={self.kernel!r}, "
+                f"batches={self._batches}, n={self._n})")
+
+
+class MinibatchCKA(MinibatchCKAMatrix):
+    """Minibatch CKA (Nguyen et al. 2021) of two representations: ``update(x, y)`` per batch (≥ 4 rows),
+    ``compute()`` → 0-d float64 Σ HSIC₁(K,L) / √(Σ HSIC₁(K,K) Σ HSIC₁(L,L)). ``sigma`` for the RBF kernel: ``None``
+    (per-batch median heuristic), a float, or ``(sigma_x, sigma_y)``. See :class:`MinibatchCKAMatrix`."""
+
+    _kind = "MinibatchCKA"
+
+    def __init__(self, *, kernel: str = "linear",
+                 sigma: Union[None, float, Tuple[Optional[float], Optional[float]]] = None) -> None:
+        super().__init__(2, kernel=kernel, sigma=sigma, names=("x", "y"))
+
+    def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
+        """Add one minibatch of paired rows (at least 4)."""
+        super().update(x, y)
+
+    def compute(self) -> Tensor:
+        """0-d float64 minibatch CKA (global after :meth:`sync`)."""
+        return super().compute()[0, 1]
