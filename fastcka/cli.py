@@ -1,0 +1,143 @@
+"""The ``fastcka`` command line (console script ``fastcka`` and ``python -m fastcka``).
+
+Subcommands are registered in ``SUBCOMMANDS``: each is a function ``add_<name>(subparsers)`` that adds its parser and
+sets ``func`` (called with the parsed namespace, returns the exit code). To add one (``study``, say), write the two
+functions and add one line to ``SUBCOMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+EXIT_INTERRUPTED = 130
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, skip: Sequence[str] = ()) -> None:
+    """One flag per dataclass field, default None so that the command can tell which flags were given."""
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.metadata.get("help"):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        helptext = f"{f.metadata['help']} (default: {default})"
+        if f.type in ("bool", bool):
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
+            group.add_argument(_flag(f.name), type=kind, default=None, choices=f.metadata.get("choices"),
+                               help=helptext, metavar=None if f.metadata.get("choices") else f.name.upper())
+
+
+# --- fastcka grok -----------------------------------------------------------------------------------------------
+
+def add_grok(sub: Any) -> None:
+    from fastcka.grok.detect import DetectorConfig
+    from fastcka.grok.train import TrainConfig
+
+    p = sub.add_parser("grok", help="train a small transformer until it groks; report the Ô01 early warning",
+                       description="Train a small transformer on modular arithmetic (or k-sparse parity) with full-batch "
+                       "AdamW, log the inter-layer CKA Ô01 and other progress measures, and report memorisation, the "
+                       "Ô01 re-rise alarm, the grok step and the lead time. Writes config.json, log.csv, summary.json, "
+                       "plot.png and checkpoint.pt into the run directory.")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint (flags given must "
+                   "match the run's config, except --max-steps, --stop-after-grok, detector and runtime flags)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--logx", action="store_true", help="log-scale step axis in the plot")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON after the report")
+    _add_dataclass_flags(p, TrainConfig, "training")
+    _add_dataclass_flags(p, DetectorConfig, "detector")
+    p.set_defaults(func=run_grok)
+
+
+def _default_out(c: dict) -> str:
+    what = f"{c['task']}-p{c['p']}" if c["task"] != "parity" else f"parity-n{c['n_bits']}-k{c['k']}"
+    return str(Path("runs") / "grok" / f"{what}-seed{c['seed']}")
+
+
+def grok_config(args: argparse.Namespace):
+    """The TrainConfig of a ``fastcka grok`` invocation (with --resume: the run's config overridden by the flags given)."""
+    from fastcka.grok.detect import DetectorConfig
+    from fastcka.grok.train import CONFIG, TrainConfig
+
+    det_names = {f.name for f in dataclasses.fields(DetectorConfig)}
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"detector"}
+    given = {k: v for k, v in vars(args).items() if v is not None and k in train_names}
+    given_det = {k: v for k, v in vars(args).items() if v is not None and k in det_names}
+    if args.quiet:
+        given["progress"] = False
+    base: dict = {}
+    if args.resume:
+        cfg_path = Path(args.resume) / CONFIG
+        if not cfg_path.exists():
+            raise ValueError(f"--resume: {args.resume} holds no run ({CONFIG} not found)")
+        base = json.loads(cfg_path.read_text())
+        if "out" in given and Path(given["out"]) != Path(args.resume):
+            raise ValueError(f"--out: a resumed run stays in its directory ({args.resume}); drop --out")
+        base["out"] = args.resume
+    det = {**base.pop("detector", {}), **given_det}
+    merged = {**base, **given, "detector": DetectorConfig(**det)}
+    if "out" not in merged:
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+        merged["out"] = _default_out({**defaults, **merged})
+    return TrainConfig(**merged)
+
+
+def run_grok(args: argparse.Namespace) -> int:
+    from fastcka.grok.train import CHECKPOINT, format_report, train
+
+    cfg = grok_config(args)
+    out = Path(cfg.out)
+    if args.overwrite and not args.resume and (out / CHECKPOINT).exists():
+        shutil.rmtree(out)
+    summary = train(cfg, resume=bool(args.resume))
+    if args.logx:
+        from fastcka.grok.plot import plot_run
+        from fastcka.grok.train import PLOT, read_log
+
+        plot_run(read_log(out / "log.csv"), summary, out / PLOT, logx=True)
+    print(format_report(summary))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    return EXIT_INTERRUPTED if summary["interrupted"] else 0
+
+
+# --- the command ------------------------------------------------------------------------------------------------
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_grok]  # fastcka study: add its add_study here
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastcka", description="fastcka: CKA/HSIC for PyTorch, and the grokking "
+                                     "early-warning trainer")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except ValueError as e:  # bad input: the message names the flag
+        print(f"fastcka {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The online early-warning detector of DESIGN §2: does a scalar series re-rise after memorisation?
+
+The detector sees one logged point at a time (step, value, train accuracy, train loss) and never looks ahead, so the
+alarm it raises during training is the alarm it would raise on the finished log. It works on any scalar series: Ô01
+(the inter-layer CKA), or a baseline progress measure (Fourier concentration, weight norm, spectral entropy, test
+loss ...) with ``direction=-1`` for a measure whose warning sign is a fall. Thresholds are in the series' own units;
+normalise a series first (divide by its first value, say) to use one threshold across measures of different scale.
+
+The rule, every threshold a field of :class:`DetectorConfig`:
+
+1. **Smooth** causally: an exponential moving average with a half-life of ``halflife`` steps (irregular step gaps
+   are handled: the weight of the new point is 1 − 0.5^(Δstep / halflife)).
+2. **Gate on memorisation**: nothing happens before the first point with train accuracy ≥ ``memorised_acc``. The
+   peak is the largest smoothed value up to and including that point.
+3. **A real drop**: after the gate the detector tracks the running minimum of the smoothed series. The drop is
+   real once peak − minimum ≥ ``min_drop``.
+4. **A persistent rise**: once the drop is real, a rise begins when smoothed − minimum ≥ ``rise``; the alarm fires
+   when the rise has held at every point for ``persist`` steps. The alarm step is the step at which that is
+   confirmed (the earliest step an online observer could know), and the rise's onset is reported too.
+5. **Spike guard** (issue 8 §5): full-batch AdamW runs have periodic train-loss spikes (loss 1e-3…1e-7 jumping back
+   to ~1, the "slingshot"), and Ô01 jumps at each. A spike is a point whose train loss (the largest since the
+   previous point, if the trainer logs it) is ≥ ``spike_ratio`` × the smallest train loss in the previous
+   ``spike_window`` steps and ≥ ``spike_min_loss``. With ``spike_guard="hold"`` the series is ignored (smoothed value,
+   minimum and rise clock all frozen) for ``spike_window`` steps after each spike; ``"rebase"`` does that and then
+   restarts the running minimum from the smoothed value where the window ends, so that a level shift caused by the
+   spike cannot count as a rise; ``"off"`` disables the guard.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+SPIKE_GUARDS = ("off", "hold", "rebase")
+
+
+@dataclass
+class DetectorConfig:
+    halflife: float = field(default=50.0, metadata={"help": "EMA half-life of the causal smoothing, in steps"})
+    memorised_acc: float = field(default=0.99, metadata={"help": "train accuracy that opens the memorisation gate"})
+    min_drop: float = field(default=0.05, metadata={"help": "peak − running minimum needed before a rise counts"})
+    rise: float = field(default=0.05, metadata={"help": "smoothed − running minimum that counts as a rise"})
+    persist: int = field(default=100, metadata={"help": "steps the rise must hold before the alarm fires"})
+    direction: int = field(default=1, metadata={"help": "+1: warn on a re-rise; -1: warn on a re-fall (series negated)"})
+    spike_guard: str = field(default="hold", metadata={"help": "train-loss spike guard: off | hold | rebase"})
+    spike_ratio: float = field(default=10.0, metadata={"help": "loss / recent minimum loss that marks a spike"})
+    spike_min_loss: float = field(default=0.05, metadata={"help": "a spike's loss must also be at least this"})
+    spike_window: int = field(default=200, metadata={"help": "steps ignored after a spike (and its look-back)"})
+
+    def __post_init__(self) -> None:
+        if self.spike_guard not in SPIKE_GUARDS:
+            raise ValueError(f"--spike-guard: expected one of {', '.join(SPIKE_GUARDS)}, got {self.spike_guard!r}")
+        if self.direction not in (1, -1):
+            raise ValueError(f"--direction: expected +1 or -1, got {self.direction}")
+        if self.halflife <= 0 or self.persist < 0 or self.spike_window < 0:
+            raise ValueError("--halflife must be > 0, --persist and --spike-window >= 0")
+
+
+@dataclass
+class Detection:
+    """What the detector saw. Steps are None when the event did not happen."""
+
+    alarm_step: Optional[int] = None
+    rise_onset_step: Optional[int] = None
+    memorised_step: Optional[int] = None
+    peak: Optional[float] = None  # in the series' own sign, as are minimum and smoothed
+    minimum: Optional[float] = None
+    minimum_step: Optional[int] = None
+    spike_steps: list[int] = field(default_factory=list)
+    smoothed: list[float] = field(default_factory=list)  # one per point fed (NaN before the first finite value)
+    ignored: list[bool] = field(default_factory=list)  # points frozen by the spike guard
+
+
+class Detector:
+    """Feed points in step order with :meth:`update`; read :attr:`result`."""
+
+    def __init__(self, cfg: Optional[DetectorConfig] = None):
+        self.cfg = cfg or DetectorConfig()
+        self.result = Detection()
+        self._s: Optional[float] = None  # smoothed value, in detector sign (direction applied)
+        self._last_step: Optional[int] = None
+        self._peak = -math.inf
+        self._min = math.inf
+        self._min_step: Optional[int] = None
+        self._rise_since: Optional[int] = None
+        self._losses: list[tuple[int, float]] = []  # (step, loss) within the spike look-back
+        self._frozen_until = -math.inf
+        self._rebase_pending = False
+
+    def update(self, step: int, value: float, train_acc: float, train_loss: Optional[float] = None) -> bool:
+        """One logged point. Returns True exactly once: at the point where the alarm fires."""
+        c, r = self.cfg, self.result
+        if r.memorised_step is None and train_acc >= c.memorised_acc:
+            r.memorised_step = step
+        frozen = self._spike_check(step, train_loss)
+        x = c.direction * value
+        if not frozen and math.isfinite(x):
+            if self._s is None:
+                self._s = x
+            else:
+                w = 1.0 - 0.5 ** ((step - self._last_step) / c.halflife)
+                self._s += w * (x - self._s)
+            self._last_step = step
+        r.smoothed.append(c.direction * self._s if self._s is not None else math.nan)
+        r.ignored.append(frozen)
+        if frozen or self._s is None:
+            return False
+        s = self._s
+        if r.memorised_step is None or step == r.memorised_step:
+            self._peak = max(self._peak, s)
+            if r.memorised_step is None:
+                return False
+        if self._rebase_pending:  # the guard's window just ended: measure rises from here on
+            self._min, self._min_step, self._rise_since, self._rebase_pending = s, step, None, False
+        if s < self._min:
+            self._min, self._min_step = s, step
+        r.peak, r.minimum, r.minimum_step = c.direction * self._peak, c.direction * self._min, self._min_step
+        if r.alarm_step is not None or self._peak - self._min < c.min_drop:
+            return False
+        if s - self._min >= c.rise:
+            if self._rise_since is None:
+                self._rise_since = step
+            if step - self._rise_since >= c.persist:
+                r.alarm_step, r.rise_onset_step = step, self._rise_since
+                return True
+        else:
+            self._rise_since = None
+        return False
+
+    def _spike_check(self, step: int, loss: Optional[float]) -> bool:
+        """Record a spike at this point if there is one; True while the guard freezes the series."""
+        c = self.cfg
+        if c.spike_guard == "off" or loss is None or not math.isfinite(loss):
+            return False
+        self._losses = [(s, l) for s, l in self._losses if step - s <= c.spike_window]
+        recent = min((l for _, l in self._losses), default=math.inf)
+        self._losses.append((step, loss))
+        if loss >= c.spike_min_loss and loss >= c.spike_ratio * recent:
+            self.result.spike_steps.append(step)
+            self._frozen_until = step + c.spike_window
+            self._rise_since = None
+        if step <= self._frozen_until:
+            self._rebase_pending = c.spike_guard == "rebase"
+            return True
+        return False
+
+
+def detect(
+    steps: Sequence[int],
+    values: Sequence[float],
+    train_acc: Sequence[float],
+    train_loss: Optional[Sequence[float]] = None,
+    cfg: Optional[DetectorConfig] = None,
+) -> Detection:
+    """Run the online detector over a whole logged series (same result as feeding it point by point)."""
+    d = Detector(cfg)
+    losses = train_loss if train_loss is not None else [None] * len(steps)
+    for step, v, a, l in zip(steps, values, train_acc, losses):
+        d.update(int(step), float(v), float(a), None if l is None else float(l))
+    return d.result
