@@ -1,0 +1,126 @@
+"""The online detector on synthetic curves with known answers."""
+
+import math
+import random
+
+import pytest
+
+from fastcka.grok.detect import DetectorConfig, Detector, detect
+
+STEPS = list(range(0, 4001, 25))
+
+
+def _curves(rise_at=None, rise=0.15, noise=0.0, seed=0, memorise_at=200, grok_at=3000):
+    """Ô01: 0.7 until memorisation, falls to 0.5 over 300 steps, optionally rises by ``rise`` from ``rise_at``."""
+    rng = random.Random(seed)
+    o, acc, test = [], [], []
+    for s in STEPS:
+        v = 0.7 if s < memorise_at else max(0.5, 0.7 - (s - memorise_at) / 1500)
+        if rise_at is not None and s >= rise_at:
+            v += rise * min(1.0, (s - rise_at) / 300)
+        o.append(v + rng.gauss(0, noise))
+        acc.append(min(1.0, s / memorise_at))
+        test.append(1.0 if s >= grok_at else 0.1)
+    return o, acc, test
+
+
+def _alarm(o, acc, loss=None, **kw):
+    return detect(STEPS, o, acc, loss, DetectorConfig(**kw))
+
+
+def test_rise_before_the_jump_raises_the_alarm_before_the_jump():
+    o, acc, _ = _curves(rise_at=1500)
+    d = _alarm(o, acc)
+    assert d.memorised_step == 200
+    assert d.alarm_step is not None and 1500 < d.alarm_step < 3000
+    assert d.minimum == pytest.approx(0.5, abs=0.02)
+
+
+def test_no_rise_no_alarm():
+    o, acc, _ = _curves(rise_at=None)
+    assert _alarm(o, acc).alarm_step is None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noise_only_no_alarm(seed):
+    o, acc, _ = _curves(rise_at=None, noise=0.02, seed=seed)
+    assert _alarm(o, acc).alarm_step is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_noisy_rise_still_alarms(seed):
+    o, acc, _ = _curves(rise_at=1500, noise=0.02, seed=seed)
+    assert 1500 < _alarm(o, acc).alarm_step < 3000
+
+
+def test_rise_after_the_jump_alarms_after_the_jump():
+    o, acc, _ = _curves(rise_at=3200)
+    d = _alarm(o, acc)
+    assert d.alarm_step is not None and d.alarm_step > 3000  # a negative lead: reported as such, not hidden
+
+
+def test_no_drop_means_no_alarm():
+    o = [0.6 + (0.1 if s > 1500 else 0.0) for s in STEPS]  # rises, but never dropped after memorisation
+    acc = [min(1.0, s / 200) for s in STEPS]
+    assert _alarm(o, acc).alarm_step is None
+
+
+def test_nothing_before_memorisation():
+    o, _, _ = _curves(rise_at=1500)
+    assert _alarm(o, [0.5] * len(STEPS)).alarm_step is None  # never memorises
+
+
+def test_rise_must_persist():
+    o, acc, _ = _curves()
+    o = [v + (0.2 if 2000 <= s < 2050 else 0.0) for v, s in zip(o, STEPS)]  # a 50-step blip
+    assert _alarm(o, acc, halflife=1.0, persist=100).alarm_step is None
+    assert _alarm(o, acc, halflife=1.0, persist=0).alarm_step is not None
+
+
+def _spiky(step_up: bool):
+    """A flat post-memorisation Ô01 that jumps at a train-loss spike at step 2000 (and stays up if ``step_up``)."""
+    o, acc, _ = _curves()
+    loss = [1e-5 if s >= 400 else 1.0 for s in STEPS]
+    for i, s in enumerate(STEPS):
+        if s == 2000:
+            loss[i] = 1.0
+        if s >= 2000 and (step_up or s < 2100):
+            o[i] += 0.1
+    return o, acc, loss
+
+
+def test_spike_guard_hold_ignores_a_transient_spike():
+    o, acc, loss = _spiky(step_up=False)
+    assert _alarm(o, acc, loss, spike_guard="off", halflife=1.0, persist=50).alarm_step is not None
+    d = _alarm(o, acc, loss, spike_guard="hold", halflife=1.0, persist=50)
+    assert d.spike_steps == [2000] and d.alarm_step is None
+
+
+def test_spike_guard_rebase_ignores_a_level_shift_at_a_spike():
+    o, acc, loss = _spiky(step_up=True)
+    assert _alarm(o, acc, loss, spike_guard="hold").alarm_step is not None  # the shift outlasts the window
+    assert _alarm(o, acc, loss, spike_guard="rebase").alarm_step is None
+
+
+def test_memorisation_decline_of_the_loss_is_not_a_spike():
+    o, acc, _ = _curves(rise_at=1500)
+    loss = [math.exp(-s / 100) for s in STEPS]
+    assert _alarm(o, acc, loss).spike_steps == []
+
+
+def test_direction_minus_one_is_the_mirror_image():
+    o, acc, _ = _curves(rise_at=1500)
+    a = _alarm(o, acc).alarm_step
+    assert _alarm([1 - v for v in o], acc, direction=-1).alarm_step == a
+
+
+def test_online_equals_offline_and_fires_once():
+    o, acc, _ = _curves(rise_at=1500)
+    det = Detector()
+    fired = [s for s, v, a in zip(STEPS, o, acc) if det.update(s, v, a)]
+    assert fired == [detect(STEPS, o, acc).alarm_step]
+
+
+def test_bad_detector_config():
+    with pytest.raises(ValueError, match="--spike-guard"):
+        DetectorConfig(spike_guard="maybe")
