@@ -172,21 +172,32 @@ def _linear_hsic_from_moments(n: int, moments: Tensor, blocks: Tensor, debiased:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _hsic1(x: Tensor, y: Tensor, kernel: str, sigma_x: Optional[float], sigma_y: Optional[float]) -> Tensor:
-    """Unbiased HSIC₁(K(x), L(y)) of one minibatch as a 0-d tensor. The only place that does kernel HSIC math:
-    it calls the fused op ``fastcka.hsic`` when the extension provides it, else the float64 reference."""
+def _hsic1_terms(x: Tensor, y: Tensor, kernel: str, sigma_x: Optional[float], sigma_y: Optional[float]) -> Tensor:
+    """float64 [HSIC₁(K,L), HSIC₁(K,K), HSIC₁(L,L)] of one minibatch (unbiased HSIC, Song et al. 2012).
+
+    The only place that does kernel HSIC math: it calls the extension's ``fastcka.hsic_terms`` (one fused op, no
+    host sync) where it covers the request, else the float64 reference (n × n Grams, on the CPU).
+    """
     import fastcka
 
-    op = getattr(fastcka, "hsic", None)
-    if op is not None and (kernel == "linear" or sigma_x == sigma_y):
-        return op(x, y, kernel=kernel, unbiased=True, sigma=sigma_x)
+    op = getattr(fastcka, "hsic_terms", None)
+    if op is not None:
+        if kernel == "linear":
+            return op(x, y, kernel="linear", unbiased=True).to(_F64)
+        if sigma_x is None and sigma_y is None or sigma_x == sigma_y:
+            try:
+                kw = {} if sigma_x is None else {"sigma": sigma_x}
+                return op(x, y, kernel=kernel, unbiased=True, **kw).to(_F64)
+            except (NotImplementedError, TypeError):
+                pass
     from fastcka import reference as ref
 
+    xc, yc = x.detach().cpu(), y.detach().cpu()
     if kernel == "linear":
-        k, l = ref.gram_linear(x), ref.gram_linear(y)
+        k, l = ref.gram_linear(xc), ref.gram_linear(yc)
     else:
-        k, l = ref.gram_rbf(x, sigma_x), ref.gram_rbf(y, sigma_y)
-    return ref.hsic1(k.cpu(), l.cpu()).to(x.device)
+        k, l = ref.gram_rbf(xc, sigma_x), ref.gram_rbf(yc, sigma_y)
+    return torch.stack([ref.hsic1(k, l), ref.hsic1(k, k), ref.hsic1(l, l)]).to(x.device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -632,11 +643,23 @@ class MinibatchCKAMatrix(_Accumulator):
             self._hsic = torch.zeros(nl, nl, dtype=_F64, device=mats[0].device)
         with torch.no_grad():
             rows, cols, vals = [], [], []
+            diag: List[Optional[Tensor]] = [None] * nl
             for i in range(nl):
-                for j in range(i, nl):
-                    vals.append(_hsic1(mats[i], mats[j], self.kernel, self._sigma_of(i), self._sigma_of(j)).to(_F64))
+                for j in range(i + 1, nl):
+                    t = _hsic1_terms(mats[i], mats[j], self.kernel, self._sigma_of(i), self._sigma_of(j))
+                    vals.append(t[0])
                     rows.append(i)
                     cols.append(j)
+                    if diag[i] is None:
+                        diag[i] = t[1]
+                    if diag[j] is None:
+                        diag[j] = t[2]
+            for i in range(nl):
+                if diag[i] is None:  # a single representation: its self-HSIC alone
+                    diag[i] = _hsic1_terms(mats[i], mats[i], self.kernel, self._sigma_of(i), self._sigma_of(i))[0]
+                vals.append(diag[i])
+                rows.append(i)
+                cols.append(i)
             v = torch.stack(vals).to(self._hsic.device)
             r = torch.tensor(rows, device=self._hsic.device)
             c = torch.tensor(cols, device=self._hsic.device)
