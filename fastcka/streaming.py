@@ -123,16 +123,21 @@ def _moment_update(moments: Tensor, shift: Tensor, reps: Sequence[Tensor], block
     """``moments += Zᵀ Z`` in place, Z = [1, X − c, a] in float64 (a = per-representation ‖x − c‖², present
     when ``blocks`` (the F × L block indicator) is given, i.e. for the debiased form).
 
-    This is the whole per-batch update — a concatenation, a shift, optionally a row-norm reduction and one
-    float64 GEMM — written to move into one C++ op (``fastcka::moment_update``) unchanged.
+    This is the whole per-batch update — a float64 copy into one (b × D) buffer, a shift, optionally a row-norm
+    reduction, and one float64 GEMM — written to move into one C++ op (``fastcka::moment_update``) unchanged.
     """
     b = reps[0].shape[0]
-    x = torch.cat([r.to(_F64) for r in reps], 1) if len(reps) > 1 else reps[0].to(_F64)
-    x = x - shift
-    cols = [x.new_ones(b, 1), x]
+    f = shift.numel()
+    z = torch.empty(b, moments.shape[0], dtype=_F64, device=moments.device)
+    z[:, 0] = 1.0
+    off = 1
+    for r in reps:  # copy_ converts to float64 in place: no intermediate concatenation
+        z[:, off : off + r.shape[1]].copy_(r)
+        off += r.shape[1]
+    x = z[:, 1 : 1 + f]
+    x.sub_(shift)
     if blocks is not None:
-        cols.append((x * x) @ blocks)
-    z = torch.cat(cols, 1)
+        z[:, 1 + f :].copy_((x * x) @ blocks)
     moments.addmm_(z.T, z)
 
 
@@ -465,6 +470,10 @@ class LinearCKAMatrix(_Accumulator):
         for r, m in enumerate(metas):
             if m["n"] > 0 and tuple(m["widths"]) != widths:
                 raise ValueError(f"sync(): rank {r} has widths {tuple(m['widths'])} but another rank has {widths}")
+        for r, m in enumerate(metas):
+            if m["num_layers"] is not None and m["num_layers"] != len(widths):
+                raise ValueError(f"sync(): rank {r} expects {m['num_layers']} representations, the data has "
+                                 f"{len(widths)}")
         shift = data[0]["shift"]
         if self._moments is not None:
             device = self._moments.device

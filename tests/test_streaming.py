@@ -326,3 +326,27 @@ def test_minibatch_matrix_merge_state_dict():
     assert torch.equal(c.compute(), m)
     with pytest.raises(ValueError, match="at least 4 examples"):
         mat.update(*(r[:3] for r in reps))
+
+
+# ------------------------------------------------------------------------------------------------ property
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=1, max_value=199), max_size=8),
+    seed=st.integers(min_value=0, max_value=10_000),
+    offset=st.sampled_from([0.0, 1.0, 1e3]),
+    debiased=st.booleans(),
+)
+def test_any_split_equals_one_shot(cuts, seed, offset, debiased):
+    x, y = stream_data(200, p=4, q=3, seed=seed, offset=offset)
+    bounds = [0] + sorted(set(cuts)) + [200]
+    acc = LinearCKA(debiased=debiased)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        acc.update(x[a:b], y[a:b])
+    want = ref.feature_space_linear_cka(x, y, debiased=debiased)
+    assert abs(float(acc.compute()) - float(want)) <= 1e-9 * max(abs(float(want)), 1e-6)
