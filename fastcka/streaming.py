@@ -189,7 +189,7 @@ def _hsic1_terms(x: Tensor, y: Tensor, kernel: str, sigma_x: Optional[float], si
     if op is not None:
         if kernel == "linear":
             return op(x, y, kernel="linear", unbiased=True).to(_F64)
-        if sigma_x is None and sigma_y is None or sigma_x == sigma_y:
+        if sigma_x == sigma_y:
             try:
                 kw = {} if sigma_x is None else {"sigma": sigma_x}
                 return op(x, y, kernel=kernel, unbiased=True, **kw).to(_F64)
