@@ -1,0 +1,224 @@
+"""The monitor inside Lightning and Hugging Face training, and on the layers people compare (ViT, ResNet from
+`transformers` configs: no download). Each test skips cleanly when its package is missing."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import fastcka
+from fastcka.monitor import CKAMonitor
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lightning
+# ---------------------------------------------------------------------------------------------------------------
+
+def _lightning():
+    try:
+        import lightning.pytorch as pl  # noqa: F401
+    except ImportError:
+        pl = pytest.importorskip("pytorch_lightning")
+    return pl
+
+
+def test_lightning_callback_writes_the_metric_to_csvlogger(tmp_path):
+    pl = _lightning()
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fastcka.integrations.lightning import CKACallback
+
+    class Net(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.l1 = nn.Linear(6, 16)
+            self.l2 = nn.Linear(16, 16)
+            self.l3 = nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.l3(torch.tanh(self.l2(torch.tanh(self.l1(x)))))
+
+        def training_step(self, batch, _):
+            x, y = batch
+            loss = nn.functional.mse_loss(self(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(160, 6, generator=g), torch.randn(160, 2, generator=g))
+    probe = torch.randn(32, 6, generator=g)
+    torch.manual_seed(0)
+    net = Net()
+    cb = CKACallback(["l1", "l2", "l3"], probe=probe, every=2)
+    csv_logger = pl.loggers.CSVLogger(str(tmp_path), name="run")
+    trainer = pl.Trainer(
+        max_steps=20, accelerator="cpu", devices=1, logger=csv_logger, callbacks=[cb], log_every_n_steps=5,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(net, DataLoader(data, batch_size=8))
+    assert trainer.global_step == 20
+
+    with open(os.path.join(csv_logger.log_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    name = "cka/l1/l2"
+    got = {int(r["step"]): float(r[name]) for r in rows if r.get(name)}
+    assert sorted(got) == list(range(2, 21, 2))
+    assert "cka/l2/l3" in rows[0]
+    assert all(0.0 <= v <= 1.0 + 1e-6 for v in got.values())
+    # the last value is the CKA of the trained model on the probe
+    with torch.no_grad():
+        net.eval()
+        h1 = net.l1(probe)
+        h2 = net.l2(torch.tanh(h1))
+    assert got[20] == pytest.approx(fastcka.cka(h1, h2).item(), rel=1e-5)
+    # hooks are gone after fit; the series state is checkpointable
+    assert all(not m._forward_hooks for m in net.modules())
+    state = cb.state_dict()
+    assert state["step"] == 20 and state["pending"] == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hugging Face Trainer
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_hf_trainer_callback_logs_through_the_trainer(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from fastcka.integrations.hf import CKATrainerCallback
+
+    cfg = transformers.GPT2Config(vocab_size=32, n_positions=16, n_embd=32, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 32, (40, 8), generator=g)
+    train = [{"input_ids": r, "labels": r} for r in ids]
+    probe = {"input_ids": torch.randint(0, 32, (16, 8), generator=g)}
+    report = ["tensorboard"] if _has("tensorboard") else []
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=10, per_device_train_batch_size=4, learning_rate=1e-3,
+        logging_steps=5, save_strategy="no", report_to=report, use_cpu=True, disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=train)
+    hooks_before = {n: len(m._forward_hooks) for n, m in model.named_modules()}
+    seen = []
+    cb = CKATrainerCallback(["transformer.h.*"], probe=probe, every=1, logger=lambda s, d: seen.append(s),
+                            trainer=trainer)
+    trainer.train()
+    assert cb.monitor.layers == ["transformer.h.0", "transformer.h.1"]
+    assert {n: len(m._forward_hooks) for n, m in model.named_modules()} == hooks_before  # ours are gone
+
+    name = "cka/transformer.h.0/transformer.h.1"
+    logged = {e["step"]: e[name] for e in trainer.state.log_history if name in e}
+    assert sorted(logged) == [5, 10]
+    assert seen == list(range(1, 11))  # every measured step reaches the monitor's own logger
+    assert all(0.0 <= v <= 1.0 + 1e-6 for v in logged.values())
+    # the value logged at step 10 is the CKA of the final model's blocks on the probe (last token)
+    with torch.no_grad():
+        model.eval()
+        hs = model(**probe, output_hidden_states=True).hidden_states
+    # hidden_states[i + 1] is block i's output (the last one after ln_f): use hooks for block 1
+    acts = {}
+    hk = model.transformer.h[1].register_forward_hook(lambda m, i, o: acts.__setitem__("h1", o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        model(**probe)
+    hk.remove()
+    assert logged[10] == pytest.approx(fastcka.cka(hs[1][:, -1], acts["h1"][:, -1]).item(), rel=1e-5)
+    if report:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        runs = [r for r, _, fs in os.walk(tmp_path / "tb") if any("tfevents" in f for f in fs)]
+        tags = set()
+        for r in runs:
+            acc = EventAccumulator(r)
+            acc.Reload()
+            tags |= set(acc.Tags()["scalars"])
+        assert any(name in t for t in tags), tags  # installed ahead of the reporting callbacks
+
+
+def _has(mod):
+    try:
+        __import__(mod)
+        return True
+    except ImportError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ViT and ResNet from transformers configs, layer by layer
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_vit_monitored_layer_by_layer():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=3,
+                                 num_attention_heads=2, intermediate_size=64, num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(cfg)
+    blocks = "vit.encoder.layer.*" if hasattr(model.vit, "encoder") else "vit.layers.*"  # transformers 4 / 5
+    pixels = torch.randn(12, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    # `vit` returns a ModelOutput (its last_hidden_state is used); the blocks return tensors or tuples
+    mon = CKAMonitor(model, ["vit.embeddings", blocks, "vit"], pairs="all", probe=pixels, position=0)
+    assert len(mon.layers) == 5 and mon.layers[-1] == "vit"
+    mon.step()
+    mat = mon.matrix()
+    mon.close()
+    with torch.no_grad():
+        model.eval()
+        out = model.vit(pixels, output_hidden_states=True)
+    cls = [h[:, 0] for h in out.hidden_states] + [out.last_hidden_state[:, 0]]  # embeddings, blocks, final norm
+    want = torch.stack([fastcka.cka(cls[i], cls[j]) for i in range(5) for j in range(i + 1, 5)])
+    got = torch.tensor([mon.history[n][0] for n in mon.names], dtype=want.dtype)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mat[0, 1:], want[:4], rtol=1e-5, atol=1e-6)
+
+
+def test_resnet_monitored_stage_by_stage_4d_feature_maps():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16, 16], depths=[1, 1, 1],
+                                    layer_type="basic")
+    torch.manual_seed(0)
+    model = transformers.ResNetForImageClassification(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(3)
+    pixels = torch.randn(10, 3, 32, 32, generator=g)
+    labels = torch.randint(0, 2, (10,), generator=g)
+    model.config.num_labels = 2
+    for reduce in (None, "mean"):
+        mon = CKAMonitor(model, ["resnet.embedder", "resnet.encoder.stages.*"], probe=pixels[:8], reduce=reduce,
+                         flush_every=1)
+        assert mon.layers[1:] == [f"resnet.encoder.stages.{i}" for i in range(3)]
+        out = model(pixel_values=pixels, labels=labels)  # a ModelOutput; the monitor only hooks submodules
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        mon.step()
+        mon.close()
+        with torch.no_grad():
+            model.eval()
+            hs = model.resnet(pixels[:8], output_hidden_states=True).hidden_states  # embedder, then each stage
+            model.train()
+        f = (lambda t: t.flatten(1)) if reduce is None else (lambda t: t.mean((2, 3)))
+        want = torch.stack([fastcka.cka(f(hs[i]), f(hs[i + 1])) for i in range(3)])
+        got = torch.tensor([mon.history[n][0] for n in mon.names], dtype=want.dtype)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert model.training and all(m.training for m in model.modules())
