@@ -68,6 +68,10 @@ def extensions():
         return [CppExtension("fastcka._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)]
     sources += sorted(glob.glob(os.path.join(CSRC, "ops", "cuda", "*.cu")))
     incs, libs = nvidia_pip_dirs()
+    # libcudart.so (unversioned, for -lcudart) lives in the toolkit, not in the pip packages.
+    roots = [CUDA_HOME or "", os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"]
+    libs = [d for r in roots if r for d in (os.path.join(r, "lib64"), os.path.join(r, "targets", "x86_64-linux", "lib"))
+            if os.path.exists(os.path.join(d, "libcudart.so"))][:1] + libs
     archs = os.environ.get("FASTCKA_CUDA_ARCHS", "80;90")
     nvcc = ["-O3", "-std=c++17", TORCH_TARGET, "-DUSE_CUDA", "-DFASTCKA_WITH_CUDA", "--expt-relaxed-constexpr"]
     os.environ["TORCH_CUDA_ARCH_LIST"] = torch_arch_list(archs)

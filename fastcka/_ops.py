@@ -19,6 +19,16 @@ ops = torch.ops.fastcka
 OP_NAMES = ("linear_hsic", "_linear_hsic_backward")
 
 
+def _block_double_backward(name: str) -> None:
+    """The backward ops have no derivative of their own: differentiating them raises instead of silently
+    returning zeros."""
+
+    def _raise(ctx, *grads):
+        raise RuntimeError(f"double backward through fastcka::{name} is not implemented")
+
+    torch.library.register_autograd(f"fastcka::{name}", _raise, setup_context=lambda ctx, inputs, output: None)
+
+
 # --- linear_hsic ----------------------------------------------------------------------------------------------------
 @torch.library.register_fake("fastcka::linear_hsic")
 def _linear_hsic_fake(x, y, unbiased, method):
@@ -45,3 +55,4 @@ def _linear_hsic_bwd(ctx, grad):
 
 
 torch.library.register_autograd("fastcka::linear_hsic", _linear_hsic_bwd, setup_context=_linear_hsic_setup)
+_block_double_backward("_linear_hsic_backward")

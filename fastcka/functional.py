@@ -113,7 +113,10 @@ def cka(
 
 
 def cka_from_terms(h: Tensor) -> Tensor:
-    """h[..., 0] / √(h[..., 1]·h[..., 2]), and 0 where the product is not positive (no host sync)."""
+    """h[..., 0] / √(h[..., 1]·h[..., 2]); 0 where the product is not positive, NaN where any term is NaN
+    (no host sync: the branch is a `where`)."""
     denom = h[..., 1] * h[..., 2]
     pos = denom > 0
-    return torch.where(pos, h[..., 0] / torch.sqrt(torch.where(pos, denom, torch.ones_like(denom))), torch.zeros_like(denom))
+    # 0·(sum) is 0 for finite terms and NaN as soon as one is NaN or infinite.
+    fallback = 0.0 * (denom + h[..., 0])
+    return torch.where(pos, h[..., 0] / torch.sqrt(torch.where(pos, denom, torch.ones_like(denom))), fallback)

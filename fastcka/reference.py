@@ -36,6 +36,7 @@ __all__ = [
     "cka_kornblith",
     "linear_cka",
     "rbf_cka",
+    "feature_space_linear_hsic",
     "feature_space_linear_cka",
     "minibatch_cka",
     "frequency_spectrum",
@@ -165,9 +166,10 @@ def rbf_cka(
     return cka(gram_rbf(x, sigma_x, threshold), gram_rbf(y, sigma_y, threshold), unbiased)
 
 
-def feature_space_linear_cka(x: Tensor, y: Tensor, debiased: bool = False) -> Tensor:
-    """Linear CKA without n×n matrices (Kornblith et al. 2019, eq. 3; their `feature_space_linear_cka`):
-    ‖YcᵀXc‖²_F / (‖XcᵀXc‖_F ‖YcᵀYc‖_F) on column-centred features; the debiased form adds the row-norm terms."""
+def feature_space_linear_hsic(x: Tensor, y: Tensor, debiased: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """[HSIC(K,L), HSIC(K,K), HSIC(L,L)] for linear kernels without n×n matrices (Kornblith et al. 2019, eq. 3 and
+    their `feature_space_linear_cka`): ‖YcᵀXc‖²_F/(n−1)² on column-centred features; the debiased form
+    (Song et al.'s HSIC₁) adds the row-norm terms and divides by n(n−3)."""
     x, y = as_matrix(x), as_matrix(y)
     x = x - x.mean(0, keepdim=True)
     y = y - y.mean(0, keepdim=True)
@@ -175,15 +177,20 @@ def feature_space_linear_cka(x: Tensor, y: Tensor, debiased: bool = False) -> Te
     xty = (x.T @ y).pow(2).sum()
     xtx = (x.T @ x).pow(2).sum()
     yty = (y.T @ y).pow(2).sum()
-    if debiased:
-        rx, ry = (x * x).sum(1), (y * y).sum(1)
-        sx, sy = rx.sum(), ry.sum()
+    if not debiased:
+        return xty / (n - 1) ** 2, xtx / (n - 1) ** 2, yty / (n - 1) ** 2
+    rx, ry = (x * x).sum(1), (y * y).sum(1)
+    sx, sy = rx.sum(), ry.sum()
 
-        def debias(dot, ra, rb, sa, sb):
-            return dot - n / (n - 2.0) * (ra @ rb) + sa * sb / ((n - 1) * (n - 2))
+    def debias(dot, ra, rb, sa, sb):
+        return (dot - n / (n - 2.0) * (ra @ rb) + sa * sb / ((n - 1) * (n - 2))) / (n * (n - 3))
 
-        xty, xtx, yty = debias(xty, rx, ry, sx, sy), debias(xtx, rx, rx, sx, sx), debias(yty, ry, ry, sy, sy)
-    return cka_from_hsic(xty, xtx, yty)
+    return debias(xty, rx, ry, sx, sy), debias(xtx, rx, rx, sx, sx), debias(yty, ry, ry, sy, sy)
+
+
+def feature_space_linear_cka(x: Tensor, y: Tensor, debiased: bool = False) -> Tensor:
+    """Linear CKA from `feature_space_linear_hsic`: agrees with `linear_cka` without forming n×n matrices."""
+    return cka_from_hsic(*feature_space_linear_hsic(x, y, debiased))
 
 
 def minibatch_cka(

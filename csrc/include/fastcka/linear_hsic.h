@@ -31,21 +31,22 @@ enum LinearMoment : int {
   kNumLinearMoments = 10
 };
 
-// One HSIC from moments of (scaled) kernels; `scale2` is sa²·sb², the factor the scaled moments carry.
-FASTCKA_HD double hsic_from_moments(double kl, double dadb, double tra, double trb, double scale2, int64_t n,
+// One HSIC from moments of kernels built on features scaled by sa and sb: the moments carry sa²·sb², divided out
+// one factor at a time so that the product of the scales never underflows.
+FASTCKA_HD double hsic_from_moments(double kl, double dadb, double tra, double trb, double sa, double sb, int64_t n,
                                    bool unbiased) {
   const double nd = static_cast<double>(n);
-  if (!unbiased) return kl / scale2 / ((nd - 1.0) * (nd - 1.0));
-  const double num = kl - nd / (nd - 2.0) * dadb + tra * trb / ((nd - 1.0) * (nd - 2.0));
-  return num / scale2 / (nd * (nd - 3.0));
+  const double num = unbiased ? kl - nd / (nd - 2.0) * dadb + tra * trb / ((nd - 1.0) * (nd - 2.0)) : kl;
+  const double norm = unbiased ? nd * (nd - 3.0) : (nd - 1.0) * (nd - 1.0);
+  return num / (sa * sa) / (sb * sb) / norm;
 }
 
 // out[0..2] = HSIC(K,L), HSIC(K,K), HSIC(L,L).
 FASTCKA_HD void linear_hsic_combine(const double* m, int64_t n, bool unbiased, double* out) {
-  const double sx2 = m[kScaleX] * m[kScaleX], sy2 = m[kScaleY] * m[kScaleY];
-  out[0] = hsic_from_moments(m[kKL], m[kDkDl], m[kTrK], m[kTrL], sx2 * sy2, n, unbiased);
-  out[1] = hsic_from_moments(m[kKK], m[kDkDk], m[kTrK], m[kTrK], sx2 * sx2, n, unbiased);
-  out[2] = hsic_from_moments(m[kLL], m[kDlDl], m[kTrL], m[kTrL], sy2 * sy2, n, unbiased);
+  const double sx = m[kScaleX], sy = m[kScaleY];
+  out[0] = hsic_from_moments(m[kKL], m[kDkDl], m[kTrK], m[kTrL], sx, sy, n, unbiased);
+  out[1] = hsic_from_moments(m[kKK], m[kDkDk], m[kTrK], m[kTrK], sx, sx, n, unbiased);
+  out[2] = hsic_from_moments(m[kLL], m[kDlDl], m[kTrL], m[kTrL], sy, sy, n, unbiased);
 }
 
 // Gradient of g·(HSIC(K,L), HSIC(K,K), HSIC(L,L)) with respect to the centred X side, as
@@ -90,6 +91,7 @@ FASTCKA_HD double pow2_normaliser(double maxabs) {
   int e = 0;
   // frexp is host/device in both libstdc++ and CUDA's math library.
   (void)frexp(maxabs, &e);
+  e = e < -1000 ? -1000 : e;  // float64 subnormals: stop before the multiplier itself overflows
   return ldexp(1.0, -e);
 }
 

@@ -81,9 +81,9 @@ double subtract_means(const T* x, const std::vector<double>& mean, int64_t n, in
 template <typename T>
 void scale_inplace(T* x, int64_t len, double s) {
   if (s == 1.0) return;
-  const T st = static_cast<T>(s);
+  // in float64: for float32 subnormals the multiplier itself (up to 2^149) is not a float
   torch::stable::parallel_for(0, len, 1 << 15, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) x[i] *= st;
+    for (int64_t i = b; i < e; ++i) x[i] = static_cast<T>(static_cast<double>(x[i]) * s);
   });
 }
 

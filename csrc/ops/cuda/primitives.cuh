@@ -1,0 +1,240 @@
+// CUDA building blocks of the GEMM-based ops, the twins of cpu/primitives.h: float64 reductions (block reduce +
+// one float64 atomicAdd per block, so the last bits of a sum may vary from run to run) and fused element-wise passes.
+// The math they feed (moment combination, gradient coefficients, the power-of-two normaliser) comes from
+// csrc/include/fastcka/, shared with the CPU.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
+
+#include <algorithm>
+
+#include "fastcka/linear_hsic.h"
+#include "stable_common.h"
+
+namespace fastcka::cuda {
+
+constexpr int kThreads = 256;
+
+inline cudaStream_t current_stream(const Tensor& t) {
+  void* s = nullptr;
+  STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(t.get_device_index(), &s) == AOTI_TORCH_SUCCESS,
+                  "fastcka: cannot get the current CUDA stream");
+  return static_cast<cudaStream_t>(s);
+}
+
+inline void check_launch(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  STD_TORCH_CHECK(e == cudaSuccess, "fastcka CUDA kernel ", what, " failed: ", cudaGetErrorString(e));
+}
+
+inline int blocks_for(int64_t work, int64_t per_block, int cap = 4096) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(cap, (work + per_block - 1) / per_block)));
+}
+
+__device__ inline double block_sum(double v) {
+  __shared__ double warp_part[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_part[warp] = v;
+  __syncthreads();
+  v = (threadIdx.x < (blockDim.x >> 5)) ? warp_part[lane] : 0.0;
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  __syncthreads();
+  return v;  // valid in thread 0
+}
+
+__device__ inline double block_max(double v) {
+  __shared__ double warp_part[32];
+  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_down_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_part[warp] = v;
+  __syncthreads();
+  v = (threadIdx.x < (blockDim.x >> 5)) ? warp_part[lane] : 0.0;
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_down_sync(0xffffffffu, v, o));
+  __syncthreads();
+  return v;
+}
+
+// out[j] += Σ_{rows of this block's chunk} x[i, j]  (blockIdx.y picks the row chunk; out pre-zeroed).
+template <typename T>
+__global__ void column_sums_kernel(const T* x, int64_t n, int64_t p, int64_t rows_per_chunk, double* out) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= p) return;
+  const int64_t r0 = blockIdx.y * rows_per_chunk, r1 = min(n, r0 + rows_per_chunk);
+  double acc = 0.0;
+  for (int64_t i = r0; i < r1; ++i) acc += static_cast<double>(x[i * p + j]);
+  atomicAdd(out + j, acc);
+}
+
+template <typename T>
+void column_sums(const T* x, int64_t n, int64_t p, double* out, cudaStream_t s) {
+  cudaMemsetAsync(out, 0, sizeof(double) * p, s);
+  const int64_t chunks = std::min<int64_t>(std::max<int64_t>(1, n / 64), 1024);
+  const int64_t rows = (n + chunks - 1) / chunks;
+  dim3 grid(blocks_for(p, kThreads, 1 << 30), static_cast<unsigned>((n + rows - 1) / rows));
+  column_sums_kernel<<<grid, kThreads, 0, s>>>(x, n, p, rows, out);
+  check_launch("column_sums");
+}
+
+// out = x − sums/n (in float64, rounded once); *maxabs_bits = max |out| as the bits of a non-negative double.
+template <typename Tin, typename Tout>
+__global__ void subtract_means_kernel(const Tin* x, const double* sums, int64_t n, int64_t p, Tout* out,
+                                      unsigned long long* maxabs_bits) {
+  double m = 0.0;
+  const double inv_n = 1.0 / static_cast<double>(n);
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n * p;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const Tout v = static_cast<Tout>(static_cast<double>(x[k]) - sums[k % p] * inv_n);
+    out[k] = v;
+    m = fmax(m, fabs(static_cast<double>(v)));
+  }
+  if (maxabs_bits) {
+    m = block_max(m);
+    if (threadIdx.x == 0) atomicMax(maxabs_bits, static_cast<unsigned long long>(__double_as_longlong(m)));
+  }
+}
+
+template <typename T>
+__global__ void normalise_kernel(T* x, int64_t len, const unsigned long long* maxabs_bits, double* m_slot) {
+  const double s = pow2_normaliser(__longlong_as_double(static_cast<long long>(*maxabs_bits)));
+  if (blockIdx.x == 0 && threadIdx.x == 0) *m_slot = s;
+  if (s == 1.0) return;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < len;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[k] = static_cast<T>(static_cast<double>(x[k]) * s);  // float64: 2^149 is not a float
+}
+
+template <typename T>
+__global__ void dot_kernel(const T* a, const T* b, int64_t len, double* out) {
+  double acc = 0.0;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < len;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    acc += b ? static_cast<double>(a[k]) * static_cast<double>(b[k]) : static_cast<double>(a[k]);
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) atomicAdd(out, acc);
+}
+
+// One warp per row.
+template <typename T>
+__global__ void row_sq_kernel(const T* x, int64_t n, int64_t p, double* out) {
+  const int64_t row = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (row >= n) return;
+  double acc = 0.0;
+  for (int64_t j = lane; j < p; j += 32) {
+    const double v = static_cast<double>(x[row * p + j]);
+    acc += v * v;
+  }
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
+  if (lane == 0) out[row] = acc;
+}
+
+__global__ inline void linear_combine_kernel(const double* m, int64_t n, bool unbiased, double* out) {
+  linear_hsic_combine(m, n, unbiased, out);
+}
+
+template <typename T>
+__global__ void linear_grad_assemble_kernel(const T* A, const T* B, const T* xc, const double* d_own,
+                                            const double* d_other, const double* g, const double* m, bool x_side,
+                                            int64_t n, int64_t p, bool unbiased, double* out) {
+  const LinearGradCoef c = x_side
+      ? linear_grad_coef(g[0], g[1], m[kScaleX], m[kScaleY], m[kTrK], m[kTrL], n, unbiased)
+      : linear_grad_coef(g[0], g[2], m[kScaleY], m[kScaleX], m[kTrL], m[kTrK], n, unbiased);
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n * p;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = k / p;
+    const double r = c.r_const + c.r_other * d_other[i] + c.r_own * d_own[i];
+    out[k] = c.a * static_cast<double>(A[k]) + c.b * static_cast<double>(B[k]) + r * static_cast<double>(xc[k]);
+  }
+}
+
+// --- tensor-level wrappers (the CUDA backend) -----------------------------------------------------------------------
+
+inline Tensor center_normalise(const Tensor& x, Tensor& m, int slot) {
+  const int64_t n = x.size(0), p = x.size(1);
+  const cudaStream_t s = current_stream(x);
+  Tensor xc = empty_like_shape(x, {n, p}, x.scalar_type());
+  Tensor sums = empty_like_shape(x, {p + 1}, ScalarType::Double);  // last slot: max bits
+  FASTCKA_DISPATCH_FLOATING(x.scalar_type(), "center", [&] {
+    double* sp = sums.mutable_data_ptr<double>();
+    auto* bits = reinterpret_cast<unsigned long long*>(sp + p);
+    column_sums(x.const_data_ptr<scalar_t>(), n, p, sp, s);
+    cudaMemsetAsync(bits, 0, sizeof(double), s);
+    const int blocks = blocks_for(n * p, kThreads);
+    subtract_means_kernel<<<blocks, kThreads, 0, s>>>(x.const_data_ptr<scalar_t>(), sp, n, p,
+                                                      xc.mutable_data_ptr<scalar_t>(), bits);
+    normalise_kernel<<<blocks, kThreads, 0, s>>>(xc.mutable_data_ptr<scalar_t>(), n * p, bits,
+                                                 m.mutable_data_ptr<double>() + slot);
+    check_launch("center_normalise");
+  });
+  return xc;
+}
+
+inline void dot_into(const Tensor& a, const Tensor* b, Tensor& m, int slot) {
+  const cudaStream_t s = current_stream(a);
+  FASTCKA_DISPATCH_FLOATING(a.scalar_type(), "dot", [&] {
+    dot_kernel<<<blocks_for(a.numel(), kThreads * 4, 1024), kThreads, 0, s>>>(
+        a.const_data_ptr<scalar_t>(), b ? b->const_data_ptr<scalar_t>() : nullptr, a.numel(),
+        m.mutable_data_ptr<double>() + slot);
+    check_launch("dot");
+  });
+}
+
+inline Tensor row_sq(const Tensor& xc) {
+  const int64_t n = xc.size(0), p = xc.size(1);
+  Tensor out = empty_like_shape(xc, {n}, ScalarType::Double);
+  FASTCKA_DISPATCH_FLOATING(xc.scalar_type(), "row_sq", [&] {
+    row_sq_kernel<<<blocks_for(n * 32, kThreads, 1 << 30), kThreads, 0, current_stream(xc)>>>(
+        xc.const_data_ptr<scalar_t>(), n, p, out.mutable_data_ptr<double>());
+    check_launch("row_sq");
+  });
+  return out;
+}
+
+inline Tensor linear_grad_side(const Tensor& A, const Tensor& B, const Tensor& xc, const Tensor& d_own,
+                               const Tensor& d_other, const Tensor& g, const Tensor& m, bool x_side, int64_t n,
+                               bool unbiased) {
+  const int64_t p = xc.size(1);
+  const cudaStream_t s = current_stream(xc);
+  Tensor tmp = empty_like_shape(xc, {n, p}, ScalarType::Double);
+  Tensor sums = empty_like_shape(xc, {p}, ScalarType::Double);
+  Tensor out = empty_like_shape(xc, {n, p}, xc.scalar_type());
+  FASTCKA_DISPATCH_FLOATING(xc.scalar_type(), "linear_grad", [&] {
+    const int blocks = blocks_for(n * p, kThreads);
+    linear_grad_assemble_kernel<<<blocks, kThreads, 0, s>>>(
+        A.const_data_ptr<scalar_t>(), B.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+        d_own.const_data_ptr<double>(), d_other.const_data_ptr<double>(), g.const_data_ptr<double>(),
+        m.const_data_ptr<double>(), x_side, n, p, unbiased, tmp.mutable_data_ptr<double>());
+    column_sums(tmp.const_data_ptr<double>(), n, p, sums.mutable_data_ptr<double>(), s);
+    subtract_means_kernel<double, scalar_t><<<blocks, kThreads, 0, s>>>(
+        tmp.const_data_ptr<double>(), sums.const_data_ptr<double>(), n, p, out.mutable_data_ptr<scalar_t>(), nullptr);
+    check_launch("linear_grad_side");
+  });
+  return out;
+}
+
+}  // namespace fastcka::cuda
+
+namespace fastcka {
+// The CUDA backend as a type, for the device-generic op templates (csrc/ops/*_impl.h).
+struct CudaBackend {
+  static Tensor center_normalise(const Tensor& x, Tensor& m, int slot) { return cuda::center_normalise(x, m, slot); }
+  static void dot_into(const Tensor& a, const Tensor& b, Tensor& m, int slot) { cuda::dot_into(a, &b, m, slot); }
+  static void sum_into(const Tensor& a, Tensor& m, int slot) { cuda::dot_into(a, nullptr, m, slot); }
+  static Tensor row_sq(const Tensor& xc) { return cuda::row_sq(xc); }
+  static void linear_combine(const Tensor& m, int64_t n, bool unbiased, Tensor& out3) {
+    cuda::linear_combine_kernel<<<1, 1, 0, cuda::current_stream(m)>>>(m.const_data_ptr<double>(), n, unbiased,
+                                                                       out3.mutable_data_ptr<double>());
+    cuda::check_launch("linear_combine");
+  }
+  static Tensor linear_grad_side(const Tensor& A, const Tensor& B, const Tensor& xc, const Tensor& d_own,
+                                 const Tensor& d_other, const Tensor& g, const Tensor& m, bool x_side, int64_t n,
+                                 bool unbiased) {
+    return cuda::linear_grad_side(A, B, xc, d_own, d_other, g, m, x_side, n, unbiased);
+  }
+};
+}  // namespace fastcka

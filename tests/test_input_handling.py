@@ -1,0 +1,120 @@
+"""The public API's handling of shapes, dtypes, devices, sizes, strides and non-finite values."""
+
+import math
+
+import pytest
+import torch
+
+import fastcka
+import fastcka.reference as R
+from conftest import correlated_pair, randn
+
+
+def test_trailing_dims_are_flattened_per_example():
+    x = randn(20, 3, 4, 5, seed=1)
+    y = randn(20, 7, seed=2)
+    expect = R.linear_cka(x.reshape(20, -1), y)
+    torch.testing.assert_close(fastcka.cka(x, y), expect, rtol=1e-10, atol=0)
+    # a 1-D input is one feature per example
+    torch.testing.assert_close(fastcka.cka(x[:, 0, 0, 0], y), R.linear_cka(x[:, 0, 0, 0, None], y), rtol=1e-10, atol=0)
+
+
+def test_n_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"\(10, 3\).*\(11, 3\)"):
+        fastcka.cka(torch.randn(10, 3), torch.randn(11, 3))
+
+
+@pytest.mark.parametrize("n,unbiased", [(1, False), (3, True), (2, True)])
+def test_too_few_examples(n, unbiased):
+    with pytest.raises(ValueError, match="at least"):
+        fastcka.cka(torch.randn(n, 3), torch.randn(n, 2), unbiased=unbiased)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+def test_bad_dtypes_raise_type_error(dtype):
+    x = torch.ones(5, 2).to(dtype)
+    with pytest.raises(TypeError, match="x must be a real floating-point"):
+        fastcka.cka(x, torch.randn(5, 2))
+    with pytest.raises(TypeError, match="y must be"):
+        fastcka.cka(torch.randn(5, 2), x)
+
+
+def test_not_a_tensor():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        fastcka.cka([[1.0, 2.0]], torch.randn(1, 2))
+
+
+def test_zero_dim_and_empty_features():
+    with pytest.raises(ValueError):
+        fastcka.cka(torch.tensor(1.0), torch.randn(1))
+    with pytest.raises(ValueError, match="no features"):
+        fastcka.cka(torch.randn(5, 0), torch.randn(5, 2))
+
+
+def test_different_devices():
+    x = torch.randn(5, 2)
+    y = torch.randn(5, 2, device="meta")
+    with pytest.raises(ValueError, match="same device"):
+        fastcka.cka(x, y)
+
+
+def test_unknown_kernel_and_method():
+    with pytest.raises(ValueError, match="known kernels: linear, rbf"):
+        fastcka.cka(torch.randn(5, 2), torch.randn(5, 2), kernel="poly")
+    with pytest.raises(ValueError, match="known"):
+        fastcka.cka(torch.randn(5, 2), torch.randn(5, 2), method="magic")
+
+
+def test_non_contiguous_and_expanded_inputs_agree():
+    x, y = correlated_pair(30, 8, 6, seed=3)
+    base = fastcka.cka(x, y)
+    xt = x.T.contiguous().T  # column-major
+    ys = torch.stack([y, y], 2)[:, :, 0]  # strided view of y
+    assert not xt.is_contiguous() and not ys.is_contiguous()
+    torch.testing.assert_close(fastcka.cka(xt, ys), base, rtol=1e-12, atol=0)
+    # expanded (stride 0) feature axis: same value as the materialised copy
+    col = randn(30, 1, seed=4)
+    e = col.expand(30, 5)
+    torch.testing.assert_close(fastcka.cka(e, y), fastcka.cka(e.contiguous(), y), rtol=1e-12, atol=0)
+
+
+def test_mixed_dtypes_promote():
+    x, y = correlated_pair(30, 4, 3, seed=5)
+    out = fastcka.cka(x.float(), y)
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_in_gives_nan_out(bad):
+    x, y = correlated_pair(20, 4, 3, seed=6)
+    x[3, 1] = bad
+    for method in ("feature", "sample"):
+        assert torch.isnan(fastcka.cka(x, y, method=method))
+        assert torch.isnan(fastcka.hsic(x, y, method=method))
+
+
+def test_constant_representation_is_zero_on_every_path():
+    x = torch.full((12, 4), 3.25, dtype=torch.float64)
+    y = randn(12, 3, seed=7)
+    for unbiased in (False, True):
+        for method in ("feature", "sample", "auto"):
+            assert fastcka.cka(x, y, unbiased=unbiased, method=method).item() == 0.0
+            assert fastcka.cka(x, x, unbiased=unbiased, method=method).item() == 0.0
+            assert fastcka.hsic(x, y, unbiased=unbiased, method=method).item() == 0.0
+    assert R.linear_cka(x, y).item() == 0.0
+
+
+def test_result_is_a_0d_tensor_on_input_device():
+    x, y = correlated_pair(10, 3, 3, seed=8, dtype=torch.float32)
+    out = fastcka.cka(x, y)
+    assert out.dim() == 0 and out.device == x.device and out.dtype == torch.float32
+
+
+def test_extreme_magnitudes_do_not_overflow():
+    x, y = correlated_pair(40, 5, 4, seed=9)
+    ref = R.linear_cka(x, y).item()
+    for scale in (1e30, 1e-30):
+        out = fastcka.cka((x * scale).float(), (y * scale).float()).item()
+        assert abs(out - ref) < 1e-5, scale
+    # float64: fine while HSIC itself (~ magnitude⁴) stays below float64's range
+    assert abs(fastcka.cka(x * 1e70, y * 1e-70).item() - ref) < 1e-12
