@@ -166,7 +166,7 @@ def test_probe_mode_values_equal_fastcka_cka():
     mon.close()  # flushes
     assert mon.history["step"] == [2, 4, 6, 8]
     got = [[mon.history[n][i] for n in mon.names] for i in range(4)]
-    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-6)
     assert len(set(mon.history["cka/blocks.0/blocks.1"])) == 4  # training moves the value
 
 
@@ -193,7 +193,7 @@ def test_training_batch_mode_position_and_rows_equal_fastcka_cka():
         mon.step()
     mon.flush()
     got = [[mon.history[n][i] for n in mon.names] for i in range(4)]
-    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-6)
     # the full matrix on request agrees with the pairs
     mat = mon.matrix(ids[rows])
     assert mat.shape == (3, 3)
