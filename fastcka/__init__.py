@@ -2,8 +2,21 @@
 
 from . import reference
 from ._ops import ops
+from .fourier import frequency_concentration, frequency_energy, frequency_spectrum, key_frequencies
 from .functional import cka, cka_from_terms, hsic, hsic_terms
 
 __version__ = "0.1.0"
 
-__all__ = ["cka", "hsic", "hsic_terms", "cka_from_terms", "ops", "reference", "__version__"]
+__all__ = [
+    "cka",
+    "hsic",
+    "hsic_terms",
+    "cka_from_terms",
+    "frequency_spectrum",
+    "frequency_energy",
+    "key_frequencies",
+    "frequency_concentration",
+    "ops",
+    "reference",
+    "__version__",
+]

@@ -16,7 +16,7 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
 ops = torch.ops.fastcka
 
 # Every public op; CI checks that each has a CPU and a CUDA kernel registered (tests/test_registration.py).
-OP_NAMES = ("linear_hsic", "_linear_hsic_backward")
+OP_NAMES = ("linear_hsic", "_linear_hsic_backward", "frequency_spectrum", "_frequency_spectrum_backward")
 
 
 def _block_double_backward(name: str) -> None:
@@ -56,3 +56,33 @@ def _linear_hsic_bwd(ctx, grad):
 
 torch.library.register_autograd("fastcka::linear_hsic", _linear_hsic_bwd, setup_context=_linear_hsic_setup)
 _block_double_backward("_linear_hsic_backward")
+
+
+# --- frequency_spectrum ---------------------------------------------------------------------------------------------
+@torch.library.register_fake("fastcka::frequency_spectrum")
+def _frequency_spectrum_fake(x, method):
+    torch._check(x.dim() in (2, 3))
+    h = x.shape[0] // 2 + 1
+    return x.new_empty((h,) if x.dim() == 2 else (h, h), dtype=torch.float64)
+
+
+@torch.library.register_fake("fastcka::_frequency_spectrum_backward")
+def _frequency_spectrum_backward_fake(grad, x, method):
+    return torch.empty_like(x)
+
+
+def _frequency_spectrum_setup(ctx, inputs, output):
+    x, method = inputs
+    ctx.save_for_backward(x)
+    ctx.method = method
+
+
+def _frequency_spectrum_bwd(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return ops._frequency_spectrum_backward(grad.to(torch.float64).contiguous(), x, ctx.method), None
+
+
+torch.library.register_autograd(
+    "fastcka::frequency_spectrum", _frequency_spectrum_bwd, setup_context=_frequency_spectrum_setup
+)
+_block_double_backward("_frequency_spectrum_backward")

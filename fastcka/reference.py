@@ -250,11 +250,12 @@ def _fold(e: Tensor, p: int, axis: int) -> Tensor:
 
 def _frequency_energy(x: Tensor, dim: int, dims: Optional[Tuple[int, int]]) -> Tensor:
     """Energy of each non-constant frequency k = 1 … ⌊p/2⌋. For a grid, frequency k collects the entries of the
-    folded table with k_a = k or k_b = k (an entry with both counted for each of its two frequencies)."""
+    folded table with k_a = k or k_b = k (each such entry once; a cross entry (k, k') with both non-zero counts
+    towards both k and k')."""
     s = frequency_spectrum(x, dim=dim, dims=dims)
     if dims is None:
         return s[1:]
-    return (s[1:, :].sum(1) + s[:, 1:].sum(0))
+    return s[1:, :].sum(1) + s[:, 1:].sum(0) - s.diagonal()[1:]
 
 
 def key_frequencies(x: Tensor, top_k: int, dim: int = 0, dims: Optional[Tuple[int, int]] = None) -> Tensor:

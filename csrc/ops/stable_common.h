@@ -9,6 +9,9 @@
 #include <torch/headeronly/util/Exception.h>
 
 #include <cstdint>
+#include <array>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace fastcka {
@@ -46,6 +49,27 @@ inline Tensor zeros_f64(const Tensor& like, int64_t size) {
 
 inline void check_matrix(const Tensor& t, const char* op, const char* arg) {
   STD_TORCH_CHECK(t.dim() == 2, op, ": ", arg, " must be 2-D (n, features)");
+}
+
+}  // namespace fastcka
+
+namespace fastcka {
+
+// Calls any ATen op through the dispatcher (the stable ABI's escape hatch) and returns its first output.
+template <class... Args>
+Tensor call_aten(const char* name, const char* overload, Args&&... args) {
+  std::array<StableIValue, sizeof...(Args)> stack{torch::stable::detail::from(std::forward<Args>(args))...};
+  STD_TORCH_CHECK(torch_call_dispatcher(name, overload, stack.data(), TORCH_ABI_VERSION) == AOTI_TORCH_SUCCESS,
+                  "fastcka: call to ", name, " failed");
+  return torch::stable::detail::to<Tensor>(stack[0]);
+}
+
+inline Tensor permuted(const Tensor& t, std::vector<int64_t> dims) {
+  return as_contiguous(call_aten("aten::permute", "", t, std::vector<int64_t>(dims)));
+}
+
+inline Tensor reshaped(const Tensor& t, std::vector<int64_t> sizes) {
+  return torch::stable::reshape(t, torch::headeronly::IntHeaderOnlyArrayRef(sizes.data(), sizes.size()));
 }
 
 }  // namespace fastcka
