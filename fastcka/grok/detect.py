@@ -19,8 +19,8 @@ The rule, every threshold a field of :class:`DetectorConfig`:
    confirmed (the earliest step an online observer could know), and the rise's onset is reported too.
 5. **Spike guard** (issue 8 §5): full-batch AdamW runs have periodic train-loss spikes (loss 1e-3…1e-7 jumping back
    to ~1, the "slingshot"), and Ô01 jumps at each. A spike is a point whose train loss (the largest since the
-   previous point, if the trainer logs it) is ≥ ``spike_ratio`` × the smallest train loss in the previous
-   ``spike_window`` steps and ≥ ``spike_min_loss``. With ``spike_guard="hold"`` the series is ignored (smoothed value,
+   previous point, if the trainer logs it) is ≥ ``spike_ratio`` × the previous point's and ≥ ``spike_min_loss``
+   (so the slow recovery after a spike is not a new spike). With ``spike_guard="hold"`` the series is ignored (smoothed value,
    minimum and rise clock all frozen) for ``spike_window`` steps after each spike; ``"rebase"`` does that and then
    restarts the running minimum from the smoothed value where the window ends, so that a level shift caused by the
    spike cannot count as a rise; ``"off"`` disables the guard.
@@ -44,9 +44,9 @@ class DetectorConfig:
     persist: int = field(default=100, metadata={"help": "steps the rise must hold before the alarm fires"})
     direction: int = field(default=1, metadata={"help": "+1: warn on a re-rise; -1: warn on a re-fall (series negated)"})
     spike_guard: str = field(default="hold", metadata={"help": "train-loss spike guard: off | hold | rebase"})
-    spike_ratio: float = field(default=10.0, metadata={"help": "loss / recent minimum loss that marks a spike"})
+    spike_ratio: float = field(default=10.0, metadata={"help": "loss / the previous point's loss that marks a spike"})
     spike_min_loss: float = field(default=0.05, metadata={"help": "a spike's loss must also be at least this"})
-    spike_window: int = field(default=200, metadata={"help": "steps ignored after a spike (and its look-back)"})
+    spike_window: int = field(default=200, metadata={"help": "steps the series is ignored after a spike"})
 
     def __post_init__(self) -> None:
         if self.spike_guard not in SPIKE_GUARDS:
@@ -84,7 +84,7 @@ class Detector:
         self._min = math.inf
         self._min_step: Optional[int] = None
         self._rise_since: Optional[int] = None
-        self._losses: list[tuple[int, float]] = []  # (step, loss) within the spike look-back
+        self._prev_loss = math.inf
         self._frozen_until = -math.inf
         self._rebase_pending = False
 
@@ -111,12 +111,14 @@ class Detector:
             self._peak = max(self._peak, s)
             if r.memorised_step is None:
                 return False
+        if r.alarm_step is not None:  # done: the minimum and peak stay those the alarm was measured from
+            return False
         if self._rebase_pending:  # the guard's window just ended: measure rises from here on
             self._min, self._min_step, self._rise_since, self._rebase_pending = s, step, None, False
         if s < self._min:
             self._min, self._min_step = s, step
         r.peak, r.minimum, r.minimum_step = c.direction * self._peak, c.direction * self._min, self._min_step
-        if r.alarm_step is not None or self._peak - self._min < c.min_drop:
+        if self._peak - self._min < c.min_drop:
             return False
         if s - self._min >= c.rise:
             if self._rise_since is None:
@@ -133,10 +135,8 @@ class Detector:
         c = self.cfg
         if c.spike_guard == "off" or loss is None or not math.isfinite(loss):
             return False
-        self._losses = [(s, l) for s, l in self._losses if step - s <= c.spike_window]
-        recent = min((l for _, l in self._losses), default=math.inf)
-        self._losses.append((step, loss))
-        if loss >= c.spike_min_loss and loss >= c.spike_ratio * recent:
+        prev, self._prev_loss = self._prev_loss, loss
+        if loss >= c.spike_min_loss and loss >= c.spike_ratio * prev:
             self.result.spike_steps.append(step)
             self._frozen_until = step + c.spike_window
             self._rise_since = None

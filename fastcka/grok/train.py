@@ -252,6 +252,12 @@ def summarise(cfg: TrainConfig, rows: list[dict], extra: dict) -> dict:
     for r in rows:
         det.update(r["step"], r["o01"], r["train_acc"], r["train_loss_max"])
     d = det.result
+    other_guards = {}  # the same rule with the spike guard's other settings, to show how much the spikes matter
+    for guard in ("off", "hold", "rebase"):
+        other = Detector(dataclasses.replace(cfg.detector, spike_guard=guard))
+        for r in rows:
+            other.update(r["step"], r["o01"], r["train_acc"], r["train_loss_max"])
+        other_guards[guard] = other.result.alarm_step
     grok = first_step(rows, "test_acc", cfg.grok_acc)
     lead = grok - d.alarm_step if grok is not None and d.alarm_step is not None else None
     at_alarm = next((r["test_acc"] for r in rows if r["step"] == d.alarm_step), None)
@@ -259,6 +265,7 @@ def summarise(cfg: TrainConfig, rows: list[dict], extra: dict) -> dict:
         "memorised_step": d.memorised_step, "alarm_step": d.alarm_step, "rise_onset_step": d.rise_onset_step,
         "grok_step": grok, "lead": lead, "test_acc_at_alarm": at_alarm,
         "o01_peak": d.peak, "o01_min": d.minimum, "o01_min_step": d.minimum_step, "spike_steps": d.spike_steps,
+        "alarm_step_by_spike_guard": other_guards,
         "final": rows[-1] if rows else None, "cka_backend": _metrics.BACKEND, **extra,
         "config": dataclasses.asdict(cfg),
     }
@@ -375,7 +382,10 @@ def format_report(s: dict) -> str:
     alarm = at(s["alarm_step"], "no alarm")
     if s["alarm_step"] is not None:
         alarm += f" (rise began at step {s['rise_onset_step']}; test acc then {s['test_acc_at_alarm']:.0%})"
-    lines += [f"  alarm (Ô01 re-rise +{c['detector']['rise']:g}):  {alarm}",
+    guards = ", ".join(f"{g}: {a if a is not None else 'none'}" for g, a in s["alarm_step_by_spike_guard"].items()
+                       if g != c["detector"]["spike_guard"])
+    lines += [f"  alarm (Ô01 re-rise +{c['detector']['rise']:g}, spike guard {c['detector']['spike_guard']}):  {alarm}",
+              f"    the same rule with spike guard {guards}",
               f"  grokked (test acc >= {grok_acc:.0%}):  {at(s['grok_step'], 'did not grok')}"]
     if s["lead"] is not None:
         lines.append(f"  lead time:  {s['lead']} steps ({s['lead'] / max(s['grok_step'], 1):.0%} of the grok step)"
