@@ -582,6 +582,16 @@ class CKAMonitor:
         if s % self.flush_every == 0:
             self.flush()
 
+    def measure(self, step: Optional[int] = None) -> None:
+        """Measure now on the probe (e.g. at step 0, before training), recorded at ``step`` (default: the current
+        step count); no host sync, logged at the next flush. Needs a probe."""
+        if self._closed:
+            raise RuntimeError("CKAMonitor.measure() after close(): the hooks are gone")
+        if self.probe is None:
+            raise ValueError("measure() runs the probe: this monitor has probe=None (it measures in step())")
+        s = self._step if step is None else int(step)
+        self._write(s, self._compute(self._run_probe(self.probe, s)))
+
     def _measure(self, s: int) -> None:
         if self.probe is not None:
             acts = self._run_probe(self.probe, s)
@@ -669,6 +679,11 @@ class CKAMonitor:
         self._last = values
 
     # -- reading and logging -------------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close` (or an exception left the ``with`` block): the hooks are gone."""
+        return self._closed
+
     @property
     def step_count(self) -> int:
         """The last step given to :meth:`step`."""

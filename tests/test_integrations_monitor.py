@@ -95,6 +95,21 @@ def test_lightning_callback_writes_the_metric_to_csvlogger(tmp_path):
     state = cb.state_dict()
     assert state["step"] == 20 and state["pending"] == []
 
+    # resume from a checkpoint: the callback's state comes back and the series continues
+    ckpt = str(tmp_path / "last.ckpt")
+    trainer.save_checkpoint(ckpt)
+    cb2 = CKACallback(["l1", "l2", "l3"], probe=probe, every=2)
+    csv2 = pl.loggers.CSVLogger(str(tmp_path), name="resumed")
+    trainer2 = pl.Trainer(
+        max_steps=30, accelerator="cpu", devices=1, logger=csv2, callbacks=[cb2], log_every_n_steps=5,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer2.fit(Net(), DataLoader(data, batch_size=8), ckpt_path=ckpt)
+    with open(os.path.join(csv2.log_dir, "metrics.csv")) as f:
+        rows2 = [r for r in csv.DictReader(f) if r.get(name)]
+    assert [int(r["step"]) for r in rows2] == list(range(22, 31, 2))
+    assert cb2.monitor.step_count == 30
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Hugging Face Trainer

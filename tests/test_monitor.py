@@ -428,9 +428,10 @@ def test_every_and_flush_every_cadence():
     calls = []
     mon = CKAMonitor(m, "blocks.*", probe=torch.randn(8, 6), every=3, flush_every=10,
                      logger=lambda s, d: calls.append((mon.step_count, s, sorted(d))))
+    mon.measure()  # step 0, before training
     for _ in range(21):
         mon.step()
-    assert [(at, s) for at, s, _ in calls] == [(10, 3), (10, 6), (10, 9), (20, 12), (20, 15), (20, 18)]
+    assert [(at, s) for at, s, _ in calls] == [(10, 0), (10, 3), (10, 6), (10, 9), (20, 12), (20, 15), (20, 18)]
     assert calls[0][2] == ["cka/blocks.0/blocks.1", "cka/blocks.1/blocks.2"]
     assert mon.last.shape == (2,) and mon._rows == 1  # step 21 waits for the next flush
     mon.close()

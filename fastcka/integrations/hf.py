@@ -131,12 +131,12 @@ class CKATrainerCallback(_TrainerCallback):
             self._pending_state = None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.monitor is not None and not self.monitor._closed:
+        if self.monitor is not None and not self.monitor.closed:
             self.monitor.step(step=int(state.global_step))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
         mon = self.monitor
-        if mon is None or mon._closed or not state.is_world_process_zero:
+        if mon is None or mon.closed or not state.is_world_process_zero:
             return
         mon.flush()
         if not self._latest or self._latest_step == self._reported_step:

@@ -88,7 +88,7 @@ class CKACallback(_Callback):
 
     # -- hooks ---------------------------------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage != "fit" or (self.monitor is not None and not self.monitor._closed):
+        if stage != "fit" or (self.monitor is not None and not self.monitor.closed):
             return
         self._trainer = trainer
         flush_every = self.flush_every if self.flush_every is not None else max(1, int(trainer.log_every_n_steps))
@@ -113,7 +113,7 @@ class CKACallback(_Callback):
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         mon = self.monitor
-        if mon is None or mon._closed:
+        if mon is None or mon.closed:
             return
         step = int(trainer.global_step)
         if step == self._last_step or step <= mon.step_count:  # accumulation micro-batch: no optimizer step yet
@@ -122,7 +122,7 @@ class CKACallback(_Callback):
         mon.step(step=step)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.monitor is not None and not self.monitor._closed:
+        if self.monitor is not None and not self.monitor.closed:
             self.monitor.flush()
             if trainer.is_global_zero:
                 for lg in trainer.loggers:
@@ -154,7 +154,7 @@ class CKACallback(_Callback):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         if not state_dict:
             return
-        if self.monitor is not None and not self.monitor._closed:
+        if self.monitor is not None and not self.monitor.closed:
             self.monitor.load_state_dict(state_dict)
         else:
             self._pending_state = dict(state_dict)
