@@ -237,3 +237,32 @@ def test_resnet_monitored_stage_by_stage_4d_feature_maps():
         got = torch.tensor([mon.history[n][0] for n in mon.names], dtype=want.dtype)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert model.training and all(m.training for m in model.modules())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Missing extras
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "module, blocked, extra",
+    [
+        ("fastcka.integrations.hf", ["transformers"], "fastcka[hf]"),
+        ("fastcka.integrations.lightning", ["lightning", "lightning.pytorch", "pytorch_lightning"], "fastcka[lightning]"),
+        ("fastcka.monitor:tensorboard_logger", ["torch.utils.tensorboard"], "fastcka[tensorboard]"),
+    ],
+)
+def test_missing_extra_names_the_extra(monkeypatch, tmp_path, module, blocked, extra):
+    import importlib
+    import sys
+
+    for b in blocked:
+        monkeypatch.setitem(sys.modules, b, None)  # `import b` now raises ImportError
+    if ":" in module:
+        mod, fn = module.split(":")
+        with pytest.raises(ImportError, match=extra.replace("[", r"\[").replace("]", r"\]")):
+            getattr(importlib.import_module(mod), fn)(str(tmp_path))
+        return
+    if module in sys.modules:
+        monkeypatch.delitem(sys.modules, module)
+    with pytest.raises(ImportError, match=extra.replace("[", r"\[").replace("]", r"\]")):
+        importlib.import_module(module)
