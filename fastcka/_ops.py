@@ -16,7 +16,15 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
 ops = torch.ops.fastcka
 
 # Every public op; CI checks that each has a CPU and a CUDA kernel registered (tests/test_registration.py).
-OP_NAMES = ("linear_hsic", "_linear_hsic_backward", "frequency_spectrum", "_frequency_spectrum_backward")
+OP_NAMES = (
+    "linear_hsic",
+    "_linear_hsic_backward",
+    "kernel_hsic",
+    "_kernel_hsic_backward",
+    "median_sq_dist",
+    "frequency_spectrum",
+    "_frequency_spectrum_backward",
+)
 
 
 def _block_double_backward(name: str) -> None:
@@ -86,3 +94,38 @@ torch.library.register_autograd(
     "fastcka::frequency_spectrum", _frequency_spectrum_bwd, setup_context=_frequency_spectrum_setup
 )
 _block_double_backward("_frequency_spectrum_backward")
+
+
+# --- kernel_hsic (the fused tiled pass) and median_sq_dist ----------------------------------------------------------
+@torch.library.register_fake("fastcka::kernel_hsic")
+def _kernel_hsic_fake(x, y, gamma, kernel_x, kernel_y, unbiased):
+    torch._check(x.dim() == 2 and y.dim() == 2)
+    torch._check(x.shape[0] == y.shape[0])
+    return x.new_empty((3,), dtype=torch.float64)
+
+
+@torch.library.register_fake("fastcka::_kernel_hsic_backward")
+def _kernel_hsic_backward_fake(grad, x, y, gamma, kernel_x, kernel_y, unbiased):
+    return torch.empty_like(x), torch.empty_like(y)
+
+
+@torch.library.register_fake("fastcka::median_sq_dist")
+def _median_sq_dist_fake(x):
+    torch._check(x.dim() == 2)
+    return x.new_empty((), dtype=torch.float64)
+
+
+def _kernel_hsic_setup(ctx, inputs, output):
+    x, y, gamma, kx, ky, unbiased = inputs
+    ctx.save_for_backward(x, y, gamma)
+    ctx.args = (kx, ky, unbiased)
+
+
+def _kernel_hsic_bwd(ctx, grad):
+    x, y, gamma = ctx.saved_tensors
+    dx, dy = ops._kernel_hsic_backward(grad.to(torch.float64).contiguous(), x, y, gamma, *ctx.args)
+    return dx, dy, None, None, None, None  # σ (gamma) is a constant: no gradient through the median
+
+
+torch.library.register_autograd("fastcka::kernel_hsic", _kernel_hsic_bwd, setup_context=_kernel_hsic_setup)
+_block_double_backward("_kernel_hsic_backward")

@@ -13,7 +13,7 @@ safe on a training step's hot path. NaN or Inf anywhere in the input gives NaN (
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple, Union
 
 import torch
 
@@ -23,8 +23,12 @@ Tensor = torch.Tensor
 
 KERNELS = ("linear", "rbf")
 LINEAR_METHODS = {"auto": 0, "feature": 1, "sample": 2}
+METHODS = tuple(LINEAR_METHODS) + ("tiled",)
+_KERNEL_CODE = {"linear": 0, "rbf": 1}
 
-__all__ = ["hsic", "cka", "hsic_terms"]
+Sigma = Union[None, float, Tensor, Tuple[Union[float, Tensor], Union[float, Tensor]]]
+
+__all__ = ["hsic", "cka", "hsic_terms", "cka_from_terms", "rbf_gamma"]
 
 
 def _as_matrix(t: Tensor, name: str) -> Tensor:
@@ -66,36 +70,89 @@ def _prepare_pair(x: Tensor, y: Tensor, unbiased: bool) -> Tuple[Tensor, Tensor]
 def _check_kernel(kernel: str, method: str) -> None:
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; known kernels: {', '.join(KERNELS)}")
-    if kernel == "linear" and method not in LINEAR_METHODS:
-        raise ValueError(f"unknown method {method!r} for the linear kernel; known: {', '.join(LINEAR_METHODS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    if kernel == "rbf" and method not in ("auto", "tiled"):
+        raise ValueError(f"the rbf kernel is computed by the tiled pass: method must be 'auto' or 'tiled', got {method!r}")
+
+
+def _check_sigma(value, name: str) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        return  # a tensor σ is not read back to the host (no sync); it must be positive and finite
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive float, got {type(value).__name__}")
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"{name} must be positive and finite, got {value}")
+
+
+def rbf_gamma(x: Tensor, sigma=None, threshold: float = 1.0) -> Tensor:
+    """γ = 1/(2σ²) for one side as a float64 0-d tensor on x's device. With σ None, σ² = t²·median of the n²
+    squared distances (Kornblith et al.'s heuristic, diagonal zeros included, computed exactly without storing
+    them); a median of 0 (more than half the pairs identical) gives γ = 0, a constant kernel."""
+    if sigma is not None:
+        _check_sigma(sigma, "sigma")
+        s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(())
+        return 0.5 / (s * s)
+    med = ops.median_sq_dist(x) * (threshold * threshold)
+    return torch.where(med > 0, 0.5 / torch.where(med > 0, med, torch.ones_like(med)), torch.zeros_like(med))
 
 
 def hsic_terms(
-    x: Tensor, y: Tensor, kernel: str = "linear", unbiased: bool = False, method: str = "auto"
+    x: Tensor,
+    y: Tensor,
+    kernel: str = "linear",
+    unbiased: bool = False,
+    method: str = "auto",
+    sigma: Sigma = None,
+    threshold: float = 1.0,
 ) -> Tensor:
     """float64 tensor [HSIC(K,L), HSIC(K,K), HSIC(L,L)]: the three numbers CKA is made of."""
     _check_kernel(kernel, method)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < float("inf"):
+        raise ValueError(f"threshold must be a positive finite float, got {threshold!r}")
     xm, ym = _prepare_pair(x, y, unbiased)
+    if kernel == "linear" and method != "tiled":
+        return ops.linear_hsic(xm, ym, bool(unbiased), LINEAR_METHODS[method])
     if kernel == "rbf":
-        raise NotImplementedError("the RBF kernel arrives with the tiled HSIC op")
-    return ops.linear_hsic(xm, ym, bool(unbiased), LINEAR_METHODS[method])
+        sx, sy = sigma if isinstance(sigma, (tuple, list)) else (sigma, sigma)
+        gamma = torch.stack([rbf_gamma(xm, sx, threshold), rbf_gamma(ym, sy, threshold)]).detach()
+    else:
+        gamma = torch.zeros(2, dtype=torch.float64, device=xm.device)
+    code = _KERNEL_CODE[kernel]
+    return ops.kernel_hsic(xm, ym, gamma, code, code, bool(unbiased))
 
 
 def hsic(
-    x: Tensor, y: Tensor, kernel: str = "linear", unbiased: bool = False, method: str = "auto"
+    x: Tensor,
+    y: Tensor,
+    kernel: str = "linear",
+    unbiased: bool = False,
+    method: str = "auto",
+    sigma: Sigma = None,
+    threshold: float = 1.0,
 ) -> Tensor:
     """Hilbert-Schmidt independence criterion between the representations ``x`` (n, ...) and ``y`` (n, ...).
 
     Biased (Gretton et al. 2005): tr(K H L H)/(n−1)². Unbiased (Song et al. 2012, ``unbiased=True``, n ≥ 4).
     ``method`` picks the linear-kernel path: "feature" (p×p Grams, O(n(p²+q²+pq))), "sample" (n×n Grams,
-    O(n²(p+q))) or "auto" (the cheaper). Returns a 0-d tensor on the input's device, differentiable.
+    O(n²(p+q))), "tiled" (the fused pass that never stores an n×n matrix) or "auto" (the cheaper of feature and
+    sample). ``kernel="rbf"`` always runs the tiled pass; see `cka` for ``sigma`` and ``threshold``.
+    Returns a 0-d tensor on the input's device, differentiable.
     """
-    h = hsic_terms(x, y, kernel, unbiased, method)
+    h = hsic_terms(x, y, kernel, unbiased, method, sigma, threshold)
     return h[0].to(_compute_dtype(x.dtype, y.dtype))
 
 
 def cka(
-    x: Tensor, y: Tensor, kernel: str = "linear", unbiased: bool = False, method: str = "auto"
+    x: Tensor,
+    y: Tensor,
+    kernel: str = "linear",
+    unbiased: bool = False,
+    method: str = "auto",
+    sigma: Sigma = None,
+    threshold: float = 1.0,
 ) -> Tensor:
     """Centered kernel alignment (Kornblith et al. 2019) between ``x`` (n, ...) and ``y`` (n, ...).
 
@@ -106,9 +163,15 @@ def cka(
 
     Invariant to orthogonal transforms and isotropic scaling of either side and to shifts (features are centred in
     float64 before any product, so a mean 10⁴ times the spread costs no digits in float32).
+
+    ``kernel="rbf"``: Kᵢⱼ = exp(−‖xᵢ − xⱼ‖²/(2σ²)), computed by one fused tiled pass over the pairs i ≤ j that never
+    stores K or L (O(n) memory: RBF CKA at n = 10⁵ fits in a few hundred MB). ``sigma``: a float for both sides, a
+    pair (σx, σy), or None for Kornblith et al.'s heuristic σ² = threshold²·median of the n² squared distances
+    (diagonal zeros included, computed exactly by a radix selection that stores none of them; it reads a few bin
+    counts back to the host on CUDA, pass σ to avoid that). Gradients treat σ as a constant.
     Returns a 0-d tensor on the input's device (float64 for float64 input, else float32), differentiable.
     """
-    h = hsic_terms(x, y, kernel, unbiased, method)
+    h = hsic_terms(x, y, kernel, unbiased, method, sigma, threshold)
     return cka_from_terms(h).to(_compute_dtype(x.dtype, y.dtype))
 
 

@@ -35,6 +35,11 @@ inline Tensor as_contiguous(const Tensor& t) { return t.is_contiguous() ? t : to
 
 inline Tensor transposed(const Tensor& t) { return torch::stable::transpose(t, 0, 1); }
 
+inline Tensor narrowed(const Tensor& t, int64_t dim, int64_t start, int64_t length) {
+  Tensor view = t;  // stable narrow takes a non-const handle; the copy shares the storage
+  return torch::stable::narrow(view, dim, start, length);
+}
+
 inline Tensor mm(const Tensor& a, const Tensor& b) { return torch::stable::matmul(a, b); }
 
 inline Tensor empty_like_shape(const Tensor& like, std::vector<int64_t> sizes, ScalarType dtype) {

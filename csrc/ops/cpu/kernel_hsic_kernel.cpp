@@ -1,0 +1,293 @@
+// CPU kernels and registration of the fused kernel-HSIC pass and the exact distance median.
+//
+// Scheme: row blocks of B rows (B·n ≤ 4M entries per side, so memory stays O(n) plus two B×n blocks). Each block's
+// dot products come from one BLAS GEMM (X'_I X'_{I0:}ᵀ: only the columns j ≥ I0 of the triangle), then a fused
+// epilogue, parallel over column chunks, evaluates the kernels and accumulates: per tile the sums run in float64
+// over values computed in the input precision; column sums go straight to their owner chunk's slots and row sums to
+// per-chunk partials that are added in a fixed order, so results do not depend on the thread count.
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "cpu/primitives.h"
+#include "kernel_hsic_impl.h"
+
+namespace fastcka {
+namespace {
+
+constexpr int64_t kChunkCols = 256;
+
+int64_t block_rows(int64_t n) { return std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << 22) / std::max<int64_t>(n, 1))); }
+
+inline KernelSpec spec_of(int64_t type, const Tensor& gamma, int side, double s) {
+  KernelSpec k;
+  k.type = static_cast<int>(type);
+  k.gamma = gamma.const_data_ptr<double>()[side] / (s * s);
+  return k;
+}
+
+inline double host_s(const ScaledRows& a) { return a.scale.const_data_ptr<double>()[0]; }
+
+// Calls f(I0, rows, c0, w, gx, gy) for each row block; gx = X'_I X'_{c0:}ᵀ (rows × w), c0 = I0 on the triangle.
+template <class F>
+void for_each_row_block(const Tensor& xs, const Tensor* ys, bool triangle, F&& f) {
+  const int64_t n = xs.size(0), B = block_rows(n);
+  for (int64_t i0 = 0; i0 < n; i0 += B) {
+    const int64_t rows = std::min(B, n - i0), c0 = triangle ? i0 : 0, w = n - c0;
+    const Tensor gx = mm(narrowed(xs, 0, i0, rows), transposed(narrowed(xs, 0, c0, w)));
+    Tensor gy;
+    if (ys) gy = mm(narrowed(*ys, 0, i0, rows), transposed(narrowed(*ys, 0, c0, w)));
+    f(i0, rows, c0, w, gx, gy);
+  }
+}
+
+template <typename T>
+std::vector<T> norms_as(const ScaledRows& a) {
+  const double* p = a.norms.const_data_ptr<double>();
+  return std::vector<T>(p, p + a.norms.numel());
+}
+
+}  // namespace
+
+struct CpuKernelHsic : CpuBackend {
+  static ScaledRows scale_rows(const Tensor& x) {
+    const int64_t n = x.size(0), p = x.size(1);
+    ScaledRows a;
+    a.xs = empty_like_shape(x, {n, p}, x.scalar_type());
+    a.scale = empty_like_shape(x, {1}, ScalarType::Double);
+    FASTCKA_DISPATCH_FLOATING(x.scalar_type(), "scale_rows", [&] {
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      std::vector<double> first(xp, xp + p);  // shift by the first row: exact for the data tests check exactly
+      scalar_t* o = a.xs.mutable_data_ptr<scalar_t>();
+      const double s = pow2_normaliser(cpu::subtract_means(xp, first, n, p, o));
+      cpu::scale_inplace(o, n * p, s);
+      a.scale.mutable_data_ptr<double>()[0] = s;
+    });
+    a.norms = cpu::row_sq(a.xs);
+    return a;
+  }
+
+  static double host_scale(const ScaledRows& a) { return host_s(a); }
+
+  static Tensor scalar_tensor(const Tensor& like, double v) {
+    Tensor t = empty_like_shape(like, {}, ScalarType::Double);
+    t.mutable_data_ptr<double>()[0] = v;
+    return t;
+  }
+
+  static void kernel_combine(const Tensor& m, int64_t n, bool unbiased, Tensor& out) {
+    kernel_hsic_combine(m.const_data_ptr<double>(), n, unbiased, out.mutable_data_ptr<double>());
+  }
+
+  static PassOutput hsic_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky, const Tensor& gamma) {
+    const int64_t n = a.xs.size(0);
+    PassOutput o;
+    o.m = zeros_f64(a.xs, kNumKernelMoments);
+    o.rk = zeros_f64(a.xs, n);
+    o.rl = zeros_f64(a.xs, n);
+    o.dk = zeros_f64(a.xs, n);
+    o.dl = zeros_f64(a.xs, n);
+    const double sx = host_s(a), sy = host_s(b);
+    const KernelSpec spx = spec_of(kx, gamma, 0, sx), spy = spec_of(ky, gamma, 1, sy);
+    double* m = o.m.mutable_data_ptr<double>();
+    m[kmKappaX] = kx == kKernelLinear ? 1.0 / (sx * sx) : 1.0;
+    m[kmKappaY] = ky == kKernelLinear ? 1.0 / (sy * sy) : 1.0;
+    double *rk = o.rk.mutable_data_ptr<double>(), *rl = o.rl.mutable_data_ptr<double>();
+    double *dk = o.dk.mutable_data_ptr<double>(), *dl = o.dl.mutable_data_ptr<double>();
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_pass", [&] {
+      const std::vector<scalar_t> nx = norms_as<scalar_t>(a), ny = norms_as<scalar_t>(b);
+      for_each_row_block(a.xs, &b.xs, true, [&](int64_t i0, int64_t rows, int64_t c0, int64_t w, const Tensor& gxt,
+                                                const Tensor& gyt) {
+        const scalar_t *gx = gxt.const_data_ptr<scalar_t>(), *gy = gyt.const_data_ptr<scalar_t>();
+        const int64_t chunks = (w + kChunkCols - 1) / kChunkCols, stride = 3 + 2 * rows;
+        std::vector<double> part(chunks * stride, 0.0);
+        torch::stable::parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
+          for (int64_t q = q0; q < q1; ++q) {
+            double* pp = part.data() + q * stride;
+            const int64_t j0 = q * kChunkCols, j1 = std::min(w, j0 + kChunkCols);
+            for (int64_t i = 0; i < rows; ++i) {
+              const int64_t gi = i0 + i;
+              double skl = 0, skk = 0, sll = 0, rowk = 0, rowl = 0;
+              for (int64_t jj = std::max(j0, gi - c0); jj < j1; ++jj) {
+                const int64_t gj = c0 + jj;
+                const bool diag = gi == gj;
+                const scalar_t k = kernel_value<scalar_t>(spx, gx[i * w + jj], nx[gi], nx[gj], diag);
+                const scalar_t l = kernel_value<scalar_t>(spy, gy[i * w + jj], ny[gi], ny[gj], diag);
+                const double wgt = diag ? 1.0 : 2.0, kd = k, ld = l;
+                skl += wgt * kd * ld;
+                skk += wgt * kd * kd;
+                sll += wgt * ld * ld;
+                rowk += kd;
+                rowl += ld;
+                if (diag) {
+                  dk[gi] = kd;
+                  dl[gi] = ld;
+                } else {
+                  rk[gj] += kd;  // column gj is owned by this chunk
+                  rl[gj] += ld;
+                }
+              }
+              pp[0] += skl;
+              pp[1] += skk;
+              pp[2] += sll;
+              pp[3 + 2 * i] = rowk;
+              pp[4 + 2 * i] = rowl;
+            }
+          }
+        });
+        for (int64_t q = 0; q < chunks; ++q) {
+          const double* pp = part.data() + q * stride;
+          m[kmKL] += pp[0];
+          m[kmKK] += pp[1];
+          m[kmLL] += pp[2];
+          for (int64_t i = 0; i < rows; ++i) {
+            rk[i0 + i] += pp[3 + 2 * i];
+            rl[i0 + i] += pp[4 + 2 * i];
+          }
+        }
+      });
+    });
+    return o;
+  }
+
+  // One side's gradient: W from the shared coefficients, then scale·(W X' − [rbf] diag(W1) X').
+  static std::tuple<Tensor, Tensor> hsic_grad_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky,
+                                                   const Tensor& gamma, const PassOutput& o, const Tensor& grad,
+                                                   bool unbiased) {
+    const int64_t n = a.xs.size(0);
+    const double* m = o.m.const_data_ptr<double>();
+    const double* g = grad.const_data_ptr<double>();
+    const double sx = host_s(a), sy = host_s(b), kapx = m[kmKappaX], kapy = m[kmKappaY];
+    const KernelSpec spx = spec_of(kx, gamma, 0, sx), spy = spec_of(ky, gamma, 1, sy);
+    const double *rk = o.rk.const_data_ptr<double>(), *rl = o.rl.const_data_ptr<double>();
+    const double *dk = o.dk.const_data_ptr<double>(), *dl = o.dl.const_data_ptr<double>();
+    // ρ (true units) per side and the sums S, T the coefficients need.
+    std::vector<double> rho_k(n), rho_l(n);
+    double s_k = 0, s_l = 0, t_k = 0, t_l = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      s_k += rk[i] * kapx;
+      s_l += rl[i] * kapy;
+      t_k += dk[i] * kapx;
+      t_l += dl[i] * kapy;
+      rho_k[i] = (rk[i] - (unbiased ? dk[i] : 0.0)) * kapx;
+      rho_l[i] = (rl[i] - (unbiased ? dl[i] : 0.0)) * kapy;
+    }
+    const KernelGradCoef cx = kernel_grad_coef(g[0], g[1], kapx, kapy, s_k, s_l, t_k, t_l, n, unbiased);
+    const KernelGradCoef cy = kernel_grad_coef(g[0], g[2], kapy, kapx, s_l, s_k, t_l, t_k, n, unbiased);
+    std::vector<double> ux(n), uy(n);
+    for (int64_t i = 0; i < n; ++i) {
+      ux[i] = cx.u_other * rho_l[i] + cx.u_own * rho_k[i];
+      uy[i] = cy.u_other * rho_k[i] + cy.u_own * rho_l[i];
+    }
+    const double scale_x = kernel_grad_scale(static_cast<int>(kx), spx.gamma, kapx, sx);
+    const double scale_y = kernel_grad_scale(static_cast<int>(ky), spy.gamma, kapy, sy);
+    const int64_t p = a.xs.size(1), q = b.xs.size(1);
+    Tensor dx = empty_like_shape(a.xs, {n, p}, a.xs.scalar_type());
+    Tensor dy = empty_like_shape(b.xs, {n, q}, b.xs.scalar_type());
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_grad", [&] {
+      const std::vector<scalar_t> nx = norms_as<scalar_t>(a), ny = norms_as<scalar_t>(b);
+      const scalar_t *xs = a.xs.const_data_ptr<scalar_t>(), *ys = b.xs.const_data_ptr<scalar_t>();
+      scalar_t *ox = dx.mutable_data_ptr<scalar_t>(), *oy = dy.mutable_data_ptr<scalar_t>();
+      for_each_row_block(a.xs, &b.xs, false, [&](int64_t i0, int64_t rows, int64_t, int64_t w, const Tensor& gxt,
+                                                 const Tensor& gyt) {
+        const scalar_t *gx = gxt.const_data_ptr<scalar_t>(), *gy = gyt.const_data_ptr<scalar_t>();
+        Tensor wx = empty_like_shape(a.xs, {rows, w}, a.xs.scalar_type());
+        Tensor wy = empty_like_shape(a.xs, {rows, w}, a.xs.scalar_type());
+        std::vector<double> sum_wx(rows), sum_wy(rows);
+        scalar_t *wxp = wx.mutable_data_ptr<scalar_t>(), *wyp = wy.mutable_data_ptr<scalar_t>();
+        torch::stable::parallel_for(0, rows, 4, [&](int64_t r0, int64_t r1) {
+          for (int64_t i = r0; i < r1; ++i) {
+            const int64_t gi = i0 + i;
+            double sx_ = 0, sy_ = 0;
+            for (int64_t j = 0; j < w; ++j) {
+              const bool diag = gi == j;
+              const double k = kernel_value<scalar_t>(spx, gx[i * w + j], nx[gi], nx[j], diag);
+              const double l = kernel_value<scalar_t>(spy, gy[i * w + j], ny[gi], ny[j], diag);
+              const double vx = kernel_grad_weight(cx, static_cast<int>(kx), k, l, ux[gi], ux[j], diag);
+              const double vy = kernel_grad_weight(cy, static_cast<int>(ky), l, k, uy[gi], uy[j], diag);
+              wxp[i * w + j] = static_cast<scalar_t>(vx);
+              wyp[i * w + j] = static_cast<scalar_t>(vy);
+              sx_ += vx;
+              sy_ += vy;
+            }
+            sum_wx[i] = sx_;
+            sum_wy[i] = sy_;
+          }
+        });
+        const Tensor px = mm(wx, a.xs), py = mm(wy, b.xs);
+        const scalar_t *pxp = px.const_data_ptr<scalar_t>(), *pyp = py.const_data_ptr<scalar_t>();
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t gi = i0 + i;
+          const double cxr = kx == kKernelRbf ? sum_wx[i] : 0.0, cyr = ky == kKernelRbf ? sum_wy[i] : 0.0;
+          for (int64_t c = 0; c < p; ++c)
+            ox[gi * p + c] = static_cast<scalar_t>(scale_x * (pxp[i * p + c] - cxr * xs[gi * p + c]));
+          for (int64_t c = 0; c < q; ++c)
+            oy[gi * q + c] = static_cast<scalar_t>(scale_y * (pyp[i * q + c] - cyr * ys[gi * q + c]));
+        }
+      });
+    });
+    return std::make_tuple(dx, dy);
+  }
+
+  // Histogram of the next 16-bit digit over the pairs i < j whose distance carries the prefix.
+  static std::vector<int64_t> distance_histogram(const ScaledRows& a, uint64_t prefix, int bits) {
+    std::vector<int64_t> total(kDigitBins, 0);
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_histogram", [&] {
+      const double* nx = a.norms.const_data_ptr<double>();
+      for_each_row_block(a.xs, nullptr, true, [&](int64_t i0, int64_t rows, int64_t c0, int64_t w, const Tensor& gxt,
+                                                 const Tensor&) {
+        const scalar_t* gx = gxt.const_data_ptr<scalar_t>();
+        const int64_t chunks = std::min<int64_t>(8, (w + kChunkCols - 1) / kChunkCols), step = (w + chunks - 1) / chunks;
+        std::vector<int64_t> part(chunks * kDigitBins, 0);
+        torch::stable::parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
+          for (int64_t q = q0; q < q1; ++q) {
+            int64_t* h = part.data() + q * kDigitBins;
+            for (int64_t i = 0; i < rows; ++i)
+              for (int64_t jj = std::max(q * step, i0 + i + 1 - c0); jj < std::min(w, (q + 1) * step); ++jj) {
+                const uint64_t b = distance_bits(squared_distance(gx[i * w + jj], nx[i0 + i], nx[c0 + jj], false));
+                if (has_prefix(b, prefix, bits)) ++h[next_digit(b, bits)];
+              }
+          }
+        });
+        for (int64_t q = 0; q < chunks; ++q)
+          for (int64_t d = 0; d < kDigitBins; ++d) total[d] += part[q * kDigitBins + d];
+      });
+    });
+    return total;
+  }
+
+  // The distances (pairs i < j) that carry the prefix, in any order.
+  static std::vector<double> distance_collect(const ScaledRows& a, uint64_t prefix, int bits) {
+    std::vector<double> out;
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_collect", [&] {
+      const double* nx = a.norms.const_data_ptr<double>();
+      for_each_row_block(a.xs, nullptr, true, [&](int64_t i0, int64_t rows, int64_t c0, int64_t w, const Tensor& gxt,
+                                                 const Tensor&) {
+        const scalar_t* gx = gxt.const_data_ptr<scalar_t>();
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t jj = i0 + i + 1 - c0; jj < w; ++jj) {
+            const double d = squared_distance(gx[i * w + jj], nx[i0 + i], nx[c0 + jj], false);
+            if (has_prefix(distance_bits(d), prefix, bits)) out.push_back(d);
+          }
+      });
+    });
+    return out;
+  }
+};
+
+Tensor kernel_hsic_cpu(const Tensor& x, const Tensor& y, const Tensor& gamma, int64_t kx, int64_t ky, bool unbiased) {
+  return kernel_hsic<CpuKernelHsic>(x, y, gamma, kx, ky, unbiased);
+}
+
+std::tuple<Tensor, Tensor> kernel_hsic_backward_cpu(const Tensor& grad, const Tensor& x, const Tensor& y,
+                                                    const Tensor& gamma, int64_t kx, int64_t ky, bool unbiased) {
+  return kernel_hsic_backward<CpuKernelHsic>(grad, x, y, gamma, kx, ky, unbiased);
+}
+
+STABLE_TORCH_LIBRARY_IMPL(fastcka, CPU, m) {
+  m.impl("kernel_hsic", TORCH_BOX(&kernel_hsic_cpu));
+  m.impl("_kernel_hsic_backward", TORCH_BOX(&kernel_hsic_backward_cpu));
+  m.impl("median_sq_dist", TORCH_BOX(&median_sq_dist<CpuKernelHsic>));
+}
+
+}  // namespace fastcka

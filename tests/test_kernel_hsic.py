@@ -1,0 +1,142 @@
+"""The fused tiled kernel-HSIC pass (RBF and linear) and the exact median against the float64 reference."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastcka
+import fastcka.reference as R
+from conftest import correlated_pair, float32_tolerance
+
+
+def ref_terms(x, y, k, l, unbiased):
+    return torch.stack([R.hsic(k, l, unbiased), R.hsic(k, k, unbiased), R.hsic(l, l, unbiased)])
+
+
+# odd n, n not a multiple of any block or chunk, n up to 2048
+@pytest.mark.parametrize("n,p,q", [(4, 1, 2), (7, 3, 3), (33, 5, 17), (257, 20, 9), (600, 2, 40), (2048, 16, 8)])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_rbf_matches_reference_float64(n, p, q, unbiased):
+    x, y = correlated_pair(n, p, q, seed=n + p)
+    kx, ky = R.gram_rbf(x), R.gram_rbf(y)  # median heuristic
+    ref = ref_terms(x, y, kx, ky, unbiased)
+    h = fastcka.hsic_terms(x, y, kernel="rbf", unbiased=unbiased)
+    torch.testing.assert_close(h, ref, rtol=1e-9, atol=1e-12 * ref.abs().max().item())
+    torch.testing.assert_close(fastcka.cka(x, y, kernel="rbf", unbiased=unbiased), R.cka(kx, ky, unbiased),
+                               rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [5, 130, 1031])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_tiled_linear_matches_reference_and_other_paths(n, unbiased):
+    x, y = correlated_pair(n, 6, 11, seed=n)
+    ref = ref_terms(x, y, R.gram_linear(x), R.gram_linear(y), unbiased)
+    h = fastcka.hsic_terms(x, y, method="tiled", unbiased=unbiased)
+    torch.testing.assert_close(h, ref, rtol=1e-9, atol=1e-12 * ref.abs().max().item())
+    torch.testing.assert_close(h, fastcka.hsic_terms(x, y, method="feature", unbiased=unbiased), rtol=1e-9, atol=0)
+
+
+def test_given_sigma_and_threshold():
+    x, y = correlated_pair(50, 4, 3, seed=1)
+    ref = R.cka(R.gram_rbf(x, sigma=0.8), R.gram_rbf(y, sigma=2.5))
+    torch.testing.assert_close(fastcka.cka(x, y, kernel="rbf", sigma=(0.8, 2.5)), ref, rtol=1e-10, atol=0)
+    ref = R.cka(R.gram_rbf(x, threshold=0.5), R.gram_rbf(y, threshold=0.5))
+    torch.testing.assert_close(fastcka.cka(x, y, kernel="rbf", threshold=0.5), ref, rtol=1e-10, atol=0)
+    s = torch.tensor(1.7, dtype=torch.float64)
+    torch.testing.assert_close(fastcka.cka(x, y, kernel="rbf", sigma=s),
+                               R.cka(R.gram_rbf(x, sigma=1.7), R.gram_rbf(y, sigma=1.7)), rtol=1e-10, atol=0)
+
+
+def test_float32_within_rule():
+    x, y = correlated_pair(300, 10, 10, seed=2)
+    ref = R.rbf_cka(x, y).item()
+    x32, y32 = x.float(), y.float()
+    plain = R.cka(R.gram_rbf(x32.double()).float().double(), R.gram_rbf(y32.double()).float().double()).item()
+    out = fastcka.cka(x32, y32, kernel="rbf")
+    assert out.dtype == torch.float32
+    assert abs(out.item() - ref) <= float32_tolerance(ref, plain, floor=2e-6)
+
+
+def test_huge_mean_rbf_float32():
+    x, y = correlated_pair(200, 8, 5, seed=3)
+    xs, ys = (x + 1e4).float(), (y - 1e4).float()
+    ref = R.rbf_cka(xs.double(), ys.double()).item()
+    assert abs(fastcka.cka(xs, ys, kernel="rbf").item() - ref) < 1e-5 * abs(ref)
+
+
+@pytest.mark.parametrize("n", [40, 41, 64])
+def test_median_is_exact_with_ties_and_duplicates(n):
+    g = torch.Generator().manual_seed(n)
+    x = torch.randint(0, 3, (n, 3), generator=g).double()  # many ties and duplicate rows
+    x[5] = x[3]
+    assert fastcka.ops.median_sq_dist(x).item() == R.median_squared_distance(x).item()
+    d = ((x[:, None] - x[None]) ** 2).sum(-1).numpy()
+    assert fastcka.ops.median_sq_dist(x).item() == np.median(d)
+
+
+def test_median_of_random_data_float64():
+    x, _ = correlated_pair(500, 7, 1, seed=4)
+    torch.testing.assert_close(fastcka.ops.median_sq_dist(x), R.median_squared_distance(x), rtol=1e-13, atol=0)
+
+
+def test_constant_and_degenerate_rbf():
+    x = torch.ones(20, 3, dtype=torch.float64)
+    y, _ = correlated_pair(20, 3, 1, seed=5)
+    assert fastcka.cka(x, y, kernel="rbf").item() == 0.0
+    z = torch.zeros(20, 2, dtype=torch.float64)
+    z[:3] = 1.0  # median distance 0: γ = 0, a constant kernel
+    assert fastcka.cka(z, y, kernel="rbf").item() == 0.0
+
+
+def test_properties_rbf():
+    x, y = correlated_pair(60, 5, 4, seed=6)
+    assert abs(fastcka.cka(x, x, kernel="rbf").item() - 1) < 1e-12
+    a = fastcka.cka(x, y, kernel="rbf").item()
+    assert abs(a - fastcka.cka(y, x, kernel="rbf").item()) < 1e-12
+    q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(7)))
+    assert abs(fastcka.cka(x @ q + 3.0, y, kernel="rbf").item() - a) < 1e-11
+    assert abs(fastcka.cka(x * 4.0, y, kernel="rbf").item() - a) < 1e-11  # median σ scales with the data
+    assert 0.0 <= a <= 1.0
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "linear"])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_gradcheck(kernel, unbiased):
+    x, y = correlated_pair(9, 3, 2, seed=8)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    kw = dict(kernel=kernel, method="tiled", unbiased=unbiased, sigma=(1.3, 0.7) if kernel == "rbf" else None)
+    assert torch.autograd.gradcheck(lambda a, b: fastcka.hsic_terms(a, b, **kw), (x, y))
+    # with the median σ (treated as a constant): gradient of the op at fixed γ
+    g = torch.stack([fastcka.functional.rbf_gamma(x.detach()), fastcka.functional.rbf_gamma(y.detach())])
+    assert torch.autograd.gradcheck(lambda a, b: torch.ops.fastcka.kernel_hsic(a, b, g, 1, 1, unbiased), (x, y))
+
+
+def test_opcheck():
+    x, y = correlated_pair(12, 4, 3, seed=9)
+    g = torch.tensor([0.3, 0.1], dtype=torch.float64)
+    for unbiased in (False, True):
+        torch.library.opcheck(torch.ops.fastcka.kernel_hsic, (x.requires_grad_(), y.requires_grad_(), g, 1, 0, unbiased))
+        x, y = x.detach(), y.detach()
+    torch.library.opcheck(torch.ops.fastcka._kernel_hsic_backward,
+                          (torch.tensor([1.0, 0.5, 0.2], dtype=torch.float64), x, y, g, 1, 1, True))
+    torch.library.opcheck(torch.ops.fastcka.median_sq_dist, (x,))
+
+
+def test_compile_fullgraph_with_given_sigma():
+    x, y = correlated_pair(24, 4, 3, seed=10, dtype=torch.float32)
+    f = torch.compile(lambda a, b: fastcka.cka(a, b, kernel="rbf", sigma=1.5), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(f(x, y), fastcka.cka(x, y, kernel="rbf", sigma=1.5))
+
+
+def test_bad_input():
+    x = torch.randn(10, 3)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="sigma"):
+            fastcka.cka(x, x, kernel="rbf", sigma=bad)
+    with pytest.raises(ValueError, match="known kernels: linear, rbf"):
+        fastcka.cka(x, x, kernel="laplace")
+    with pytest.raises(ValueError, match="tiled"):
+        fastcka.cka(x, x, kernel="rbf", method="feature")
+    with pytest.raises(ValueError, match="threshold"):
+        fastcka.cka(x, x, kernel="rbf", threshold=0.0)
