@@ -8,6 +8,8 @@ summary records it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastcka import reference
@@ -32,7 +34,13 @@ def cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> torch.Tenso
 
 
 def frequency_concentration(w: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Share of W's non-constant Fourier energy (along dim 0, the residues) held by the top_k frequencies."""
+    """Share of W's non-constant Fourier energy (along dim 0, the residues) held by the top_k frequencies.
+    ``top_k`` is capped at one less than the number of non-constant frequencies (⌊p/2⌋), where a share of 1 would
+    say nothing; NaN when p has fewer than two of them."""
+    available = w.shape[0] // 2
+    if available < 2:
+        return torch.tensor(math.nan)
+    top_k = min(top_k, available - 1)
     if _freq is not None:
         return _freq(w, top_k, dim=0)
     return reference.frequency_concentration(w, top_k, dim=0)
