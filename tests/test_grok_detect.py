@@ -124,3 +124,14 @@ def test_online_equals_offline_and_fires_once():
 def test_bad_detector_config():
     with pytest.raises(ValueError, match="--spike-guard"):
         DetectorConfig(spike_guard="maybe")
+
+
+def test_spikes_pause_but_do_not_reset_the_persistence_clock():
+    """Spikes every 300 steps with a 200-step guard window leave 100-step gaps: a real rise must still alarm."""
+    o, acc, _ = _curves(rise_at=1200)
+    loss = [1.0 if s < 400 else (1.0 if s in (1600, 1900, 2200, 2500) else 1e-5) for s in STEPS]
+    d = _alarm(o, acc, loss, spike_guard="hold", spike_window=200, persist=100)
+    assert d.spike_steps == [1600, 1900, 2200, 2500]
+    assert d.alarm_step is not None and d.alarm_step < 3000
+    no_rise, _, _ = _curves(rise_at=None)
+    assert _alarm(no_rise, acc, loss, spike_guard="hold").alarm_step is None

@@ -15,7 +15,8 @@ The rule, every threshold a field of :class:`DetectorConfig`:
 3. **A real drop**: after the gate the detector tracks the running minimum of the smoothed series. The drop is
    real once peak − minimum ≥ ``min_drop``.
 4. **A persistent rise**: once the drop is real, a rise begins when smoothed − minimum ≥ ``rise``; the alarm fires
-   when the rise has held at every point for ``persist`` steps. The alarm step is the step at which that is
+   when the rise has held at every point for ``persist`` steps (steps frozen by the spike guard neither count
+   nor break it). The alarm step is the step at which that is
    confirmed (the earliest step an online observer could know), and the rise's onset is reported too.
 5. **Spike guard** (issue 8 §5): full-batch AdamW runs have periodic train-loss spikes (loss 1e-3…1e-7 jumping back
    to ~1, the "slingshot"), and Ô01 jumps at each. A spike is a point whose train loss (the largest since the
@@ -83,7 +84,9 @@ class Detector:
         self._peak = -math.inf
         self._min = math.inf
         self._min_step: Optional[int] = None
-        self._rise_since: Optional[int] = None
+        self._rise_since: Optional[int] = None  # first step of the current rise
+        self._rise_held = 0  # steps the current rise has held, frozen stretches not counted
+        self._rise_last: Optional[int] = None  # last unfrozen step of the rise (None right after a freeze)
         self._prev_loss = math.inf
         self._frozen_until = -math.inf
         self._rebase_pending = False
@@ -115,6 +118,7 @@ class Detector:
             return False
         if self._rebase_pending:  # the guard's window just ended: measure rises from here on
             self._min, self._min_step, self._rise_since, self._rebase_pending = s, step, None, False
+            self._rise_held, self._rise_last = 0, None
         if s < self._min:
             self._min, self._min_step = s, step
         r.peak, r.minimum, r.minimum_step = c.direction * self._peak, c.direction * self._min, self._min_step
@@ -122,12 +126,14 @@ class Detector:
             return False
         if s - self._min >= c.rise:
             if self._rise_since is None:
-                self._rise_since = step
-            if step - self._rise_since >= c.persist:
+                self._rise_since, self._rise_held, self._rise_last = step, 0, step
+            self._rise_held += step - (self._rise_last if self._rise_last is not None else step)
+            self._rise_last = step
+            if self._rise_held >= c.persist:
                 r.alarm_step, r.rise_onset_step = step, self._rise_since
                 return True
         else:
-            self._rise_since = None
+            self._rise_since, self._rise_held, self._rise_last = None, 0, None
         return False
 
     def _spike_check(self, step: int, loss: Optional[float]) -> bool:
@@ -139,8 +145,8 @@ class Detector:
         if loss >= c.spike_min_loss and loss >= c.spike_ratio * prev:
             self.result.spike_steps.append(step)
             self._frozen_until = step + c.spike_window
-            self._rise_since = None
         if step <= self._frozen_until:
+            self._rise_last = None  # the frozen stretch does not count towards ``persist``
             self._rebase_pending = c.spike_guard == "rebase"
             return True
         return False
