@@ -19,6 +19,13 @@ every mode alike. Reported: ratios of wall-clock medians and minima, of process 
 processes, but it counts OpenMP spin-waiting), and the time inside ``mon.step()`` (the CKA; the hooks' row selection
 runs inside the training forward) over the baseline step. On an oversubscribed machine trust the CPU-time and
 ``mon.step()`` figures, not the wall-clock medians.
+
+Measured here (2-core CPU shared with builds, torch 2.13.0+cpu):
+  rows   mon.step() 2.7 ms of a 285 ms step with 2 threads at low load (0.9 %); 4.6 ms CPU of 420 ms with 1 thread
+         (1.1 %); the hooks' row selection costs 0.06 ms per layer. End-to-end wall minima +2.1 %; the medians
+         swing from -5 % to +8 % with the other processes' load.
+  probe  +22 to +25 %: a no_grad forward on 2,000 examples next to forward+backward on 2,823. Every 10 steps it
+         is ~2.5 %; with every=1 only the rows mode meets the 3 % target.
 """
 
 from __future__ import annotations
