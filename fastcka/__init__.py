@@ -4,10 +4,12 @@ from . import reference
 from ._ops import ops
 from .fourier import frequency_concentration, frequency_energy, frequency_spectrum, key_frequencies
 from .functional import cka, cka_from_terms, hsic, hsic_terms
+from .monitor import CKAMonitor
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CKAMonitor",
     "cka",
     "hsic",
     "hsic_terms",

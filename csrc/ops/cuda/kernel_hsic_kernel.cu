@@ -1,0 +1,407 @@
+// CUDA kernels and registration of the fused kernel-HSIC pass and the exact distance median.
+//
+// Scheme: one block per 32×32 tile pair (ti ≤ tj for the sums and the median passes, all pairs for the gradient).
+// Row tiles of X' and Y' are staged through shared memory 32 features at a time to form the tile's dot products;
+// the epilogue (kernel values, weights, distance digits) is the header math the CPU pass uses. Scalars are reduced
+// per block in float64 and added with one atomic per block; row and column sums go through shared memory first.
+#include <vector>
+
+#include "cuda/primitives.cuh"
+#include "kernel_hsic_impl.h"
+
+namespace fastcka {
+namespace cuda {
+
+constexpr int kTile = 32;
+constexpr int kTileThreads = 256;
+constexpr int kPerThread = kTile * kTile / kTileThreads;  // 4 entries of the tile per thread
+constexpr int64_t kCollectCapacity = int64_t(1) << 22;
+
+// dot[r] = x'_{ti·32+ii} · x'_{tj·32+jj} for this thread's entries (ii, jj) = divmod(tid + 256·r, 32).
+template <typename T>
+__device__ void tile_dots(const T* x, int64_t n, int64_t p, int64_t ti, int64_t tj, T* dot) {
+  __shared__ T si[kTile][kTile + 1];
+  __shared__ T sj[kTile][kTile + 1];
+  for (int r = 0; r < kPerThread; ++r) dot[r] = T(0);
+  for (int64_t c0 = 0; c0 < p; c0 += kTile) {
+    for (int e = threadIdx.x; e < kTile * kTile; e += blockDim.x) {
+      const int row = e / kTile, col = e % kTile;
+      const int64_t gi = ti * kTile + row, gj = tj * kTile + row, c = c0 + col;
+      si[row][col] = (gi < n && c < p) ? x[gi * p + c] : T(0);
+      sj[row][col] = (gj < n && c < p) ? x[gj * p + c] : T(0);
+    }
+    __syncthreads();
+    for (int r = 0; r < kPerThread; ++r) {
+      const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
+      T acc = dot[r];
+#pragma unroll 8
+      for (int c = 0; c < kTile; ++c) acc += si[ii][c] * sj[jj][c];
+      dot[r] = acc;
+    }
+    __syncthreads();
+  }
+}
+
+__device__ inline void tile_of_block(int64_t tiles, int64_t* ti, int64_t* tj) {
+  __shared__ int64_t s_ti, s_tj;
+  if (threadIdx.x == 0) triangle_tile(blockIdx.x, tiles, &s_ti, &s_tj);
+  __syncthreads();
+  *ti = s_ti;
+  *tj = s_tj;
+}
+
+__device__ inline KernelSpec device_spec(int type, const double* gamma, int side, const double* scale) {
+  KernelSpec k;
+  k.type = type;
+  k.gamma = gamma[side] / (scale[0] * scale[0]);
+  return k;
+}
+
+template <typename T>
+__global__ void shift_normalise_kernel(const T* x, int64_t n, int64_t p, T* out, unsigned long long* maxabs_bits) {
+  double m = 0.0;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n * p;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const T v = static_cast<T>(static_cast<double>(x[k]) - static_cast<double>(x[k % p]));  // minus row 0
+    out[k] = v;
+    m = fmax(m, fabs(static_cast<double>(v)));
+  }
+  m = block_max(m);
+  if (threadIdx.x == 0) atomicMax(maxabs_bits, static_cast<unsigned long long>(__double_as_longlong(m)));
+}
+
+template <typename T>
+__global__ void hsic_pass_kernel(const T* xs, const T* ys, const double* nx, const double* ny, int64_t n, int64_t p,
+                                 int64_t q, int kx, int ky, const double* gamma, const double* scale_x,
+                                 const double* scale_y, double* m, double* rk, double* rl, double* dk, double* dl) {
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  int64_t ti, tj;
+  tile_of_block(tiles, &ti, &tj);
+  T gx[kPerThread], gy[kPerThread];
+  tile_dots(xs, n, p, ti, tj, gx);
+  tile_dots(ys, n, q, ti, tj, gy);
+  const KernelSpec spx = device_spec(kx, gamma, 0, scale_x), spy = device_spec(ky, gamma, 1, scale_y);
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    m[kmKappaX] = kx == kKernelLinear ? 1.0 / (scale_x[0] * scale_x[0]) : 1.0;
+    m[kmKappaY] = ky == kKernelLinear ? 1.0 / (scale_y[0] * scale_y[0]) : 1.0;
+  }
+  __shared__ double row_k[kTile], row_l[kTile], col_k[kTile], col_l[kTile];
+  if (threadIdx.x < kTile) row_k[threadIdx.x] = row_l[threadIdx.x] = col_k[threadIdx.x] = col_l[threadIdx.x] = 0.0;
+  __syncthreads();
+  double skl = 0, skk = 0, sll = 0;
+  for (int r = 0; r < kPerThread; ++r) {
+    const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
+    const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
+    if (gi >= n || gj >= n || gj < gi) continue;
+    const bool diag = gi == gj;
+    const double k = kernel_value<T>(spx, gx[r], static_cast<T>(nx[gi]), static_cast<T>(nx[gj]), diag);
+    const double l = kernel_value<T>(spy, gy[r], static_cast<T>(ny[gi]), static_cast<T>(ny[gj]), diag);
+    const double w = pair_weight(gi, gj);
+    skl += w * k * l;
+    skk += w * k * k;
+    sll += w * l * l;
+    atomicAdd(&row_k[ii], k);
+    atomicAdd(&row_l[ii], l);
+    if (diag) {
+      dk[gi] = k;
+      dl[gi] = l;
+    } else {
+      atomicAdd(&col_k[jj], k);
+      atomicAdd(&col_l[jj], l);
+    }
+  }
+  skl = block_sum(skl);
+  if (threadIdx.x == 0) atomicAdd(m + kmKL, skl);
+  skk = block_sum(skk);
+  if (threadIdx.x == 0) atomicAdd(m + kmKK, skk);
+  sll = block_sum(sll);
+  if (threadIdx.x == 0) atomicAdd(m + kmLL, sll);
+  __syncthreads();
+  if (threadIdx.x < kTile) {
+    const int64_t gi = ti * kTile + threadIdx.x, gj = tj * kTile + threadIdx.x;
+    if (gi < n) {
+      atomicAdd(rk + gi, row_k[threadIdx.x]);
+      atomicAdd(rl + gi, row_l[threadIdx.x]);
+    }
+    if (gj < n) {
+      atomicAdd(rk + gj, col_k[threadIdx.x]);
+      atomicAdd(rl + gj, col_l[threadIdx.x]);
+    }
+  }
+}
+
+// Coefficients of one side's gradient weights, from the moments already reduced on the device.
+__device__ inline KernelGradCoef side_coef(const double* g, const double* m, bool x_side, int64_t n, bool unbiased) {
+  const double kx = m[kmKappaX], ky = m[kmKappaY];
+  const double sk = m[kmSk] * kx, sl = m[kmSl] * ky, tk = m[kmTk] * kx, tl = m[kmTl] * ky;
+  return x_side ? kernel_grad_coef(g[0], g[1], kx, ky, sk, sl, tk, tl, n, unbiased)
+                : kernel_grad_coef(g[0], g[2], ky, kx, sl, sk, tl, tk, n, unbiased);
+}
+
+__device__ inline double rho(const double* r, const double* d, int64_t i, double kappa, bool unbiased) {
+  return (r[i] - (unbiased ? d[i] : 0.0)) * kappa;
+}
+
+// All tile pairs: W tiles in shared memory, then acc_x[gi, :] += Σ_j W^x_ij x'_j (float64 atomics) and W row sums.
+template <typename T>
+__global__ void hsic_grad_kernel(const T* xs, const T* ys, const double* nx, const double* ny, int64_t n, int64_t p,
+                                 int64_t q, int kx, int ky, const double* gamma, const double* scale_x,
+                                 const double* scale_y, const double* m, const double* rk, const double* rl,
+                                 const double* dk, const double* dl, const double* g, bool unbiased, double* acc_x,
+                                 double* acc_y, double* wsum_x, double* wsum_y) {
+  const int64_t ti = blockIdx.y, tj = blockIdx.x;
+  T gx[kPerThread], gy[kPerThread];
+  tile_dots(xs, n, p, ti, tj, gx);
+  tile_dots(ys, n, q, ti, tj, gy);
+  const KernelSpec spx = device_spec(kx, gamma, 0, scale_x), spy = device_spec(ky, gamma, 1, scale_y);
+  const KernelGradCoef cx = side_coef(g, m, true, n, unbiased), cy = side_coef(g, m, false, n, unbiased);
+  const double kapx = m[kmKappaX], kapy = m[kmKappaY];
+  __shared__ double wx[kTile][kTile + 1], wy[kTile][kTile + 1];
+  for (int r = 0; r < kPerThread; ++r) {
+    const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
+    const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
+    double vx = 0.0, vy = 0.0;
+    if (gi < n && gj < n) {
+      const bool diag = gi == gj;
+      const double k = kernel_value<T>(spx, gx[r], static_cast<T>(nx[gi]), static_cast<T>(nx[gj]), diag);
+      const double l = kernel_value<T>(spy, gy[r], static_cast<T>(ny[gi]), static_cast<T>(ny[gj]), diag);
+      const double rki = rho(rk, dk, gi, kapx, unbiased), rkj = rho(rk, dk, gj, kapx, unbiased);
+      const double rli = rho(rl, dl, gi, kapy, unbiased), rlj = rho(rl, dl, gj, kapy, unbiased);
+      vx = kernel_grad_weight(cx, kx, k, l, cx.u_other * rli + cx.u_own * rki, cx.u_other * rlj + cx.u_own * rkj, diag);
+      vy = kernel_grad_weight(cy, ky, l, k, cy.u_other * rki + cy.u_own * rli, cy.u_other * rkj + cy.u_own * rlj, diag);
+    }
+    wx[ii][jj] = vx;
+    wy[ii][jj] = vy;
+  }
+  __syncthreads();
+  if (threadIdx.x < kTile) {
+    const int64_t gi = ti * kTile + threadIdx.x;
+    double a = 0.0, b = 0.0;
+    for (int jj = 0; jj < kTile; ++jj) {
+      a += wx[threadIdx.x][jj];
+      b += wy[threadIdx.x][jj];
+    }
+    if (gi < n) {
+      atomicAdd(wsum_x + gi, a);
+      atomicAdd(wsum_y + gi, b);
+    }
+  }
+  for (int64_t e = threadIdx.x; e < kTile * p; e += blockDim.x) {
+    const int ii = static_cast<int>(e / p);
+    const int64_t c = e % p, gi = ti * kTile + ii;
+    if (gi >= n) continue;
+    double acc = 0.0;
+    for (int jj = 0; jj < kTile && tj * kTile + jj < n; ++jj) acc += wx[ii][jj] * static_cast<double>(xs[(tj * kTile + jj) * p + c]);
+    atomicAdd(acc_x + gi * p + c, acc);
+  }
+  for (int64_t e = threadIdx.x; e < kTile * q; e += blockDim.x) {
+    const int ii = static_cast<int>(e / q);
+    const int64_t c = e % q, gi = ti * kTile + ii;
+    if (gi >= n) continue;
+    double acc = 0.0;
+    for (int jj = 0; jj < kTile && tj * kTile + jj < n; ++jj) acc += wy[ii][jj] * static_cast<double>(ys[(tj * kTile + jj) * q + c]);
+    atomicAdd(acc_y + gi * q + c, acc);
+  }
+}
+
+// out = scale·(acc − [rbf] wsum_i·x'_i), scale from kernel_grad_scale (read on the device).
+template <typename T>
+__global__ void grad_finish_kernel(const double* acc, const double* wsum, const T* xs, int64_t n, int64_t p, int type,
+                                   const double* gamma, int side, const double* scale, const double* m, int kappa_slot,
+                                   T* out) {
+  const double s = scale[0];
+  const double sc = kernel_grad_scale(type, gamma[side] / (s * s), m[kappa_slot], s);
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n * p;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const double diag = type == kKernelRbf ? wsum[k / p] * static_cast<double>(xs[k]) : 0.0;
+    out[k] = static_cast<T>(sc * (acc[k] - diag));
+  }
+}
+
+template <typename T>
+__global__ void distance_pass_kernel(const T* xs, const double* nx, int64_t n, int64_t p, uint64_t prefix, int bits,
+                                     unsigned long long* hist, double* collect, unsigned long long* count) {
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  int64_t ti, tj;
+  tile_of_block(tiles, &ti, &tj);
+  T gx[kPerThread];
+  tile_dots(xs, n, p, ti, tj, gx);
+  for (int r = 0; r < kPerThread; ++r) {
+    const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
+    const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
+    if (gi >= n || gj >= n || gj <= gi) continue;
+    const double d = squared_distance(static_cast<double>(gx[r]), nx[gi], nx[gj], false);
+    const uint64_t b = distance_bits(d);
+    if (!has_prefix(b, prefix, bits)) continue;
+    if (hist) {
+      atomicAdd(hist + next_digit(b, bits), 1ull);
+    } else {
+      const unsigned long long slot = atomicAdd(count, 1ull);
+      if (slot < static_cast<unsigned long long>(kCollectCapacity)) collect[slot] = d;
+    }
+  }
+}
+
+inline unsigned triangle_blocks(int64_t n) {
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  return static_cast<unsigned>(tiles * (tiles + 1) / 2);
+}
+
+inline Tensor to_cpu(const Tensor& t) {
+  return torch::stable::to(t, torch::stable::Device(torch::headeronly::DeviceType::CPU));
+}
+
+}  // namespace cuda
+
+struct CudaKernelHsic : CudaBackend {
+  static ScaledRows scale_rows(const Tensor& x) {
+    const int64_t n = x.size(0), p = x.size(1);
+    const cudaStream_t s = cuda::current_stream(x);
+    ScaledRows a;
+    a.xs = empty_like_shape(x, {n, p}, x.scalar_type());
+    a.scale = empty_like_shape(x, {1}, ScalarType::Double);
+    Tensor bits = zeros_f64(x, 1);
+    FASTCKA_DISPATCH_FLOATING(x.scalar_type(), "scale_rows", [&] {
+      const int blocks = cuda::blocks_for(n * p, cuda::kThreads);
+      auto* b = reinterpret_cast<unsigned long long*>(bits.mutable_data_ptr<double>());
+      cuda::shift_normalise_kernel<<<blocks, cuda::kThreads, 0, s>>>(x.const_data_ptr<scalar_t>(), n, p,
+                                                                     a.xs.mutable_data_ptr<scalar_t>(), b);
+      cuda::normalise_kernel<<<blocks, cuda::kThreads, 0, s>>>(a.xs.mutable_data_ptr<scalar_t>(), n * p, b,
+                                                               a.scale.mutable_data_ptr<double>());
+      cuda::check_launch("scale_rows");
+    });
+    a.norms = cuda::row_sq(a.xs);
+    return a;
+  }
+
+  static double host_scale(const ScaledRows& a) { return cuda::to_cpu(a.scale).const_data_ptr<double>()[0]; }
+
+  static Tensor scalar_tensor(const Tensor& like, double v) {
+    Tensor t = torch::stable::full({}, v, ScalarType::Double);
+    return torch::stable::to(t, like.device());
+  }
+
+  static void kernel_combine(const Tensor& m, int64_t n, bool unbiased, Tensor& out);
+
+  static PassOutput hsic_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky, const Tensor& gamma) {
+    const int64_t n = a.xs.size(0);
+    PassOutput o;
+    o.m = zeros_f64(a.xs, kNumKernelMoments);
+    o.rk = zeros_f64(a.xs, n);
+    o.rl = zeros_f64(a.xs, n);
+    o.dk = zeros_f64(a.xs, n);
+    o.dl = zeros_f64(a.xs, n);
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_pass", [&] {
+      cuda::hsic_pass_kernel<<<cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs)>>>(
+          a.xs.const_data_ptr<scalar_t>(), b.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(),
+          b.norms.const_data_ptr<double>(), n, a.xs.size(1), b.xs.size(1), static_cast<int>(kx), static_cast<int>(ky),
+          gamma.const_data_ptr<double>(), a.scale.const_data_ptr<double>(), b.scale.const_data_ptr<double>(),
+          o.m.mutable_data_ptr<double>(), o.rk.mutable_data_ptr<double>(), o.rl.mutable_data_ptr<double>(),
+          o.dk.mutable_data_ptr<double>(), o.dl.mutable_data_ptr<double>());
+      cuda::check_launch("kernel_hsic_pass");
+    });
+    return o;
+  }
+
+  static std::tuple<Tensor, Tensor> hsic_grad_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky,
+                                                   const Tensor& gamma, PassOutput& o, const Tensor& grad,
+                                                   bool unbiased) {
+    const int64_t n = a.xs.size(0), p = a.xs.size(1), q = b.xs.size(1);
+    const cudaStream_t s = cuda::current_stream(a.xs);
+    sum_into(o.rk, o.m, kmSk);
+    sum_into(o.rl, o.m, kmSl);
+    sum_into(o.dk, o.m, kmTk);
+    sum_into(o.dl, o.m, kmTl);
+    Tensor acc_x = zeros_f64(a.xs, n * p), acc_y = zeros_f64(a.xs, n * q);
+    Tensor ws_x = zeros_f64(a.xs, n), ws_y = zeros_f64(a.xs, n);
+    Tensor dx = empty_like_shape(a.xs, {n, p}, a.xs.scalar_type());
+    Tensor dy = empty_like_shape(b.xs, {n, q}, b.xs.scalar_type());
+    const int64_t tiles = (n + cuda::kTile - 1) / cuda::kTile;
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_grad", [&] {
+      cuda::hsic_grad_kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles)), cuda::kTileThreads, 0,
+                               s>>>(
+          a.xs.const_data_ptr<scalar_t>(), b.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(),
+          b.norms.const_data_ptr<double>(), n, p, q, static_cast<int>(kx), static_cast<int>(ky),
+          gamma.const_data_ptr<double>(), a.scale.const_data_ptr<double>(), b.scale.const_data_ptr<double>(),
+          o.m.const_data_ptr<double>(), o.rk.const_data_ptr<double>(), o.rl.const_data_ptr<double>(),
+          o.dk.const_data_ptr<double>(), o.dl.const_data_ptr<double>(), grad.const_data_ptr<double>(), unbiased,
+          acc_x.mutable_data_ptr<double>(), acc_y.mutable_data_ptr<double>(), ws_x.mutable_data_ptr<double>(),
+          ws_y.mutable_data_ptr<double>());
+      cuda::grad_finish_kernel<<<cuda::blocks_for(n * p, cuda::kThreads), cuda::kThreads, 0, s>>>(
+          acc_x.const_data_ptr<double>(), ws_x.const_data_ptr<double>(), a.xs.const_data_ptr<scalar_t>(), n, p,
+          static_cast<int>(kx), gamma.const_data_ptr<double>(), 0, a.scale.const_data_ptr<double>(),
+          o.m.const_data_ptr<double>(), kmKappaX, dx.mutable_data_ptr<scalar_t>());
+      cuda::grad_finish_kernel<<<cuda::blocks_for(n * q, cuda::kThreads), cuda::kThreads, 0, s>>>(
+          acc_y.const_data_ptr<double>(), ws_y.const_data_ptr<double>(), b.xs.const_data_ptr<scalar_t>(), n, q,
+          static_cast<int>(ky), gamma.const_data_ptr<double>(), 1, b.scale.const_data_ptr<double>(),
+          o.m.const_data_ptr<double>(), kmKappaY, dy.mutable_data_ptr<scalar_t>());
+      cuda::check_launch("kernel_hsic_grad");
+    });
+    return std::make_tuple(dx, dy);
+  }
+
+  static std::vector<int64_t> distance_histogram(const ScaledRows& a, uint64_t prefix, int bits) {
+    const int64_t n = a.xs.size(0);
+    Tensor hist = zeros_f64(a.xs, kDigitBins);  // 64-bit counters in float64-sized slots
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_histogram", [&] {
+      cuda::distance_pass_kernel<<<cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs)>>>(
+          a.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(), n, a.xs.size(1), prefix, bits,
+          reinterpret_cast<unsigned long long*>(hist.mutable_data_ptr<double>()), nullptr, nullptr);
+      cuda::check_launch("distance_histogram");
+    });
+    const Tensor h = cuda::to_cpu(hist);
+    const auto* c = reinterpret_cast<const unsigned long long*>(h.const_data_ptr<double>());
+    return std::vector<int64_t>(c, c + kDigitBins);
+  }
+
+  static std::vector<double> distance_collect(const ScaledRows& a, uint64_t prefix, int bits) {
+    const int64_t n = a.xs.size(0);
+    Tensor buf = empty_like_shape(a.xs, {cuda::kCollectCapacity}, ScalarType::Double);
+    Tensor count = zeros_f64(a.xs, 1);
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_collect", [&] {
+      cuda::distance_pass_kernel<<<cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs)>>>(
+          a.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(), n, a.xs.size(1), prefix, bits, nullptr,
+          buf.mutable_data_ptr<double>(), reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<double>()));
+      cuda::check_launch("distance_collect");
+    });
+    const Tensor c = cuda::to_cpu(count);
+    const int64_t k = static_cast<int64_t>(*reinterpret_cast<const unsigned long long*>(c.const_data_ptr<double>()));
+    STD_TORCH_CHECK(k <= cuda::kCollectCapacity, "fastcka median: too many candidates");
+    const Tensor v = cuda::to_cpu(buf);
+    return std::vector<double>(v.const_data_ptr<double>(), v.const_data_ptr<double>() + k);
+  }
+};
+
+__global__ void kernel_combine_kernel(const double* m, int64_t n, bool unbiased, double* out) {
+  kernel_hsic_combine(m, n, unbiased, out);
+}
+
+void CudaKernelHsic::kernel_combine(const Tensor& m, int64_t n, bool unbiased, Tensor& out) {
+  kernel_combine_kernel<<<1, 1, 0, cuda::current_stream(m)>>>(m.const_data_ptr<double>(), n, unbiased,
+                                                               out.mutable_data_ptr<double>());
+  cuda::check_launch("kernel_combine");
+}
+
+Tensor kernel_hsic_cuda(const Tensor& x, const Tensor& y, const Tensor& gamma, int64_t kx, int64_t ky, bool unbiased) {
+  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  return kernel_hsic<CudaKernelHsic>(x, y, gamma, kx, ky, unbiased);
+}
+
+std::tuple<Tensor, Tensor> kernel_hsic_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& y,
+                                                     const Tensor& gamma, int64_t kx, int64_t ky, bool unbiased) {
+  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  return kernel_hsic_backward<CudaKernelHsic>(grad, x, y, gamma, kx, ky, unbiased);
+}
+
+Tensor median_sq_dist_cuda(const Tensor& x) {
+  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  return median_sq_dist<CudaKernelHsic>(x);
+}
+
+STABLE_TORCH_LIBRARY_IMPL(fastcka, CUDA, m) {
+  m.impl("kernel_hsic", TORCH_BOX(&kernel_hsic_cuda));
+  m.impl("_kernel_hsic_backward", TORCH_BOX(&kernel_hsic_backward_cuda));
+  m.impl("median_sq_dist", TORCH_BOX(&median_sq_dist_cuda));
+}
+
+}  // namespace fastcka
