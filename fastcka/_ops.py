@@ -19,6 +19,7 @@ ops = torch.ops.fastcka
 OP_NAMES = (
     "linear_hsic",
     "_linear_hsic_backward",
+    "linear_hsic_matrix",
     "kernel_hsic",
     "_kernel_hsic_backward",
     "median_sq_dist",
@@ -129,3 +130,19 @@ def _kernel_hsic_bwd(ctx, grad):
 
 torch.library.register_autograd("fastcka::kernel_hsic", _kernel_hsic_bwd, setup_context=_kernel_hsic_setup)
 _block_double_backward("_kernel_hsic_backward")
+
+
+# --- linear_hsic_matrix ---------------------------------------------------------------------------------------------
+@torch.library.register_fake("fastcka::linear_hsic_matrix")
+def _linear_hsic_matrix_fake(xs, ys, unbiased, method):
+    m = len(ys) if len(ys) else len(xs)
+    return xs[0].new_empty((len(xs), m), dtype=torch.float64)
+
+
+def _matrix_no_grad(ctx, grad):
+    raise RuntimeError("fastcka.cka_matrix has no backward; use fastcka.cka on the pairs you differentiate")
+
+
+torch.library.register_autograd(
+    "fastcka::linear_hsic_matrix", _matrix_no_grad, setup_context=lambda ctx, inputs, output: None
+)

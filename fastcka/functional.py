@@ -13,7 +13,8 @@ safe on a training step's hot path. NaN or Inf anywhere in the input gives NaN (
 
 from __future__ import annotations
 
-from typing import Tuple, Union
+import functools
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -28,7 +29,7 @@ _KERNEL_CODE = {"linear": 0, "rbf": 1}
 
 Sigma = Union[None, float, Tensor, Tuple[Union[float, Tensor], Union[float, Tensor]]]
 
-__all__ = ["hsic", "cka", "hsic_terms", "cka_from_terms", "rbf_gamma"]
+__all__ = ["hsic", "cka", "cka_matrix", "hsic_terms", "cka_from_terms", "rbf_gamma"]
 
 
 def _as_matrix(t: Tensor, name: str) -> Tensor:
@@ -183,3 +184,52 @@ def cka_from_terms(h: Tensor) -> Tensor:
     # 0·(sum) is 0 for finite terms and NaN as soon as one is NaN or infinite.
     fallback = 0.0 * (denom + h[..., 0])
     return torch.where(pos, h[..., 0] / torch.sqrt(torch.where(pos, denom, torch.ones_like(denom))), fallback)
+
+
+def cka_matrix(
+    xs: Sequence[Tensor],
+    ys: Optional[Sequence[Tensor]] = None,
+    kernel: str = "linear",
+    unbiased: bool = False,
+    method: str = "auto",
+    sigma: Sigma = None,
+    threshold: float = 1.0,
+) -> Tensor:
+    """CKA between every layer in ``xs`` and every layer in ``ys``: an (L, M) tensor; with ``ys`` None, xs against
+    itself (symmetric, unit diagonal, one triangle computed). Layers may have different widths but must share n.
+
+    Linear kernel: one op call on the device; every layer is centred once, its self-HSIC computed once, then one
+    Gram product per pair. The RBF kernel runs the tiled pass per pair. Entry (i, j) equals
+    ``cka(xs[i], ys[j], ...)``. No autograd (differentiate `cka` on the pairs you need).
+    """
+    if isinstance(xs, torch.Tensor) or not isinstance(xs, (list, tuple)) or not xs:
+        raise TypeError("xs must be a non-empty list or tuple of tensors (one per layer)")
+    if ys is not None and (isinstance(ys, torch.Tensor) or not isinstance(ys, (list, tuple)) or not ys):
+        raise TypeError("ys must be None or a non-empty list or tuple of tensors")
+    _check_kernel(kernel, method)
+    layers = list(xs) + ([] if ys is None else list(ys))
+    mats = [_as_matrix(t, f"layer {i}") for i, t in enumerate(layers)]
+    ref = mats[0]
+    for i, t in enumerate(mats):
+        _prepare_pair(ref, t, unbiased)  # same n, same device, enough examples
+    dt = functools.reduce(_compute_dtype, [t.dtype for t in mats])
+    mats = [t.to(dt) for t in mats]
+    mx, my = mats[: len(xs)], mats[len(xs):]
+    if kernel == "linear" and method != "tiled":
+        code = LINEAR_METHODS[method]
+        cross = ops.linear_hsic_matrix(mx, my, bool(unbiased), code)
+        if ys is None:
+            self_x = self_y = cross.diagonal()
+        else:
+            self_x = ops.linear_hsic_matrix(mx, [], bool(unbiased), code).diagonal()
+            self_y = ops.linear_hsic_matrix(my, [], bool(unbiased), code).diagonal()
+        h = torch.stack(torch.broadcast_tensors(cross, self_x[:, None], self_y[None, :]), -1)
+        out = cka_from_terms(h)
+        if ys is None:  # exactly 1 on the diagonal (0 for a constant layer), not 1 ± rounding
+            eye = torch.eye(len(mx), dtype=torch.bool, device=out.device)
+            out = torch.where(eye & (self_x > 0)[:, None], torch.ones_like(out), out)
+        return out.to(dt)
+    rows = []
+    for a in mx:
+        rows.append(torch.stack([cka(a, b, kernel, unbiased, method, sigma, threshold) for b in (my or mx)]))
+    return torch.stack(rows).to(dt)

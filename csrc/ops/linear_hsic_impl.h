@@ -93,3 +93,70 @@ std::tuple<Tensor, Tensor> linear_hsic_backward(const Tensor& grad, const Tensor
 }
 
 }  // namespace fastcka
+
+namespace fastcka {
+
+// Layer-by-layer linear HSIC: every layer is centred and normalised once, each pair then costs one Gram product
+// (XcᵢᵀXcⱼ or the n×n pair) and a float64 reduction. Returns float64 (L, M) cross HSICs; with ys empty the
+// symmetric (L, L) matrix of xs against itself, upper triangle computed and mirrored. Self terms are the diagonal
+// (symmetric case) or are computed once per layer by the caller's second call.
+template <class D>
+Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tensor>& ys_in, bool unbiased,
+                          int64_t method) {
+  STD_TORCH_CHECK(!xs.empty(), "fastcka::linear_hsic_matrix: xs is empty");
+  const bool symmetric = ys_in.empty();
+  const std::vector<Tensor>& ys = symmetric ? xs : ys_in;
+  const int64_t L = static_cast<int64_t>(xs.size()), M = static_cast<int64_t>(ys.size()), n = xs[0].size(0);
+  for (const Tensor& t : xs) check_linear_inputs(t, xs[0], unbiased, "fastcka::linear_hsic_matrix");
+  for (const Tensor& t : ys) check_linear_inputs(t, xs[0], unbiased, "fastcka::linear_hsic_matrix");
+  // Per layer: a moment row whose scale and row-norm slots describe that layer alone.
+  auto prepare = [&](const std::vector<Tensor>& zs, std::vector<Tensor>& zc, std::vector<Tensor>& dz, Tensor& mom) {
+    mom = zeros_f64(zs[0], static_cast<int64_t>(zs.size()) * kNumLinearMoments);
+    for (size_t i = 0; i < zs.size(); ++i) {
+      Tensor row = narrowed(mom, 0, static_cast<int64_t>(i) * kNumLinearMoments, kNumLinearMoments);
+      zc.push_back(D::center_normalise(as_contiguous(zs[i]), row, kScaleX));
+      dz.push_back(D::row_sq(zc.back()));
+      D::sum_into(dz.back(), row, kTrK);
+    }
+  };
+  std::vector<Tensor> xc, dx, yc, dy;
+  Tensor mx, my;
+  prepare(xs, xc, dx, mx);
+  if (symmetric) {
+    yc = xc;
+    dy = dx;
+    my = mx;
+  } else {
+    prepare(ys, yc, dy, my);
+  }
+  Tensor pair_m = zeros_f64(xs[0], L * M * kNumLinearMoments);
+  Tensor out3 = empty_like_shape(xs[0], {L * M, 3}, ScalarType::Double);
+  for (int64_t i = 0; i < L; ++i)
+    for (int64_t j = symmetric ? i : 0; j < M; ++j) {
+      const int64_t k = i * M + j;
+      Tensor m = narrowed(pair_m, 0, k * kNumLinearMoments, kNumLinearMoments);
+      Tensor sx = narrowed(mx, 0, i * kNumLinearMoments + kScaleX, 1), sy = narrowed(my, 0, j * kNumLinearMoments + kScaleX, 1);
+      Tensor tx = narrowed(mx, 0, i * kNumLinearMoments + kTrK, 1), ty = narrowed(my, 0, j * kNumLinearMoments + kTrK, 1);
+      Tensor dst;
+      dst = narrowed(m, 0, kScaleX, 1); torch::stable::copy_(dst, sx);
+      dst = narrowed(m, 0, kScaleY, 1); torch::stable::copy_(dst, sy);
+      dst = narrowed(m, 0, kTrK, 1); torch::stable::copy_(dst, tx);
+      dst = narrowed(m, 0, kTrL, 1); torch::stable::copy_(dst, ty);
+      if (unbiased) D::dot_into(dx[i], dy[j], m, kDkDl);
+      if (use_sample_space(method, n, xc[i].size(1), yc[j].size(1)))
+        D::dot_into(mm(xc[i], transposed(xc[i])), mm(yc[j], transposed(yc[j])), m, kKL);
+      else {
+        const Tensor c = mm(transposed(xc[i]), yc[j]);
+        D::dot_into(c, c, m, kKL);
+      }
+      Tensor o = narrowed(out3, 0, k, 1);
+      D::linear_combine(m, n, unbiased, o);
+      if (symmetric && j != i) {  // mirror
+        Tensor mirror = narrowed(out3, 0, j * M + i, 1);
+        torch::stable::copy_(mirror, o);
+      }
+    }
+  return as_contiguous(reshaped(torch::stable::select(out3, 1, 0), {L, M}));
+}
+
+}  // namespace fastcka

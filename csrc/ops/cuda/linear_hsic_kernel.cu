@@ -16,7 +16,14 @@ std::tuple<Tensor, Tensor> linear_hsic_backward_cuda(const Tensor& grad, const T
   return linear_hsic_backward<CudaBackend>(grad, x, y, unbiased, method);
 }
 
+Tensor linear_hsic_matrix_cuda(const std::vector<Tensor>& xs, const std::vector<Tensor>& ys, bool unbiased,
+                               int64_t method) {
+  torch::stable::accelerator::DeviceGuard guard(xs.at(0).get_device_index());
+  return linear_hsic_matrix<CudaBackend>(xs, ys, unbiased, method);
+}
+
 STABLE_TORCH_LIBRARY_IMPL(fastcka, CUDA, m) {
+  m.impl("linear_hsic_matrix", TORCH_BOX(&linear_hsic_matrix_cuda));
   m.impl("linear_hsic", TORCH_BOX(&linear_hsic_cuda));
   m.impl("_linear_hsic_backward", TORCH_BOX(&linear_hsic_backward_cuda));
 }
