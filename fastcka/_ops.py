@@ -23,6 +23,7 @@ OP_NAMES = (
     "kernel_hsic",
     "_kernel_hsic_backward",
     "median_sq_dist",
+    "center_gram",
     "frequency_spectrum",
     "_frequency_spectrum_backward",
 )
@@ -146,3 +147,24 @@ def _matrix_no_grad(ctx, grad):
 torch.library.register_autograd(
     "fastcka::linear_hsic_matrix", _matrix_no_grad, setup_context=lambda ctx, inputs, output: None
 )
+
+
+# --- center_gram: linear, so its backward is the same op in the adjoint mode (0 ↔ 0, 1 ↔ 2) -------------------------
+_CENTER_ADJOINT = {0: 0, 1: 2, 2: 1}
+
+
+@torch.library.register_fake("fastcka::center_gram")
+def _center_gram_fake(k, mode):
+    torch._check(k.dim() == 2 and k.shape[0] == k.shape[1])
+    return torch.empty_like(k, memory_format=torch.contiguous_format)
+
+
+def _center_gram_setup(ctx, inputs, output):
+    ctx.mode = inputs[1]
+
+
+def _center_gram_bwd(ctx, grad):
+    return ops.center_gram(grad.contiguous(), _CENTER_ADJOINT[ctx.mode]), None
+
+
+torch.library.register_autograd("fastcka::center_gram", _center_gram_bwd, setup_context=_center_gram_setup)

@@ -29,7 +29,7 @@ _KERNEL_CODE = {"linear": 0, "rbf": 1}
 
 Sigma = Union[None, float, Tensor, Tuple[Union[float, Tensor], Union[float, Tensor]]]
 
-__all__ = ["hsic", "cka", "cka_matrix", "hsic_terms", "cka_from_terms", "rbf_gamma"]
+__all__ = ["hsic", "cka", "cka_matrix", "center_gram", "hsic_terms", "cka_from_terms", "rbf_gamma"]
 
 
 def _as_matrix(t: Tensor, name: str) -> Tensor:
@@ -233,3 +233,29 @@ def cka_matrix(
     for a in mx:
         rows.append(torch.stack([cka(a, b, kernel, unbiased, method, sigma, threshold) for b in (my or mx)]))
     return torch.stack(rows).to(dt)
+
+
+def center_gram(k: Tensor, unbiased: bool = False, check_symmetric: bool = True) -> Tensor:
+    """Centre a given Gram matrix in one fused pass (Kornblith et al.'s ``center_gram``).
+
+    Biased: H K H (row, column and grand means). Unbiased: the U-centring of Song et al. (2012), so that
+    ⟨center_gram(K, True), center_gram(L, True)⟩ / (n(n−3)) is the unbiased HSIC₁. Sums run in float64; the result
+    has K's dtype (float32 for half input) and is differentiable (to any order: the op is linear and its adjoint is
+    the same kernel). ``k`` must be square and symmetric: the symmetry check reads one boolean back to the host;
+    pass ``check_symmetric=False`` on a hot path.
+    """
+    if not isinstance(k, torch.Tensor):
+        raise TypeError(f"k must be a torch.Tensor, got {type(k).__name__}")
+    if k.is_complex() or not k.is_floating_point():
+        raise TypeError(f"k must be a real floating-point tensor, got {k.dtype}")
+    if k.dim() != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"k must be a square (n, n) Gram matrix, got shape {tuple(k.shape)}")
+    n = k.shape[0]
+    if n < (3 if unbiased else 1):
+        raise ValueError(f"unbiased centring needs n >= 3, got n={n}")
+    kk = k.to(torch.float64 if k.dtype == torch.float64 else torch.float32)
+    if check_symmetric:
+        tol = 1e-6 if kk.dtype == torch.float32 else 1e-12
+        if not torch.allclose(kk, kk.T, rtol=tol, atol=tol * float(kk.abs().max()) if n else 0.0):
+            raise ValueError("k must be symmetric (a Gram matrix); got an asymmetric matrix")
+    return ops.center_gram(kk, 1 if unbiased else 0)

@@ -1,0 +1,19 @@
+// Fused Gram centring, device-generic driver: sums (float64), coefficients, one element-wise pass.
+#pragma once
+
+#include "fastcka/center_gram.h"
+#include "stable_common.h"
+
+namespace fastcka {
+
+template <class D>
+Tensor center_gram(const Tensor& k_, int64_t mode) {
+  STD_TORCH_CHECK(k_.dim() == 2 && k_.size(0) == k_.size(1), "fastcka::center_gram: k must be square");
+  STD_TORCH_CHECK(mode >= 0 && mode <= 2, "fastcka::center_gram: bad mode");
+  const int64_t n = k_.size(0);
+  STD_TORCH_CHECK(n >= (mode == kCenterBiased ? 1 : 3), "fastcka::center_gram: unbiased centring needs n >= 3");
+  const Tensor k = as_contiguous(k_);
+  return D::center_apply(k, static_cast<int>(mode));
+}
+
+}  // namespace fastcka

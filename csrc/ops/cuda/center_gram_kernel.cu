@@ -1,0 +1,81 @@
+// CUDA kernels and registration of the fused Gram centring (math from fastcka/center_gram.h).
+#include "center_gram_impl.h"
+#include "cuda/primitives.cuh"
+
+namespace fastcka {
+namespace cuda {
+
+// One block per row i: row sum of A (diagonal skipped for the unbiased modes) and atomic column sums.
+template <typename T>
+__global__ void center_sums_kernel(const T* k, int64_t n, bool skip_diag, double* row, double* col) {
+  const int64_t i = blockIdx.x;
+  double s = 0.0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    if (skip_diag && i == j) continue;
+    const double v = static_cast<double>(k[i * n + j]);
+    s += v;
+    atomicAdd(col + j, v);
+  }
+  s = block_sum(s);
+  if (threadIdx.x == 0) row[i] = s;
+}
+
+// totals[0] = Σ col, totals[1] = Σ (col + row), one block.
+__global__ void center_totals_kernel(const double* row, const double* col, int64_t n, double* totals) {
+  double a = 0.0, b = 0.0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    a += col[j];
+    b += col[j] + row[j];
+  }
+  a = block_sum(a);
+  b = block_sum(b);
+  if (threadIdx.x == 0) {
+    totals[0] = a;
+    totals[1] = b;
+  }
+}
+
+template <typename T>
+__global__ void center_apply_kernel(const T* k, int64_t n, int mode, const double* row, const double* col,
+                                    const double* totals, T* out) {
+  const double c = center_constant(mode, n, totals[0], totals[1]);
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n * n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e / n, j = e % n;
+    const CenterCoef ci = center_coef(mode, n, row[i], col[i], totals[0], totals[1]);
+    const CenterCoef cj = center_coef(mode, n, row[j], col[j], totals[0], totals[1]);
+    out[e] = static_cast<T>(center_value(mode, static_cast<double>(k[e]), ci.a, cj.b, c, i == j));
+  }
+}
+
+}  // namespace cuda
+
+struct CudaCenter {
+  static Tensor center_apply(const Tensor& k, int mode) {
+    const int64_t n = k.size(0);
+    const cudaStream_t s = cuda::current_stream(k);
+    Tensor out = empty_like_shape(k, {n, n}, k.scalar_type());
+    Tensor row = zeros_f64(k, n), col = zeros_f64(k, n), totals = zeros_f64(k, 2);
+    FASTCKA_DISPATCH_FLOATING(k.scalar_type(), "center_gram", [&] {
+      cuda::center_sums_kernel<<<static_cast<unsigned>(n), cuda::kThreads, 0, s>>>(
+          k.const_data_ptr<scalar_t>(), n, mode != kCenterBiased, row.mutable_data_ptr<double>(),
+          col.mutable_data_ptr<double>());
+      cuda::center_totals_kernel<<<1, cuda::kThreads, 0, s>>>(row.const_data_ptr<double>(), col.const_data_ptr<double>(),
+                                                              n, totals.mutable_data_ptr<double>());
+      cuda::center_apply_kernel<<<cuda::blocks_for(n * n, cuda::kThreads), cuda::kThreads, 0, s>>>(
+          k.const_data_ptr<scalar_t>(), n, mode, row.const_data_ptr<double>(), col.const_data_ptr<double>(),
+          totals.const_data_ptr<double>(), out.mutable_data_ptr<scalar_t>());
+      cuda::check_launch("center_gram");
+    });
+    return out;
+  }
+};
+
+Tensor center_gram_cuda(const Tensor& k, int64_t mode) {
+  torch::stable::accelerator::DeviceGuard guard(k.get_device_index());
+  return center_gram<CudaCenter>(k, mode);
+}
+
+STABLE_TORCH_LIBRARY_IMPL(fastcka, CUDA, m) { m.impl("center_gram", TORCH_BOX(&center_gram_cuda)); }
+
+}  // namespace fastcka
