@@ -46,9 +46,9 @@ def reference(case: str, shift: float, unbiased: bool) -> float:
     return cases.linear_reference(x, y, unbiased)
 
 
+# case-major order: every row of a case runs back to back, so that load from other processes hits a case's rows alike
 @pytest.mark.parametrize("device", _common.devices())
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case,impl", [(c, i) for c in CASES for i in IMPLS])
 def test_linear_cka(benchmark, impl, case, device):
     _common.skip_unless_device(device)
     benchmark.group = f"linear {case} {device}"

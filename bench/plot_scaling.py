@@ -7,7 +7,8 @@ Outputs in bench/: scaling_n.png (time and peak extra memory against n: linear C
 at p = q = 64, plain-torch explicit-Gram RBF for comparison), scaling_p.png (time against p = q at n = 2048: the
 feature path grows as p², the sample path as p; the crossover predicted by the multiply counts, p = 2n/3, and the
 measured one are marked; "auto" should follow the lower envelope), scaling.json (the numbers).
-Each point: median of a few calls after one warm-up; peak memory = VmHWM − RSS before the call (the peak mark reset
+Each point: median of a few calls after one warm-up (a call slower than a quarter of the budget is timed once, and a
+series stops after a call over the budget: 20 s in full mode, 3 s in quick); peak memory = VmHWM − RSS before the call (the peak mark reset
 through /proc/self/clear_refs), in the same process. float32, torch threads as in _common (FASTCKA_BENCH_THREADS).
 """
 
@@ -32,14 +33,18 @@ import cases  # noqa: E402
 import fastcka  # noqa: E402
 
 OUT = _common.BENCH_DIR
-BUDGET_S = 25.0 if _common.FULL else 4.0  # stop a series once one call takes longer than this
+BUDGET_S = 20.0 if _common.FULL else 3.0  # stop a series once one call takes longer than this
 
 
 def measure(fn, reps):
-    fn()  # warm-up
-    times = []
     _common.reset_peak_rss()
     base = _common.maxrss_mb()
+    t = time.perf_counter()
+    fn()  # warm-up (also the only call when it is slow)
+    t = time.perf_counter() - t
+    if t > BUDGET_S / 4:
+        return t, _common.maxrss_mb() - base
+    times = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
