@@ -112,9 +112,57 @@ def run_grok(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if summary["interrupted"] else 0
 
 
+# --- fastcka study ----------------------------------------------------------------------------------------------
+
+def add_study(sub: Any) -> None:
+    p = sub.add_parser("study", help="run a grid of grokking runs from a TOML file (resumable) and write docs/STUDY.md",
+                       description="Run every run of GRID that has no summary.json in --runs-dir yet (a killed run "
+                       "resumes from its checkpoint in --ckpt-dir), then aggregate all run directories into --doc "
+                       "and its figures. With --report only the aggregation runs.")
+    p.add_argument("grid", nargs="?", help="the grid TOML (default: docs/study/grid.toml; ignored with --quick)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process and one thread each (default: 1)")
+    p.add_argument("--quick", action="store_true", help="a built-in 3-run tiny grid (minutes); default directories "
+                   "under runs/study-quick/")
+    p.add_argument("--report", action="store_true", help="only aggregate the existing run directories into --doc")
+    p.add_argument("--no-report", action="store_true", help="run the grid, do not write the report")
+    p.add_argument("--only", metavar="GLOB", help="run only the runs whose name matches GLOB")
+    p.add_argument("--runs-dir", help="small outputs per run (default: docs/study/runs)")
+    p.add_argument("--ckpt-dir", help="checkpoints and plots per run (default: runs/study-ckpt)")
+    p.add_argument("--doc", help="the report (default: docs/STUDY.md; figures in <doc dir>/study/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_study)
+
+
+def run_study(args: argparse.Namespace) -> int:
+    from fastcka.grok import study
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs: expected at least 1, got {args.jobs}")
+    base = Path("runs/study-quick") if args.quick else None
+    runs_dir = Path(args.runs_dir or (base / "runs" if base else "docs/study/runs"))
+    ckpt_dir = Path(args.ckpt_dir or (base / "ckpt" if base else "runs/study-ckpt"))
+    doc = Path(args.doc or (base / "STUDY.md" if base else "docs/STUDY.md"))
+    grid_path = None if args.quick else Path(args.grid or "docs/study/grid.toml")
+    specs = None
+    if grid_path is not None and grid_path.exists():
+        specs = study.load_grid(grid_path.read_text())
+    elif args.quick:
+        specs = study.load_grid(study.QUICK_GRID)
+    elif not args.report:
+        raise ValueError(f"grid: {grid_path} not found")
+    if not args.report:
+        results = study.run_grid(specs, runs_dir, ckpt_dir, jobs=args.jobs, progress=not args.quiet, only=args.only)
+        if any(r["interrupted"] for r in results):
+            return EXIT_INTERRUPTED
+    if not args.no_report:
+        path = study.write_report(runs_dir, doc, specs=specs, grid_path=grid_path)
+        print(f"fastcka study: wrote {path}")
+    return 0
+
+
 # --- the command ------------------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_grok]  # fastcka study: add its add_study here
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_grok, add_study]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,164 @@
+"""fastcka study: the aggregation on synthetic run directories with known answers, the grid file, and resume."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fastcka.grok import study
+from fastcka.grok.detect import DetectorConfig, detect
+from fastcka.grok.train import COLUMNS
+
+DET = {"halflife": 50.0, "memorised_acc": 0.99, "min_drop": 0.05, "rise": 0.05, "persist": 100, "spike_guard": "hold",
+       "spike_ratio": 10.0, "spike_min_loss": 0.05, "spike_window": 200}
+
+
+def o01_curve(step, rise_at):
+    """0.8 until 200, down to 0.5 at 600, flat, then (if rise_at) up to 0.7 over 200 steps from rise_at."""
+    if step <= 200:
+        return 0.8
+    if step <= 600:
+        return 0.8 - 0.3 * (step - 200) / 400
+    if rise_at is None or step <= rise_at:
+        return 0.5
+    return 0.5 + 0.2 * min(1.0, (step - rise_at) / 200)
+
+
+def make_run(root, name, role, grok, rise_at, steps=3000, seed=0, test_creep=None):
+    rows = []
+    for step in range(0, steps + 1, 25):
+        test = 1.0 if grok is not None and step >= grok else (0.2 if test_creep and step >= test_creep else 0.01)
+        rows.append({"step": step, "train_loss": 0.01, "train_loss_max": 0.01, "train_acc": 1.0 if step >= 200 else 0.5,
+                     "test_loss": 4.0, "test_acc": test, "o01": o01_curve(step, rise_at), "fourier": 0.2,
+                     "weight_norm": 50.0, "spec_entropy": 3.0})
+    d = Path(root) / name
+    d.mkdir(parents=True)
+    with open(d / "log.csv", "w") as f:
+        f.write(",".join(COLUMNS) + "\n")
+        for r in rows:
+            f.write(",".join(str(r[c]) for c in COLUMNS) + "\n")
+    cfg = {"task": "add", "p": 59, "seed": seed, "grok_acc": 0.95, "detector": DET, "lr": 3e-3, "train_frac": 0.4,
+           "weight_decay": 1.0, "layer_norm": False, "force_cka": 0.0, "max_steps": steps, "stop_after_grok": -1,
+           "every": 25, "n_bits": 10, "k": 3}
+    summary = {"config": cfg, "wall_s": 60.0, "study": {"run": name, "group": name.rsplit("-s", 1)[0], "role": role,
+                                                         "seed": seed, "wall_s_total": 60.0}}
+    (d / "summary.json").write_text(json.dumps(summary))
+    (d / "config.json").write_text(json.dumps(cfg))
+    return rows
+
+
+def expected_alarm(rows):
+    return detect([r["step"] for r in rows], [r["o01"] for r in rows], [r["train_acc"] for r in rows],
+                  [r["train_loss_max"] for r in rows], DetectorConfig(**DET)).alarm_step
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    runs = tmp_path / "runs"
+    r0 = make_run(runs, "g-s0", "grok", grok=2000, rise_at=1000, seed=0)
+    r1 = make_run(runs, "g-s1", "grok", grok=2500, rise_at=1500, seed=1, test_creep=1200)
+    make_run(runs, "g-s2", "grok", grok=1000, rise_at=1500, seed=2)  # the alarm comes after the jump
+    make_run(runs, "c-s0", "control", grok=None, rise_at=None)  # flat: no alarm
+    make_run(runs, "c-s1", "control", grok=None, rise_at=2000, seed=1)  # re-rises but never groks: a false alarm
+    return runs, expected_alarm(r0), expected_alarm(r1)
+
+
+def test_wilson_and_quantiles_known_values():
+    lo, hi = study.wilson(0, 5)
+    assert lo == 0.0 and hi == pytest.approx(0.4345, abs=1e-3)
+    lo, hi = study.wilson(16, 16)
+    assert lo == pytest.approx(0.8064, abs=1e-3) and hi == 1.0
+    assert all(math.isnan(v) for v in study.wilson(0, 0))
+    assert study.quantile([1, 2, 3, 4], 0.5) == 2.5
+    assert study.quantile([1, 2, 3, 4, 5], 0.25) == 2
+    lo, hi = study.bootstrap_median_ci([10, 20, 30, 40, 50])
+    assert 10 <= lo <= 30 <= hi <= 50
+    assert study.bootstrap_median_ci([10, 20, 30]) == study.bootstrap_median_ci([10, 20, 30])  # seeded
+
+
+def test_aggregation_known_answers(synthetic):
+    runs_dir, a0, a1 = synthetic
+    assert 1000 < a0 <= 1300 and 1500 < a1 <= 1800  # the detector's alarm on the synthetic curves
+    facts = {f["name"]: f for f in (study.analyse_run(r) for r in study.load_runs(runs_dir))}
+    assert facts["g-s0"]["grok"] == 2000 and facts["g-s0"]["alarms"]["o01"] == a0
+    assert facts["g-s0"]["leads"]["o01"] == 2000 - a0
+    assert facts["g-s2"]["leads"]["o01"] < 0
+    assert facts["c-s0"]["alarms"]["o01"] is None and facts["c-s1"]["alarms"]["o01"] is not None
+    # flat baselines never alarm; test acc crosses 10% only at the jump (s0) or at the creep (s1)
+    assert all(facts[n]["alarms"][s] is None for n in facts for s in ("fourier", "weight_norm", "spec_entropy",
+                                                                      "test_loss"))
+    assert facts["g-s0"]["alarms"]["test_acc"] == 2000 and facts["g-s1"]["alarms"]["test_acc"] == 1200
+    st = study.signal_stats(list(facts.values()), "o01")
+    assert (st["n_grok"], st["hits"], st["late"], st["n_never"], st["false"]) == (3, 2, 1, 2, 1)
+    assert st["hit_ci"] == study.wilson(2, 3) and st["false_ci"] == study.wilson(1, 2)
+    assert st["lead_median"] == pytest.approx(((2000 - a0) + (2500 - a1)) / 2)
+    assert st["frac_median"] == pytest.approx(((2000 - a0) / 2000 + (2500 - a1) / 2500) / 2)
+    assert st["beats_test_acc"] == 1  # s0 alarms before test acc moves; s1's test acc crept to 20% at 1200 first
+    ta = study.signal_stats(list(facts.values()), "test_acc")
+    assert ta["hits"] == 1 and ta["late"] == 2  # at the jump itself in s0 and s2 (lead 0): not a warning
+
+
+def test_report_from_run_directories(synthetic, tmp_path):
+    runs_dir, a0, _ = synthetic
+    doc = study.write_report(runs_dir, tmp_path / "docs" / "STUDY.md")
+    text = doc.read_text()
+    assert (tmp_path / "docs" / "study" / "runs.png").exists() and (tmp_path / "docs" / "study" / "leads.png").exists()
+    assert "| g-s0 |" in text and "| c-s1 |" in text
+    assert "in 2/3 grokking modular-arithmetic runs" in text  # claim 1: partly
+    assert "**Ô01 re-rises before the jump in every grokking run (pilot: 16/16).** partly" in text
+    assert "fired in 1/2 finished controls" in text and "c-s1" in text
+    assert "not yet tested (no parity run finished)" in text
+    assert study.write_report(runs_dir, tmp_path / "docs" / "STUDY.md").read_text() == text  # regenerable
+
+
+def test_load_grid_order_and_errors():
+    specs = study.load_grid(study.QUICK_GRID)
+    assert [s.name for s in specs] == ["quick-add-s0", "quick-add-s1", "quick-wd0-s0"]
+    assert specs[2].config["weight_decay"] == 0.0 and specs[2].role == "control"
+    with pytest.raises(ValueError, match="unknown config"):
+        study.load_grid('[[group]]\nname = "x"\nconfig = { nope = 1 }\n')
+    with pytest.raises(ValueError, match="appears twice"):
+        study.load_grid('[[group]]\nname = "x"\nseeds = [0]\n[[group]]\nname = "x"\nseeds = [0]\n')
+    with pytest.raises(ValueError, match="train-frac"):
+        study.load_grid('[[group]]\nname = "x"\nconfig = { train_frac = 2.0 }\n')
+    grid = Path(__file__).parents[1] / "docs" / "study" / "grid.toml"
+    if grid.exists():
+        specs = study.load_grid(grid.read_text())
+        assert specs[0].name.startswith("fast-add-p59") and len({s.name for s in specs}) == len(specs)
+
+
+def test_killed_grid_resumes(tmp_path):
+    """Kill the quick grid (SIGKILL) once the first run has checkpointed; the rerun resumes that run from its
+    checkpoint, runs the others, and the resumed log has every row once."""
+    runs, ckpt = tmp_path / "runs", tmp_path / "ckpt"
+    args = ["study", "--quick", "--quiet", "--no-report", "--runs-dir", str(runs), "--ckpt-dir", str(ckpt)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fastcka", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ck = ckpt / "quick-add-s0" / "checkpoint.pt"
+    t0 = time.time()
+    while not ck.exists() and time.time() - t0 < 120 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ck.exists()
+    assert not (runs / "quick-add-s0" / "summary.json").exists()
+    from fastcka.cli import main
+
+    assert main(args) == 0
+    for name in ("quick-add-s0", "quick-add-s1", "quick-wd0-s0"):
+        assert (runs / name / "summary.json").exists() and (runs / name / "log.csv").exists()
+    s0 = json.loads((runs / "quick-add-s0" / "summary.json").read_text())
+    assert s0["study"]["resumed"] and s0["steps"] == 300
+    steps = [int(line.split(",")[0]) for line in (runs / "quick-add-s0" / "log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(0, 301, 10))
+    # a third invocation finds everything done and trains nothing
+    mtime = (runs / "quick-add-s0" / "summary.json").stat().st_mtime
+    assert main(args) == 0
+    assert (runs / "quick-add-s0" / "summary.json").stat().st_mtime == mtime
