@@ -32,11 +32,16 @@ LinearPrepared linear_prepare(const Tensor& x_, const Tensor& y_, bool unbiased,
   s.xc = D::center_normalise(x, s.m, kScaleX);
   s.yc = D::center_normalise(y, s.m, kScaleY);
   s.sample = use_sample_space(method, x.size(0), x.size(1), y.size(1));
+  if (!unbiased) {  // the biased estimator never reads the row norms
+    s.dk = zeros_f64(x, x.size(0));
+    s.dl = s.dk;
+    return s;
+  }
   s.dk = D::row_sq(s.xc);
   s.dl = D::row_sq(s.yc);
   D::sum_into(s.dk, s.m, kTrK);
   D::sum_into(s.dl, s.m, kTrL);
-  if (unbiased) {
+  {
     D::dot_into(s.dk, s.dl, s.m, kDkDl);
     D::dot_into(s.dk, s.dk, s.m, kDkDk);
     D::dot_into(s.dl, s.dl, s.m, kDlDl);
@@ -115,6 +120,7 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
     for (size_t i = 0; i < zs.size(); ++i) {
       Tensor row = narrowed(mom, 0, static_cast<int64_t>(i) * kNumLinearMoments, kNumLinearMoments);
       zc.push_back(D::center_normalise(as_contiguous(zs[i]), row, kScaleX));
+      if (!unbiased) continue;
       dz.push_back(D::row_sq(zc.back()));
       D::sum_into(dz.back(), row, kTrK);
     }

@@ -87,15 +87,65 @@ void scale_inplace(T* x, int64_t len, double s) {
   });
 }
 
-// Column-centred copy of x multiplied by a power of two (max |·| in [0.5, 1)); the multiplier goes to m[slot].
+// Column means and max |x − mean| (from the column extremes) in one pass, float64.
+template <typename T>
+std::vector<double> column_means_and_spread(const T* x, int64_t n, int64_t p, double* maxabs) {
+  const int64_t nch = std::max<int64_t>(1, std::min(num_chunks(n, 256, 32), (int64_t(1) << 20) / std::max<int64_t>(p, 1)));
+  const int64_t step = (n + nch - 1) / nch;
+  std::vector<double> part(3 * nch * p);
+  torch::stable::parallel_for(0, nch, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double *acc = part.data() + 3 * c * p, *lo = acc + p, *hi = lo + p;
+      for (int64_t j = 0; j < p; ++j) {
+        acc[j] = 0.0;
+        lo[j] = INFINITY;
+        hi[j] = -INFINITY;
+      }
+      for (int64_t i = c * step; i < std::min(n, (c + 1) * step); ++i) {
+        const T* row = x + i * p;
+        for (int64_t j = 0; j < p; ++j) {
+          const double v = static_cast<double>(row[j]);
+          acc[j] += v;
+          lo[j] = std::min(lo[j], v);
+          hi[j] = std::max(hi[j], v);
+        }
+      }
+    }
+  });
+  std::vector<double> mean(p, 0.0), lo(p, INFINITY), hi(p, -INFINITY);
+  for (int64_t c = 0; c < nch; ++c)
+    for (int64_t j = 0; j < p; ++j) {
+      const double* q = part.data() + 3 * c * p;
+      if (c * step >= n) continue;
+      mean[j] += q[j];
+      lo[j] = std::min(lo[j], q[p + j]);
+      hi[j] = std::max(hi[j], q[2 * p + j]);
+    }
+  double m = 0.0;
+  for (int64_t j = 0; j < p; ++j) {
+    mean[j] /= static_cast<double>(n);
+    m = std::max(m, std::max(hi[j] - mean[j], mean[j] - lo[j]));
+  }
+  *maxabs = m;
+  return mean;
+}
+
+// Column-centred copy of x multiplied by a power of two (max |·| ≤ 1), in two passes: column means and extremes,
+// then one write of (x − mean)·s (in float64, rounded once); the multiplier goes to m[slot].
 inline Tensor center_normalise(const Tensor& x, Tensor& m, int slot) {
   const int64_t n = x.size(0), p = x.size(1);
   Tensor xc = empty_like_shape(x, {n, p}, x.scalar_type());
   FASTCKA_DISPATCH_FLOATING(x.scalar_type(), "center", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = xc.mutable_data_ptr<scalar_t>();
-    const double s = pow2_normaliser(subtract_means(xp, column_means(xp, n, p), n, p, op));
-    scale_inplace(op, n * p, s);
+    double maxabs = 0.0;
+    const std::vector<double> mean = column_means_and_spread(xp, n, p, &maxabs);
+    const double s = pow2_normaliser(maxabs);
+    torch::stable::parallel_for(0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(p, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i)
+        for (int64_t j = 0; j < p; ++j)
+          op[i * p + j] = static_cast<scalar_t>((static_cast<double>(xp[i * p + j]) - mean[j]) * s);
+    });
     m.mutable_data_ptr<double>()[slot] = s;
   });
   return xc;
