@@ -206,6 +206,7 @@ SIGNALS = [
     Signal("weight_norm", "weight_norm", -1, True, 0.0, "weight norm falls, relative (Omnigrok)"),
     Signal("spec_entropy", "spec_entropy", -1, True, 0.0, "spectral entropy of the last residual covariance falls, relative (Khanh et al.)"),
     Signal("test_loss", "test_loss", -1, True, 0.0, "test loss falls, relative to its initial value"),
+    Signal("test_acc_rise", "test_acc", +1, False, 0.0, "test accuracy rises 0.05 above its post-memorisation minimum"),
 ]
 TEST_ACC_THRESHOLD = 0.10  # the "just watch test accuracy" baseline: first point at/after memorisation with test acc ≥ this
 
@@ -480,6 +481,8 @@ def _verdicts(facts: Sequence[dict]) -> list[str]:
         v = "not yet tested (no finished modular run grokked)"
     else:
         v = "reproduced" if len(h) == len(g) else ("partly" if h else "not")
+        if len(g) < 16:
+            v += f" (provisional: {len(g)} grokking runs, fewer than the pilot's 16)"
     out.append(f"- **Ô01 re-rises before the jump in every grokking run (pilot: 16/16).** {v}: the alarm fired before "
                f"the grok step in {len(h)}/{len(g)} grokking modular-arithmetic runs "
                f"(Wilson 95% {_ci(wilson(len(h), len(g)), True)}). Rule: reproduced = all, partly = some, not = none.")
@@ -529,6 +532,8 @@ def _verdicts(facts: Sequence[dict]) -> list[str]:
     else:
         v = "reproduced" if not late_onset and not early_nongrok else ("not" if len(late_onset) == len(grok_all)
                                                                        else "partly")
+        if not nongrok:
+            v += " (only half tested: no finished run failed to grok)"
     out.append(f"- **Runs with no re-rise by step 1,000 do not grok (rise begins near step 750, only in runs that "
                f"will grok).** {v}: {len(late_onset)}/{len(grok_all)} grokking runs had no rise onset by step 1,000"
                f"{' (' + ', '.join(f['name'] for f in late_onset) + ')' if late_onset else ''}; "
@@ -635,16 +640,18 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
           "(right axis, 0–1); vertical lines: memorisation (grey), Ô01 alarm (red), grok step (green); dotted: "
           "train-loss spikes.", "",
           "| run | steps run | memorised | Ô01 peak → min | rise onset | Ô01 alarm (guard hold / off / rebase) | "
-          "grok | lead | test acc at alarm | spikes | fourier | weight_norm | spec_entropy | test_loss | test acc ≥ 10% | "
-          "minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "grok | lead | test acc at alarm | Ô01 at alarm → at grok | spikes | fourier | weight_norm | spec_entropy | test_loss | test_acc_rise | test acc ≥ 10% | "
+          "minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f, run in zip(facts, runs):
         al = " / ".join(_fmt(by_guard[g][facts.index(f)]["alarms"]["o01"]) for g in GUARDS)
         acc = next((r["test_acc"] for r in run["rows"] if r["step"] == f["alarms"]["o01"]), None)
+        o_at = {r["step"]: r["o01"] for r in run["rows"]}
+        o_move = f"{_fmt(o_at.get(f['alarms']['o01']), 3)} → {_fmt(o_at.get(f['grok']), 3)}"
         L.append(f"| {f['name']} | {f['steps']} | {_fmt(f['memorised'])} | {_fmt(f['o01_peak'], 3)} → "
                  f"{_fmt(f['o01_min'], 3)} | {_fmt(f['rise_onset'])} | {al} | {_fmt(f['grok'])} | "
-                 f"{_fmt(f['leads']['o01'])} | {_fmt(acc, 3)} | {f['spikes']} | "
+                 f"{_fmt(f['leads']['o01'])} | {_fmt(acc, 3)} | {o_move} | {f['spikes']} | "
                  + " | ".join(_fmt(f["alarms"][k]) for k in ("fourier", "weight_norm", "spec_entropy", "test_loss",
-                                                            "test_acc"))
+                                                            "test_acc_rise", "test_acc"))
                  + f" | {_fmt((f['wall_s'] or 0) / 60, 1)} |")
     L += ["", "Alarm columns are steps (– = none). Lead = grok step − Ô01 alarm step (negative: the alarm came after "
           "the jump).", ""]
