@@ -18,6 +18,8 @@ import cases
 from fastcka.streaming import LinearCKA
 
 CASES = {"b1024_p256": (1024, 256, 256), "b4096_p768": (4096, 768, 768)}
+if not _common.FULL:  # quick mode keeps the small batch only
+    CASES = {"b1024_p256": CASES["b1024_p256"]}
 IMPLS = ["fastcka", "floor", "floor_f64", "torch_f64"]
 
 
