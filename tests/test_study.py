@@ -162,3 +162,18 @@ def test_killed_grid_resumes(tmp_path):
     mtime = (runs / "quick-add-s0" / "summary.json").stat().st_mtime
     assert main(args) == 0
     assert (runs / "quick-add-s0" / "summary.json").stat().st_mtime == mtime
+
+
+def test_parallel_grid_skips_finished(tmp_path):
+    """--jobs 2: two worker processes, every run's small outputs land in runs_dir, a finished run is not retrained."""
+    grid = ('[defaults]\np = 7\ntrain_frac = 0.5\nd_model = 16\nn_heads = 2\nd_mlp = 32\nevery = 10\nmax_steps = 20\n'
+            'device = "cpu"\n[[group]]\nname = "t"\nseeds = [0, 1, 2]\n')
+    specs = study.load_grid(grid)
+    res = study.run_grid(specs, tmp_path / "runs", tmp_path / "ckpt", jobs=2, progress=False)
+    assert sorted(r["name"] for r in res) == ["t-s0", "t-s1", "t-s2"] and not any(r["interrupted"] for r in res)
+    for s in specs:
+        d = tmp_path / "runs" / s.name
+        assert {p.name for p in d.iterdir()} == {"config.json", "log.csv", "summary.json"}
+        assert json.loads((d / "summary.json").read_text())["study"]["group"] == "t"
+        assert not (d / "checkpoint.pt").exists() and (tmp_path / "ckpt" / s.name / "checkpoint.pt").exists()
+    assert study.run_grid(specs, tmp_path / "runs", tmp_path / "ckpt", jobs=2, progress=False) == []
