@@ -14,18 +14,31 @@ struct CpuCenter {
       const scalar_t* kp = k.const_data_ptr<scalar_t>();
       scalar_t* o = out.mutable_data_ptr<scalar_t>();
       const bool skip_diag = mode != kCenterBiased;
-      std::vector<double> row(n, 0.0), col(n, 0.0);
-      torch::stable::parallel_for(0, n, 64, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-          double s = 0;
-          for (int64_t j = 0; j < n; ++j)
-            if (!(skip_diag && i == j)) s += static_cast<double>(kp[i * n + j]);
-          row[i] = s;
+      // Row and column sums in one parallel pass over row chunks (column partials per chunk, added in order).
+      const int64_t nch = std::max<int64_t>(1, std::min<int64_t>(16, n / 64)), step = (n + nch - 1) / nch;
+      std::vector<double> row(n, 0.0), col(n, 0.0), part(nch * n, 0.0);
+      torch::stable::parallel_for(0, nch, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          double* pc = part.data() + c * n;
+          for (int64_t i = c * step; i < std::min(n, (c + 1) * step); ++i) {
+            const scalar_t* r = kp + i * n;
+            double s = 0;
+            for (int64_t j = 0; j < n; ++j) {
+              const double v = static_cast<double>(r[j]);
+              s += v;
+              pc[j] += v;
+            }
+            if (skip_diag) {
+              const double d = static_cast<double>(r[i]);
+              s -= d;
+              pc[i] -= d;
+            }
+            row[i] = s;
+          }
         }
       });
-      for (int64_t i = 0; i < n; ++i)  // column sums, row by row (sequential: a fixed order)
-        for (int64_t j = 0; j < n; ++j)
-          if (!(skip_diag && i == j)) col[j] += static_cast<double>(kp[i * n + j]);
+      for (int64_t c = 0; c < nch; ++c)
+        for (int64_t j = 0; j < n; ++j) col[j] += part[c * n + j];
       double total_col = 0, total_both = 0;
       for (int64_t j = 0; j < n; ++j) {
         total_col += col[j];
