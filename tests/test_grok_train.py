@@ -34,6 +34,16 @@ def test_same_seed_same_log(tmp_path):
         assert (tmp_path / "a" / f).exists()
 
 
+def test_same_seed_same_log_with_two_threads(tmp_path):
+    """Multi-threaded CPU kernels must not make the run depend on thread timing (the fast forward's token lookup
+    once did, through indexing's accumulating backward)."""
+    big = dict(threads=2, p=59, train_frac=0.4, d_model=128, n_heads=4, d_mlp=512, max_steps=5, every=5)
+    train(tiny(tmp_path / "a", **big))
+    train(tiny(tmp_path / "b", **big))
+    torch.set_num_threads(1)
+    assert read_log(tmp_path / "a" / "log.csv") == read_log(tmp_path / "b" / "log.csv")
+
+
 @pytest.mark.parametrize("stop_at", [30, 37])  # on a log step, and between two
 def test_resume_after_ctrl_c_equals_uninterrupted(tmp_path, stop_at):
     train(tiny(tmp_path / "full"))

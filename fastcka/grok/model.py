@@ -146,7 +146,8 @@ class Transformer(nn.Module):
         # Block 0 at position 0 depends on its token alone: one row per vocabulary entry, looked up. (.forward, not
         # __call__, so that a hook on blocks[0] fires once per forward, on the batch.)
         vocab = torch.arange(self.cfg.vocab_size, device=tokens.device)[:, None]
-        first = self.blocks[0].forward(self.embed(vocab))[tokens[:, 0]]  # (B, 1, D)
+        # (F.embedding, not indexing: indexing's backward accumulates in a thread-dependent order on the CPU.)
+        first = F.embedding(tokens[:, :1], self.blocks[0].forward(self.embed(vocab))[:, 0])  # (B, 1, D)
         h = torch.cat([first, self.blocks[0](h, q_start=1)], dim=1)
         resid.append(h[:, -1])
         for i, block in enumerate(self.blocks[1:], start=1):

@@ -368,6 +368,8 @@ def format_report(s: dict) -> str:
     lines = [f"fastcka grok: {what}, train {c['train_frac']:.0%}, seed {c['seed']}, lr {c['lr']:g}, wd "
              f"{c['weight_decay']:g}{', force-cka ' + format(c['force_cka'], 'g') if c['force_cka'] else ''}",
              f"  {s['steps']} steps, {s['wall_s']:.0f} s this session ({rate}, {s['device']}, {s['threads']} threads)"]
+    if not s["interrupted"] and s["grok_step"] is not None and 0 <= c["stop_after_grok"] and s["steps"] < c["max_steps"]:
+        lines.append(f"  stopped {c['stop_after_grok']} steps after the grok step (--stop-after-grok)")
     if s["interrupted"]:
         lines.append(f"  interrupted at step {s['steps']}: continue with  fastcka grok --resume {c['out']}")
 
