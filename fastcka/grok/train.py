@@ -13,7 +13,9 @@ Logged every ``every`` steps (``log.csv``):
   weight_norm: L2 norm of all parameters;
   spec_entropy: spectral entropy of the covariance of the last residual stream at the answer position (probe set).
 
-Determinism: the same config on the same device and thread count gives the same log, bit for bit. A checkpoint
+Determinism: on the CPU the same config and thread count gives the same log, bit for bit (tested with 1 and 2
+threads); a different thread count changes the rounding and hence the trajectory (grok steps moved by ~100 steps in
+our runs). On CUDA, bit-for-bit repeats are not promised (atomic adds in the embedding backward). A checkpoint
 (``checkpoint.pt``: model, optimiser, log so far) is written every ``checkpoint_every`` steps, at the end and on
 Ctrl-C; resuming from it continues exactly as if the run had not stopped.
 
