@@ -27,7 +27,8 @@ $(STAMP): $(PY) $(SOURCES)
 
 install: $(STAMP)
 
-# (a + b) mod 59, 40 % train data, 2-layer transformer, lr 3e-3: groks in about 1,000–1,300 steps on this CPU.
+# (a + b) mod 59, 40 % train data, 2-layer transformer, lr 3e-3. Measured on this 2-core CPU (idle, 2 threads,
+# 13 steps/s): seed 0 grokked at step 1,675–1,800 (about 2.5 min); seeds 1 and 2 at 1,250 and 1,050 (1 thread).
 demo: $(STAMP)
 	$(PY) -m fastcka grok --task add --p 59 --train-frac 0.4 --seed 0 --max-steps 3000 --stop-after-grok 500 \
 	  --out runs/demo --overwrite
