@@ -595,7 +595,8 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
           f"shared with other work, so the times are upper bounds). "
           + ("**The rest of the grid has not run**: " + ", ".join(f"`{s.name}`" for s in missing) + ". "
              "`fastcka study docs/study/grid.toml --jobs 2` resumes it (finished runs are skipped, a killed run "
-             "resumes from its checkpoint in `runs/study-ckpt/`), and `fastcka study --report` regenerates this "
+             "resumes from its checkpoint in `runs/study-ckpt/`, which is not committed: on another machine an unfinished "
+             "run starts over), and `fastcka study --report` regenerates this "
              "file." if missing else "The whole grid has run."), ""]
     # setup
     from .train import TrainConfig
