@@ -27,6 +27,17 @@ struct PassOutput {
   Tensor rk, rl, dk, dl, m;  // m: kNumKernelMoments, slots kmKL, kmKK, kmLL filled by the pass
 };
 
+// Zeroed accumulators of one pass, on the input's device.
+inline PassOutput zeroed_pass_output(const Tensor& like, int64_t n) {
+  PassOutput o;
+  o.m = zeros_f64(like, kNumKernelMoments);
+  o.rk = zeros_f64(like, n);
+  o.rl = zeros_f64(like, n);
+  o.dk = zeros_f64(like, n);
+  o.dl = zeros_f64(like, n);
+  return o;
+}
+
 inline void check_kernel_inputs(const Tensor& x, const Tensor& y, bool unbiased, const char* op) {
   check_matrix(x, op, "x");
   check_matrix(y, op, "y");

@@ -81,12 +81,7 @@ struct CpuKernelHsic : CpuBackend {
 
   static PassOutput hsic_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky, const Tensor& gamma) {
     const int64_t n = a.xs.size(0);
-    PassOutput o;
-    o.m = zeros_f64(a.xs, kNumKernelMoments);
-    o.rk = zeros_f64(a.xs, n);
-    o.rl = zeros_f64(a.xs, n);
-    o.dk = zeros_f64(a.xs, n);
-    o.dl = zeros_f64(a.xs, n);
+    PassOutput o = zeroed_pass_output(a.xs, n);
     const double sx = host_s(a), sy = host_s(b);
     const KernelSpec spx = spec_of(kx, gamma, 0, sx), spy = spec_of(ky, gamma, 1, sy);
     double* m = o.m.mutable_data_ptr<double>();

@@ -285,12 +285,7 @@ struct CudaKernelHsic : CudaBackend {
 
   static PassOutput hsic_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky, const Tensor& gamma) {
     const int64_t n = a.xs.size(0);
-    PassOutput o;
-    o.m = zeros_f64(a.xs, kNumKernelMoments);
-    o.rk = zeros_f64(a.xs, n);
-    o.rl = zeros_f64(a.xs, n);
-    o.dk = zeros_f64(a.xs, n);
-    o.dl = zeros_f64(a.xs, n);
+    PassOutput o = zeroed_pass_output(a.xs, n);
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_pass", [&] {
       cuda::hsic_pass_kernel<<<cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs)>>>(
           a.xs.const_data_ptr<scalar_t>(), b.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(),
