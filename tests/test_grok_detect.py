@@ -135,3 +135,39 @@ def test_spikes_pause_but_do_not_reset_the_persistence_clock():
     assert d.alarm_step is not None and d.alarm_step < 3000
     no_rise, _, _ = _curves(rise_at=None)
     assert _alarm(no_rise, acc, loss, spike_guard="hold").alarm_step is None
+
+
+def test_nan_points_neither_count_towards_persist_nor_move_the_average():
+    o, acc, _ = _curves()
+    # one finite rising point at 2000, then NaN for 300 steps: nothing may accrue towards ``persist``
+    o = [0.8 if s == 2000 else (math.nan if 2000 < s <= 2300 else v) for v, s in zip(o, STEPS)]
+    d = _alarm(o, acc, halflife=1.0, persist=100)
+    assert d.alarm_step is None
+    i = STEPS.index(2300)
+    assert d.smoothed[i] == d.smoothed[STEPS.index(2000)]  # the average did not move through the NaNs
+
+
+def test_a_nan_train_loss_inside_the_spike_window_stays_frozen():
+    o, acc, loss = _spiky(step_up=False)
+    loss = [math.nan if 2000 < s < 2200 else v for v, s in zip(loss, STEPS)]
+    d = _alarm(o, acc, loss, spike_guard="hold", halflife=1.0, persist=50)
+    assert d.spike_steps == [2000] and d.alarm_step is None
+    assert all(d.ignored[STEPS.index(s)] for s in range(2000, 2201, 25))
+
+
+def test_peak_is_taken_at_the_first_finite_point_when_memorisation_is_nan():
+    o, acc, _ = _curves(rise_at=1500)
+    o = [math.nan if s <= 200 else v for v, s in zip(o, STEPS)]  # NaN up to and including memorisation
+    d = _alarm(o, acc)
+    assert d.peak is not None and math.isfinite(d.peak)
+    assert d.alarm_step is not None and 1500 < d.alarm_step < 3000
+
+
+def test_the_first_point_after_a_spike_window_is_smoothed_not_adopted():
+    """The frozen stretch counts as absent time: the point after the window gets the weight of one step gap."""
+    o, acc, loss = _spiky(step_up=True)
+    d = _alarm(o, acc, loss, spike_guard="hold", halflife=50.0)
+    i = STEPS.index(2225)  # the first point after the window (2000 + 200)
+    before, raw = d.smoothed[i - 1], o[i]
+    w = 1 - 0.5 ** (25 / 50)
+    assert d.smoothed[i] == pytest.approx(before + w * (raw - before))

@@ -30,13 +30,14 @@ def o01_curve(step, rise_at):
     return 0.5 + 0.2 * min(1.0, (step - rise_at) / 200)
 
 
-def make_run(root, name, role, grok, rise_at, steps=3000, seed=0, test_creep=None):
+def make_run(root, name, role, grok, rise_at, steps=3000, seed=0, test_creep=None, o01=None, **config):
+    """A synthetic finished run (fast regime unless ``config`` says otherwise); ``o01(step)`` overrides the curve."""
     rows = []
     for step in range(0, steps + 1, 25):
         test = 1.0 if grok is not None and step >= grok else (0.2 if test_creep and step >= test_creep else 0.01)
         rows.append({"step": step, "train_loss": 0.01, "train_loss_max": 0.01, "train_acc": 1.0 if step >= 200 else 0.5,
-                     "test_loss": 4.0, "test_acc": test, "o01": o01_curve(step, rise_at), "fourier": 0.2,
-                     "weight_norm": 50.0, "spec_entropy": 3.0})
+                     "test_loss": 4.0, "test_acc": test, "o01": o01(step) if o01 else o01_curve(step, rise_at),
+                     "fourier": 0.2, "weight_norm": 50.0, "spec_entropy": 3.0})
     d = Path(root) / name
     d.mkdir(parents=True)
     with open(d / "log.csv", "w") as f:
@@ -45,7 +46,7 @@ def make_run(root, name, role, grok, rise_at, steps=3000, seed=0, test_creep=Non
             f.write(",".join(str(r[c]) for c in COLUMNS) + "\n")
     cfg = {"task": "add", "p": 59, "seed": seed, "grok_acc": 0.95, "detector": DET, "lr": 3e-3, "train_frac": 0.4,
            "weight_decay": 1.0, "layer_norm": False, "force_cka": 0.0, "max_steps": steps, "stop_after_grok": -1,
-           "every": 25, "n_bits": 10, "k": 3}
+           "every": 25, "n_bits": 10, "k": 3, **config}
     summary = {"config": cfg, "wall_s": 60.0, "study": {"run": name, "group": name.rsplit("-s", 1)[0], "role": role,
                                                          "seed": seed, "wall_s_total": 60.0}}
     (d / "summary.json").write_text(json.dumps(summary))
@@ -110,9 +111,10 @@ def test_report_from_run_directories(synthetic, tmp_path):
     text = doc.read_text()
     assert (tmp_path / "docs" / "study" / "runs.png").exists() and (tmp_path / "docs" / "study" / "leads.png").exists()
     assert "| g-s0 |" in text and "| c-s1 |" in text
-    assert "in 2/3 grokking modular-arithmetic runs" in text  # claim 1: partly
-    assert "**Ô01 re-rises before the jump in every grokking run (pilot: 16/16).** partly" in text
-    assert "fired in 1/2 finished controls" in text and "c-s1" in text
+    # fast-regime runs only: the pilot's claims stay untested, the fast regime is reported beside them
+    assert "**Ô01 re-rises before the jump in every grokking run (pilot: 16/16).** not yet tested in the pilot's" in text
+    assert "Fast regime (p 59, lr 3e-3; not the pilot's regime, no verdict): 2/3" in text
+    assert "Fast regime: false alarms in 1/2 runs that did not grok (c-s1)" in text
     assert "not yet tested (no parity run finished)" in text
     assert study.write_report(runs_dir, tmp_path / "docs" / "STUDY.md").read_text() == text  # regenerable
 
@@ -177,3 +179,91 @@ def test_parallel_grid_skips_finished(tmp_path):
         assert json.loads((d / "summary.json").read_text())["study"]["group"] == "t"
         assert not (d / "checkpoint.pt").exists() and (tmp_path / "ckpt" / s.name / "checkpoint.pt").exists()
     assert study.run_grid(specs, tmp_path / "runs", tmp_path / "ckpt", jobs=2, progress=False) == []
+
+
+PILOT_CFG = {"p": 97, "lr": 1e-3}
+
+
+def _verdict(text, claim):
+    line = next(l for l in text.splitlines() if l.startswith(f"- **{claim}"))
+    return line.split("**", 2)[2].strip()
+
+
+def _report(tmp_path, runs):
+    return study.write_report(runs, tmp_path / "docs" / "STUDY.md").read_text()
+
+
+def test_pilot_regime_verdicts_partly_and_false_alarm(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "pa-s0", "grok", grok=2000, rise_at=700, **PILOT_CFG)
+    make_run(runs, "pa-s1", "grok", grok=2500, rise_at=1500, seed=1, **PILOT_CFG)
+    make_run(runs, "pa-s2", "grok", grok=1000, rise_at=1500, seed=2, **PILOT_CFG)  # alarm after the jump
+    make_run(runs, "pc-s0", "control", grok=None, rise_at=2000, **PILOT_CFG)  # false alarm
+    make_run(runs, "pc-s1", "control", grok=1500, rise_at=None, seed=1, **PILOT_CFG)  # a control that grokked
+    make_run(runs, "fast-s0", "grok", grok=2000, rise_at=1000)  # fast regime: must not enter the pilot's counts
+    text = _report(tmp_path, runs)
+    v1 = _verdict(text, "Ô01 re-rises")
+    assert v1.startswith("partly: the alarm fired before the grok step in 2/4 pilot-regime grokking runs"), v1
+    assert "provisional: 4 grokking runs, fewer than the pilot's 16" in v1 and "no verdict): 1/1" in v1
+    v3 = _verdict(text, "No alarm in runs")
+    assert v3.startswith("not: the Ô01 alarm fired in 1/1 pilot-regime runs that did not grok") and "pc-s0" in v3
+    v6 = _verdict(text, "Runs with no re-rise")
+    assert v6.startswith("partly") and "3/4 pilot-regime grokking runs had no rise onset by step 1,000 (pa-s1, pa-s2, pc-s1)" in v6
+
+
+def test_lead_verdicts_reproduced_and_not(tmp_path):
+    runs = tmp_path / "runs"
+    for s in range(2):  # addition: the rise ~3,300 steps before the jump
+        make_run(runs, f"pa-s{s}", "grok", grok=4600, rise_at=1000, steps=6000, seed=s, **PILOT_CFG)
+    for s in range(2):  # multiplication: the rise a few hundred steps before the jump
+        make_run(runs, f"pm-s{s}", "grok", grok=1800, rise_at=1000, seed=s, task="mul", **PILOT_CFG)
+    text = _report(tmp_path, runs)
+    facts = [study.analyse_run(r) for r in study.load_runs(runs)]
+    add_leads = sorted(f["leads"]["o01"] for f in facts if f["task"] == "add")
+    assert abs(add_leads[0] - 3297) <= 922  # the construction is what the test says it is
+    lead = _verdict(text, "The lead is")
+    assert lead.startswith("reproduced: median lead") and "in 2/2 pilot-regime addition runs" in lead
+    assert "provisional: 2 pilot-regime addition runs, fewer than the pilot's 10" in lead
+    mul = _verdict(text, "Multiplication")
+    assert mul.startswith("not: median lead") and "outside 3,083 ± 372" in mul
+
+
+def test_parity_and_forcing_verdicts(tmp_path):
+    runs = tmp_path / "runs"
+    for s in range(3):  # parity: Ô01 drops and stays down, then the run groks
+        make_run(runs, f"par-s{s}", "parity", grok=2500, rise_at=None, seed=s, task="parity", p=2, lr=1e-3)
+    held = lambda step: 0.95  # forcing held Ô01 near 1
+    make_run(runs, "f1-s0", "forcing", grok=2500, rise_at=None, o01=held, force_cka=1.0)
+    make_run(runs, "f1-s1", "forcing", grok=None, rise_at=None, o01=held, seed=1, force_cka=1.0)
+    make_run(runs, "f1-s2", "forcing", grok=2800, rise_at=None, o01=held, seed=2, force_cka=1.0)
+    text = _report(tmp_path, runs)
+    par = _verdict(text, "On k-sparse parity")
+    assert par.startswith("reproduced: Ô01 dropped by ≥ 0.05 after memorisation in 3/3") and "3/3 grokked" in par
+    force = _verdict(text, "Forcing")
+    assert force.startswith("reproduced: 2/3 runs in which forcing held Ô01 ≥ 0.9 still grokked"), force
+    assert "λ = 1: 2/3 grokked within 3,000 steps" in force
+
+
+def test_forcing_that_did_not_hold_is_inconclusive_and_parity_without_grok_is_untested(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "f-s0", "forcing", grok=2500, rise_at=None, force_cka=0.1)  # Ô01 sits at 0.5: not forced
+    make_run(runs, "par-s0", "parity", grok=None, rise_at=1500, task="parity", p=2, lr=1e-3)
+    text = _report(tmp_path, runs)
+    assert _verdict(text, "Forcing").startswith("inconclusive")
+    assert _verdict(text, "On k-sparse parity").startswith("not tested: none of the 1 parity runs generalised")
+
+
+def test_test_acc_baseline_is_relative_to_memorisation(tmp_path):
+    runs = tmp_path / "runs"
+    rows = make_run(runs, "g-s0", "grok", grok=2000, rise_at=1000, test_creep=100)  # test acc 0.2 from step 100 on
+    f = study.analyse_run(study.load_runs(runs)[0])
+    # at memorisation (200) test acc is already 0.2: an absolute 10% threshold would fire there; +0.10 waits for 2000
+    assert f["memorised"] == 200 and f["alarms"]["test_acc"] == 2000
+    assert study.test_acc_alarm(rows, 0.99, gain=0.05) == 2000
+
+
+def test_setup_states_the_grids_hyperparameters_and_survives_a_grok_at_step_0(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "g-s0", "grok", grok=0, rise_at=None, d_model=32)
+    text = _report(tmp_path, runs)
+    assert "d_model 32" in text and "d_model 128" not in text

@@ -9,9 +9,10 @@ normalise a series first (divide by its first value, say) to use one threshold a
 The rule, every threshold a field of :class:`DetectorConfig`:
 
 1. **Smooth** causally: an exponential moving average with a half-life of ``halflife`` steps (irregular step gaps
-   are handled: the weight of the new point is 1 − 0.5^(Δstep / halflife)).
+   are handled: the weight of the new point is 1 − 0.5^(Δstep / halflife); steps frozen by the spike guard are not
+   counted in Δstep). NaN points are skipped: they neither move the average nor count towards ``persist``.
 2. **Gate on memorisation**: nothing happens before the first point with train accuracy ≥ ``memorised_acc``. The
-   peak is the largest smoothed value up to and including that point.
+   peak is the largest smoothed value up to and including that point (or the first finite one after it).
 3. **A real drop**: after the gate the detector tracks the running minimum of the smoothed series. The drop is
    real once peak − minimum ≥ ``min_drop``.
 4. **A persistent rise**: once the drop is real, a rise begins when smoothed − minimum ≥ ``rise``; the alarm fires
@@ -98,26 +99,33 @@ class Detector:
             r.memorised_step = step
         frozen = self._spike_check(step, train_loss)
         x = c.direction * value
-        if not frozen and math.isfinite(x):
-            if self._s is None:
-                self._s = x
+        finite = math.isfinite(x)
+        rebased = False
+        if not frozen and finite:
+            if self._s is None or self._rebase_pending:  # rebase restarts the average too, at the window's end
+                self._s, rebased, self._rebase_pending = x, self._rebase_pending, False
             else:
-                w = 1.0 - 0.5 ** ((step - self._last_step) / c.halflife)
+                # a frozen stretch is treated as absent (time stands still), so the first point after a spike
+                # window is smoothed like any other instead of replacing the average outright
+                since = max(self._last_step, self._frozen_until)
+                w = 1.0 - 0.5 ** ((step - since) / c.halflife)
                 self._s += w * (x - self._s)
             self._last_step = step
         r.smoothed.append(c.direction * self._s if self._s is not None else math.nan)
         r.ignored.append(frozen)
-        if frozen or self._s is None:
+        if frozen or self._s is None or not finite:
+            self._rise_last = None  # a missing (NaN) point neither counts towards ``persist`` nor breaks a rise
             return False
         s = self._s
-        if r.memorised_step is None or step == r.memorised_step:
+        # the peak: up to and including the memorisation point, or the first finite point after it
+        if r.memorised_step is None or step == r.memorised_step or self._peak == -math.inf:
             self._peak = max(self._peak, s)
             if r.memorised_step is None:
                 return False
         if r.alarm_step is not None:  # done: the minimum and peak stay those the alarm was measured from
             return False
-        if self._rebase_pending:  # the guard's window just ended: measure rises from here on
-            self._min, self._min_step, self._rise_since, self._rebase_pending = s, step, None, False
+        if rebased:  # the guard's window just ended: measure rises from here on
+            self._min, self._min_step, self._rise_since = s, step, None
             self._rise_held, self._rise_last = 0, None
         if s < self._min:
             self._min, self._min_step = s, step
@@ -139,12 +147,13 @@ class Detector:
     def _spike_check(self, step: int, loss: Optional[float]) -> bool:
         """Record a spike at this point if there is one; True while the guard freezes the series."""
         c = self.cfg
-        if c.spike_guard == "off" or loss is None or not math.isfinite(loss):
+        if c.spike_guard == "off":
             return False
-        prev, self._prev_loss = self._prev_loss, loss
-        if loss >= c.spike_min_loss and loss >= c.spike_ratio * prev:
-            self.result.spike_steps.append(step)
-            self._frozen_until = step + c.spike_window
+        if loss is not None and math.isfinite(loss):  # a missing loss cannot start a spike, but the window still runs
+            prev, self._prev_loss = self._prev_loss, loss
+            if loss >= c.spike_min_loss and loss >= c.spike_ratio * prev:
+                self.result.spike_steps.append(step)
+                self._frozen_until = step + c.spike_window
         if step <= self._frozen_until:
             self._rise_last = None  # the frozen stretch does not count towards ``persist``
             self._rebase_pending = c.spike_guard == "rebase"
