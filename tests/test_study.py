@@ -267,3 +267,29 @@ def test_setup_states_the_grids_hyperparameters_and_survives_a_grok_at_step_0(tm
     make_run(runs, "g-s0", "grok", grok=0, rise_at=None, d_model=32)
     text = _report(tmp_path, runs)
     assert "d_model 32" in text and "d_model 128" not in text
+
+
+def test_ctrl_c_stops_a_parallel_grid(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during `--jobs 2`: the running runs
+    checkpoint, the queued run never starts, and the command exits with the interrupted code."""
+    from fastcka.cli import EXIT_INTERRUPTED
+
+    runs, ckpt = tmp_path / "runs", tmp_path / "ckpt"
+    args = ["study", "--quick", "--quiet", "--no-report", "--jobs", "2", "--runs-dir", str(runs), "--ckpt-dir", str(ckpt)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fastcka", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ck = ckpt / "quick-add-s0" / "checkpoint.pt"
+    t0 = time.time()
+    while not ck.exists() and time.time() - t0 < 180 and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        rc = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == EXIT_INTERRUPTED
+    assert ck.exists() and not (runs / "quick-add-s0" / "summary.json").exists()
+    assert not (ckpt / "quick-wd0-s0").exists()  # queued behind the two running runs: never started
+    assert not (ckpt / study.STOP).exists()  # the stop marker is cleared for the next invocation

@@ -40,6 +40,7 @@ from .detect import Detector, DetectorConfig
 ROLES = ("grok", "control", "parity", "forcing", "arch")
 SMALL_FILES = ("config.json", "log.csv")
 SUMMARY = "summary.json"
+STOP = ".stop"  # in the checkpoint folder while a parallel grid is stopping: queued runs return without training
 
 # The built-in 3-run grid of ``--quick`` (and the tests): tiny models, a few hundred steps, minutes in all.
 QUICK_GRID = """
@@ -115,6 +116,8 @@ def _run_one(spec: RunSpec, runs_dir: str, ckpt_dir: str, threads: int) -> dict:
     from .train import CHECKPOINT, TrainConfig, train
 
     ck = Path(ckpt_dir) / spec.name
+    if (Path(ckpt_dir) / STOP).exists():  # the grid is stopping: a run that was already queued does not start
+        return {"name": spec.name, "interrupted": True, "started": False}
     cfg = TrainConfig(**{**spec.config, "detector": DetectorConfig(**spec.config["detector"]),
                          "out": str(ck), "threads": threads, "progress": False})
     resume = (ck / CHECKPOINT).exists()
@@ -166,14 +169,44 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | Path, ckpt_dir: str | Pat
     else:
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(_run_one, s, str(runs_dir), str(ckpt_dir), threads): s for s in todo}
-            for fut in as_completed(futs):
-                r = fut.result()
-                results.append(r)
+        # Ctrl-C reaches every process of the terminal's group: the running workers checkpoint and return
+        # "interrupted", and the grid must then stop too instead of feeding the workers the next runs
+        stop = ckpt_dir / STOP
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        stop.unlink(missing_ok=True)
+        ex = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+        futs = [ex.submit(_run_one, s, str(runs_dir), str(ckpt_dir), threads) for s in todo]
+        collected: set = set()
+
+        def collect(fut) -> None:
+            collected.add(fut)
+            r = fut.result()
+            results.append(r)
+            if r.get("started", True):
                 bar.write(_result_line(r))
-                if not r["interrupted"]:
-                    bar.update(1)
+            if r["interrupted"]:
+                stop.touch()
+                for f in futs:
+                    f.cancel()  # the queued runs that have not started
+            else:
+                bar.update(1)
+
+        try:
+            for fut in as_completed(futs):
+                if not fut.cancelled():
+                    collect(fut)
+        except KeyboardInterrupt:  # Ctrl-C in the main process: wait for the workers to checkpoint
+            stop.touch()
+            for f in futs:
+                f.cancel()
+            ex.shutdown(wait=True)
+            for f in futs:
+                if f not in collected and f.done() and not f.cancelled():
+                    collect(f)
+            results.append({"name": "(grid)", "interrupted": True, "started": False})
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
+            stop.unlink(missing_ok=True)
     bar.close()
     return results
 
