@@ -293,3 +293,21 @@ def test_ctrl_c_stops_a_parallel_grid(tmp_path):
     assert ck.exists() and not (runs / "quick-add-s0" / "summary.json").exists()
     assert not (ckpt / "quick-wd0-s0").exists()  # queued behind the two running runs: never started
     assert not (ckpt / study.STOP).exists()  # the stop marker is cleared for the next invocation
+
+
+def test_sensitivity_table_matches_the_detector_at_the_default_setting(synthetic):
+    runs_dir, _, _ = synthetic
+    runs = study.load_runs(runs_dir)
+    facts = [study.analyse_run(r) for r in runs]
+    st = study.signal_stats(facts, "o01")
+    row = next(l for l in study.sensitivity_table(runs, facts) if l.startswith("| fast | 0.05 | 100 |"))
+    assert f"| {st['hits']}/{st['n_grok']} | {st['false']}/{st['n_never']} | {st['lead_median']:.0f} |" in row
+    # a larger rise or a longer persistence can only remove alarms (hits + false alarms never grow)
+    count = {}
+    for line in study.sensitivity_table(runs, facts)[2:]:
+        _, _, rise, persist, hit, false, _, _ = [c.strip() for c in line.split("|")]
+        count[float(rise), int(persist)] = int(hit.split("/")[0]) + int(false.split("/")[0])
+    for (rise, persist), n in count.items():
+        for (r2, p2), n2 in count.items():
+            if r2 >= rise and p2 >= persist:
+                assert n2 <= n
