@@ -74,6 +74,18 @@ def test_median_is_exact_with_ties_and_duplicates(n):
     assert fastcka.ops.median_sq_dist(x).item() == np.median(d)
 
 
+@pytest.mark.parametrize("half", [2, 3, 50, 3000])
+def test_median_when_the_two_middle_entries_differ(half):
+    """Two equal groups of identical rows: exactly half of the n² entries are 0 and half are 4, so numpy's median is
+    2. The middle ranks fall in different radix bins; at half = 3000 each bin holds more pairs than one collection
+    pass takes, so the selection walks all 64 bits for both ranks."""
+    x = torch.cat([torch.zeros(half, 1), torch.full((half, 1), 2.0)]).double()
+    assert fastcka.ops.median_sq_dist(x).item() == 2.0
+    if half <= 50:
+        d = ((x[:, None] - x[None]) ** 2).sum(-1).numpy()
+        assert np.median(d) == 2.0
+
+
 def test_median_of_random_data_float64():
     x, _ = correlated_pair(500, 7, 1, seed=4)
     torch.testing.assert_close(fastcka.ops.median_sq_dist(x), R.median_squared_distance(x), rtol=1e-13, atol=0)

@@ -83,13 +83,18 @@ std::tuple<Tensor, Tensor> kernel_hsic_backward(const Tensor& grad, const Tensor
 
 // --- exact median of squared distances -------------------------------------------------------------------------------
 
-// The k-th smallest (0-based) of the n² squared distances, by radix selection over the bit patterns.
+// The k-th and (k+1)-th smallest (0-based) of the n² squared distances, by radix selection over the bit patterns.
+// Histograms are cached by prefix, so the second rank reuses the passes of the first; once the bin holding rank k is
+// small enough its values are collected in one pass and both ranks are read from them (they are adjacent, so the
+// second is almost always in the same bin).
 template <class D>
-double select_squared_distance(const ScaledRows& a, int64_t k, std::map<std::pair<uint64_t, int>, std::vector<int64_t>>& cache) {
+std::pair<double, double> select_squared_distances(const ScaledRows& a, int64_t k, bool want_next,
+                                                   std::map<std::pair<uint64_t, int>, std::vector<int64_t>>& cache) {
   const int64_t n = a.xs.size(0);
-  constexpr int64_t kCollectCap = int64_t(1) << 22;
   uint64_t prefix = 0;
   int bits = 0;
+  const int64_t k_global = k;
+  int64_t in_bin = 0;
   while (bits < 64) {
     auto key = std::make_pair(prefix, bits);
     auto it = cache.find(key);
@@ -102,26 +107,34 @@ double select_squared_distance(const ScaledRows& a, int64_t k, std::map<std::pai
     const std::vector<int64_t>& h = it->second;
     int64_t digit = 0;
     while (k >= h[digit]) k -= h[digit++];
-    const int64_t in_bin = h[digit];
+    in_bin = h[digit];
     prefix = (prefix << kDigitBits) | static_cast<uint64_t>(digit);
     bits += kDigitBits;
-    if (bits < 64 && in_bin <= kCollectCap) {
-      std::vector<double> v = D::distance_collect(a, prefix, bits);  // pairs i < j with this prefix
-      std::vector<double> all;
-      all.reserve(2 * v.size() + n);
-      for (double d : v) {
-        all.push_back(d);
-        all.push_back(d);
-      }
-      if (prefix == 0) all.insert(all.end(), static_cast<size_t>(n), 0.0);
-      STD_TORCH_CHECK(static_cast<int64_t>(all.size()) == in_bin, "fastcka median: pass counts disagree");
-      std::nth_element(all.begin(), all.begin() + k, all.end());
-      return all[k];
+    const bool next_in_bin = k + 1 < in_bin;
+    if (bits < 64 && in_bin / 2 <= kCollectCapacity && (next_in_bin || !want_next)) {
+      // the bin's entries: the collected pairs twice each (i < j and j < i), after the n diagonal zeros if prefix 0
+      std::vector<double> v = D::distance_collect(a, prefix, bits);
+      const int64_t zeros = prefix == 0 ? n : 0;
+      STD_TORCH_CHECK(2 * static_cast<int64_t>(v.size()) + zeros == in_bin, "fastcka median: pass counts disagree");
+      auto entry = [&](int64_t r) -> double {  // the r-th smallest entry of the bin, v partially sorted up to r
+        if (r < zeros) return 0.0;
+        const int64_t i = (r - zeros) / 2;
+        std::nth_element(v.begin(), v.begin() + i, v.end());
+        return v[i];
+      };
+      const double lo = entry(k);
+      return {lo, want_next ? entry(k + 1) : lo};
+    }
+    if (bits < 64 && in_bin / 2 <= kCollectCapacity && want_next) {  // rank k+1 lies in a later bin
+      const double lo = select_squared_distances<D>(a, k_global, false, cache).first;
+      return {lo, select_squared_distances<D>(a, k_global + 1, false, cache).first};
     }
   }
   double out;
   std::memcpy(&out, &prefix, sizeof(out));
-  return out;
+  // all 64 bits fixed: rank k is this value; rank k+1 is too if it shares the bin, else found by its own walk
+  if (!want_next || k + 1 < in_bin) return {out, out};
+  return {out, select_squared_distances<D>(a, k_global + 1, false, cache).first};
 }
 
 // numpy's median of the n² squared distances of the rows of x (diagonal zeros included), float64, in x's units.
@@ -131,8 +144,8 @@ Tensor median_sq_dist(const Tensor& x_) {
   const ScaledRows a = D::scale_rows(as_contiguous(x_));
   const int64_t n = x_.size(0), total = n * n;
   std::map<std::pair<uint64_t, int>, std::vector<int64_t>> cache;
-  const double lo = select_squared_distance<D>(a, (total - 1) / 2, cache);
-  const double hi = total % 2 ? lo : select_squared_distance<D>(a, total / 2, cache);
+  // numpy's median: the middle entry for an odd count, the mean of the two middle ones for an even count
+  const auto [lo, hi] = select_squared_distances<D>(a, (total - 1) / 2, total % 2 == 0, cache);
   const double s = D::host_scale(a);
   const double med = 0.5 * (lo + hi) / (s * s);  // back to x's units (s is a power of two: exact)
   return D::scalar_tensor(x_, med);

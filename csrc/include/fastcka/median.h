@@ -14,6 +14,9 @@ namespace fastcka {
 
 constexpr int kDigitBits = 16;
 constexpr int64_t kDigitBins = int64_t(1) << kDigitBits;
+// Once the pairs i < j left in the selected bin are at most this many (64 MB of float64), one pass collects them and
+// the selection finishes in memory; the CUDA collect buffer has this size.
+constexpr int64_t kCollectCapacity = int64_t(1) << 23;
 
 FASTCKA_HD uint64_t distance_bits(double d) {
 #if defined(__CUDA_ARCH__)

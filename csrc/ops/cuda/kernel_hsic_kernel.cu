@@ -15,7 +15,6 @@ namespace cuda {
 constexpr int kTile = 32;
 constexpr int kTileThreads = 256;
 constexpr int kPerThread = kTile * kTile / kTileThreads;  // 4 entries of the tile per thread
-constexpr int64_t kCollectCapacity = int64_t(1) << 22;
 
 // dot[r] = x'_{ti·32+ii} · x'_{tj·32+jj} for this thread's entries (ii, jj) = divmod(tid + 256·r, 32).
 template <typename T>
@@ -351,7 +350,7 @@ struct CudaKernelHsic : CudaBackend {
 
   static std::vector<double> distance_collect(const ScaledRows& a, uint64_t prefix, int bits) {
     const int64_t n = a.xs.size(0);
-    Tensor buf = empty_like_shape(a.xs, {cuda::kCollectCapacity}, ScalarType::Double);
+    Tensor buf = empty_like_shape(a.xs, {kCollectCapacity}, ScalarType::Double);
     Tensor count = zeros_f64(a.xs, 1);
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_collect", [&] {
       cuda::distance_pass_kernel<<<cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs)>>>(
@@ -361,8 +360,9 @@ struct CudaKernelHsic : CudaBackend {
     });
     const Tensor c = cuda::to_cpu(count);
     const int64_t k = static_cast<int64_t>(*reinterpret_cast<const unsigned long long*>(c.const_data_ptr<double>()));
-    STD_TORCH_CHECK(k <= cuda::kCollectCapacity, "fastcka median: too many candidates");
-    const Tensor v = cuda::to_cpu(buf);
+    STD_TORCH_CHECK(k <= kCollectCapacity, "fastcka median: too many candidates");
+    if (k == 0) return {};
+    const Tensor v = cuda::to_cpu(narrowed(buf, 0, 0, k));  // only the k values found, not the whole buffer
     return std::vector<double>(v.const_data_ptr<double>(), v.const_data_ptr<double>() + k);
   }
 };
