@@ -1,7 +1,8 @@
 """Fourier frequency spectrum (fastcka.frequency_spectrum): against the FFT floor and the plain-torch formula.
 
 Cases: an embedding W_E (p × d) along dim 0, and activations over the p × p grid of inputs (p, p, d), p = 113,
-d = 128 (Nanda et al.'s setting), float32.
+d = 128 (Nanda et al.'s setting), float32; and a large embedding, p = 4093 (prime), d = 512, where the op takes the
+rfft path (p > 512).
 Rows: fastcka (auto: basis GEMM for p ≤ 512), floor (torch.fft.rfft / rfft2 over the residue dims alone, no energy or
 fold), torch_fft (plain torch: fft, |·|², sum over the other dims, fold k with p − k in a Python loop — the
 reference's formula, in float32). extra_info: error against the float64 reference.
@@ -17,7 +18,7 @@ import fastcka
 from fastcka import reference as ref
 
 P, D = 113, 128
-CASES = {"embed_p113_d128": (P, D), "grid_p113_d128": (P, P, D)}
+CASES = {"embed_p113_d128": (P, D), "grid_p113_d128": (P, P, D), "embed_p4093_d512": (4093, 512)}
 
 
 def torch_fft_spectrum(x, dims):
