@@ -152,3 +152,8 @@ def test_bad_input():
         fastcka.cka(x, x, kernel="rbf", method="feature")
     with pytest.raises(ValueError, match="threshold"):
         fastcka.cka(x, x, kernel="rbf", threshold=0.0)
+
+
+def test_median_of_no_rows_is_an_error():
+    with pytest.raises(RuntimeError, match="at least one row"):
+        fastcka.ops.median_sq_dist(torch.empty(0, 3))

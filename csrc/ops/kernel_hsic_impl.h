@@ -106,7 +106,8 @@ std::pair<double, double> select_squared_distances(const ScaledRows& a, int64_t 
     }
     const std::vector<int64_t>& h = it->second;
     int64_t digit = 0;
-    while (k >= h[digit]) k -= h[digit++];
+    while (digit < kDigitBins && k >= h[digit]) k -= h[digit++];
+    STD_TORCH_CHECK(digit < kDigitBins, "fastcka median: rank beyond the histogram (passes disagree)");
     in_bin = h[digit];
     prefix = (prefix << kDigitBits) | static_cast<uint64_t>(digit);
     bits += kDigitBits;
@@ -141,6 +142,7 @@ std::pair<double, double> select_squared_distances(const ScaledRows& a, int64_t 
 template <class D>
 Tensor median_sq_dist(const Tensor& x_) {
   check_matrix(x_, "fastcka::median_sq_dist", "x");
+  STD_TORCH_CHECK(x_.size(0) >= 1, "fastcka::median_sq_dist: x needs at least one row, got 0");
   const ScaledRows a = D::scale_rows(as_contiguous(x_));
   const int64_t n = x_.size(0), total = n * n;
   std::map<std::pair<uint64_t, int>, std::vector<int64_t>> cache;

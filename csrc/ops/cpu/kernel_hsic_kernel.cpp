@@ -251,7 +251,7 @@ struct CpuKernelHsic : CpuBackend {
     return total;
   }
 
-  // The distances (pairs i < j) that carry the prefix, in any order.
+  // The distances (pairs i < j) that carry the prefix, in any order; column chunks in parallel as in the histogram.
   static std::vector<double> distance_collect(const ScaledRows& a, uint64_t prefix, int bits) {
     std::vector<double> out;
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_collect", [&] {
@@ -259,11 +259,17 @@ struct CpuKernelHsic : CpuBackend {
       for_each_row_block(a.xs, nullptr, true, [&](int64_t i0, int64_t rows, int64_t c0, int64_t w, const Tensor& gxt,
                                                  const Tensor&) {
         const scalar_t* gx = gxt.const_data_ptr<scalar_t>();
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t jj = i0 + i + 1 - c0; jj < w; ++jj) {
-            const double d = squared_distance(gx[i * w + jj], nx[i0 + i], nx[c0 + jj], false);
-            if (has_prefix(distance_bits(d), prefix, bits)) out.push_back(d);
-          }
+        const int64_t chunks = std::min<int64_t>(8, (w + kChunkCols - 1) / kChunkCols), step = (w + chunks - 1) / chunks;
+        std::vector<std::vector<double>> part(chunks);
+        torch::stable::parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
+          for (int64_t q = q0; q < q1; ++q)
+            for (int64_t i = 0; i < rows; ++i)
+              for (int64_t jj = std::max(q * step, i0 + i + 1 - c0); jj < std::min(w, (q + 1) * step); ++jj) {
+                const double d = squared_distance(gx[i * w + jj], nx[i0 + i], nx[c0 + jj], false);
+                if (has_prefix(distance_bits(d), prefix, bits)) part[q].push_back(d);
+              }
+        });
+        for (const auto& v : part) out.insert(out.end(), v.begin(), v.end());
       });
     });
     return out;
