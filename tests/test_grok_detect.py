@@ -164,10 +164,27 @@ def test_peak_is_taken_at_the_first_finite_point_when_memorisation_is_nan():
 
 
 def test_the_first_point_after_a_spike_window_is_smoothed_not_adopted():
-    """The frozen stretch counts as absent time: the point after the window gets the weight of one step gap."""
+    """The frozen span (spike at 2000 → 2200) counts as absent time: the point at 2225 after the last unfrozen point
+    at 1975 gets the weight of a 250 − 200 = 50-step gap."""
     o, acc, loss = _spiky(step_up=True)
     d = _alarm(o, acc, loss, spike_guard="hold", halflife=50.0)
     i = STEPS.index(2225)  # the first point after the window (2000 + 200)
     before, raw = d.smoothed[i - 1], o[i]
-    w = 1 - 0.5 ** (25 / 50)
+    assert d.smoothed[i - 1] == d.smoothed[STEPS.index(1975)]  # held through the window
+    w = 1 - 0.5 ** (50 / 50)
     assert d.smoothed[i] == pytest.approx(before + w * (raw - before))
+
+
+def test_rebase_restarts_the_average_at_the_first_point_after_the_window():
+    o, acc, loss = _spiky(step_up=True)
+    d = _alarm(o, acc, loss, spike_guard="rebase", halflife=50.0)
+    i = STEPS.index(2225)
+    assert d.smoothed[i] == o[i]  # hold would give a smoothed value between the old level and o[i]
+    assert _alarm(o, acc, loss, spike_guard="hold", halflife=50.0).smoothed[i] != o[i]
+
+
+def test_first_rise_step_sees_a_rise_that_broke_off():
+    o, acc, _ = _curves()
+    o = [v + (0.2 if 900 <= s < 950 else 0.0) for v, s in zip(o, STEPS)]  # a 50-step blip: no alarm
+    d = _alarm(o, acc, halflife=1.0, persist=100)
+    assert d.alarm_step is None and d.rise_onset_step is None and d.first_rise_step == 900

@@ -208,7 +208,8 @@ def test_pilot_regime_verdicts_partly_and_false_alarm(tmp_path):
     v3 = _verdict(text, "No alarm in runs")
     assert v3.startswith("not: the Ô01 alarm fired in 1/1 pilot-regime runs that did not grok") and "pc-s0" in v3
     v6 = _verdict(text, "Runs with no re-rise")
-    assert v6.startswith("partly") and "3/4 pilot-regime grokking runs had no rise onset by step 1,000 (pa-s1, pa-s2, pc-s1)" in v6
+    assert v6.startswith("partly") and "3/4 pilot-regime grokking runs had no rise by step 1,000 (pa-s1, pa-s2, pc-s1)" in v6
+    assert "0/1 that did not grok had one by step 1,000" in v6  # pc-s0 rises from 2000
 
 
 def test_lead_verdicts_reproduced_and_not(tmp_path):
@@ -311,3 +312,49 @@ def test_sensitivity_table_matches_the_detector_at_the_default_setting(synthetic
         for (r2, p2), n2 in count.items():
             if r2 >= rise and p2 >= persist:
                 assert n2 <= n
+
+
+def test_rise_by_1000_verdicts_when_only_one_kind_of_run_is_tested(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "pa-s0", "grok", grok=2500, rise_at=700, **PILOT_CFG)  # rises by 1,000 and groks: consistent
+    text = _report(tmp_path, runs)
+    assert _verdict(text, "Runs with no re-rise").startswith("no counterexample yet, half tested (no pilot-regime run "
+                                                             "failed to grok)")
+    make_run(runs, "pc-s0", "control", grok=None, rise_at=700, **PILOT_CFG)  # rises by 1,000, never groks
+    assert _verdict(_report(tmp_path, runs), "Runs with no re-rise").startswith("partly")
+    runs2 = tmp_path / "runs2"
+    make_run(runs2, "pc-s0", "control", grok=None, rise_at=700, **PILOT_CFG)
+    assert _verdict(_report(tmp_path, runs2), "Runs with no re-rise").startswith("not (no pilot-regime run grokked)")
+
+
+def test_parity_that_re_rises_is_not_reproduced_and_weak_forcing_is_not(tmp_path):
+    runs = tmp_path / "runs"
+    for s in range(2):
+        make_run(runs, f"par-s{s}", "parity", grok=2500, rise_at=1000, seed=s, task="parity", p=2, lr=1e-3)
+    held = lambda step: 0.95  # noqa: E731
+    for s in range(3):
+        make_run(runs, f"f-s{s}", "forcing", grok=2500 if s == 0 else None, rise_at=None, o01=held, seed=s,
+                 force_cka=1.0)
+    text = _report(tmp_path, runs)
+    assert _verdict(text, "On k-sparse parity").startswith("not: Ô01 dropped")
+    assert _verdict(text, "Forcing").startswith("partly: 1/3 runs in which forcing held Ô01 ≥ 0.9 still grokked")
+
+
+def test_regime_comes_from_the_config():
+    base = {"task": "add", "p": 97, "lr": 1e-3, "force_cka": 0.0, "layer_norm": False}
+    assert study.regime(base) == "pilot" and study.regime({**base, "task": "mul"}) == "pilot"
+    assert study.regime({**base, "task": "sub"}) == "other"  # the pilot ran addition and multiplication only
+    assert study.regime({**base, "p": 59, "lr": 3e-3}) == "fast"
+    assert study.regime({**base, "layer_norm": True}) == "layernorm"
+    assert study.regime({**base, "force_cka": 1.0}) == "forcing"
+    assert study.regime({**base, "task": "parity"}) == "parity"
+
+
+def test_report_says_where_a_recorded_alarm_differs_from_the_recomputed_one(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "g-s0", "grok", grok=2000, rise_at=1000)
+    summary = json.loads((runs / "g-s0" / "summary.json").read_text())
+    summary["alarm_step"] = 123  # as if an older rule had raised it during training
+    (runs / "g-s0" / "summary.json").write_text(json.dumps(summary))
+    text = _report(tmp_path, runs)
+    assert "g-s0 123 → " in text and "(v1)" in text

@@ -9,8 +9,8 @@ normalise a series first (divide by its first value, say) to use one threshold a
 The rule, every threshold a field of :class:`DetectorConfig`:
 
 1. **Smooth** causally: an exponential moving average with a half-life of ``halflife`` steps (irregular step gaps
-   are handled: the weight of the new point is 1 − 0.5^(Δstep / halflife); steps frozen by the spike guard are not
-   counted in Δstep). NaN points are skipped: they neither move the average nor count towards ``persist``.
+   are handled: the weight of the new point is 1 − 0.5^(Δstep / halflife); the span frozen by the spike guard, from
+   the spike to the end of its window, is not counted in Δstep). NaN points are skipped: they neither move the average nor count towards ``persist``.
 2. **Gate on memorisation**: nothing happens before the first point with train accuracy ≥ ``memorised_acc``. The
    peak is the largest smoothed value up to and including that point (or the first finite one after it).
 3. **A real drop**: after the gate the detector tracks the running minimum of the smoothed series. The drop is
@@ -24,8 +24,11 @@ The rule, every threshold a field of :class:`DetectorConfig`:
    previous point, if the trainer logs it) is ≥ ``spike_ratio`` × the previous point's and ≥ ``spike_min_loss``
    (so the slow recovery after a spike is not a new spike). With ``spike_guard="hold"`` the series is ignored (smoothed value,
    minimum and rise clock all frozen) for ``spike_window`` steps after each spike; ``"rebase"`` does that and then
-   restarts the running minimum from the smoothed value where the window ends, so that a level shift caused by the
-   spike cannot count as a rise; ``"off"`` disables the guard.
+   restarts both the average and the running minimum from the first point after the window, so that a level shift
+   caused by the spike cannot count as a rise (at the price of one unsmoothed point); ``"off"`` disables the guard.
+
+``Detection.first_rise_step`` is the first step at which the rise condition of 4 held at all (even if it then broke
+off before ``persist``); ``rise_onset_step`` is the start of the rise that raised the alarm.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 SPIKE_GUARDS = ("off", "hold", "rebase")
+# Bumped whenever a change can move an alarm on the same log; written into every run's summary, so that a report can
+# tell which rule produced an alarm recorded during training (it recomputes every alarm with the current rule).
+DETECTOR_VERSION = 2
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Detection:
 
     alarm_step: Optional[int] = None
     rise_onset_step: Optional[int] = None
+    first_rise_step: Optional[int] = None
     memorised_step: Optional[int] = None
     peak: Optional[float] = None  # in the series' own sign, as are minimum and smoothed
     minimum: Optional[float] = None
@@ -90,6 +97,7 @@ class Detector:
         self._rise_last: Optional[int] = None  # last unfrozen step of the rise (None right after a freeze)
         self._prev_loss = math.inf
         self._frozen_until = -math.inf
+        self._freeze_start: Optional[int] = None  # the spike that began the current (or last) frozen span
         self._rebase_pending = False
 
     def update(self, step: int, value: float, train_acc: float, train_loss: Optional[float] = None) -> bool:
@@ -105,10 +113,12 @@ class Detector:
             if self._s is None or self._rebase_pending:  # rebase restarts the average too, at the window's end
                 self._s, rebased, self._rebase_pending = x, self._rebase_pending, False
             else:
-                # a frozen stretch is treated as absent (time stands still), so the first point after a spike
-                # window is smoothed like any other instead of replacing the average outright
-                since = max(self._last_step, self._frozen_until)
-                w = 1.0 - 0.5 ** ((step - since) / c.halflife)
+                # the frozen span (spike → end of its window) counts as absent time, so the first point after a
+                # window is smoothed like any other instead of nearly replacing the average
+                gap = step - self._last_step
+                if self._freeze_start is not None and self._freeze_start > self._last_step:
+                    gap -= self._frozen_until - self._freeze_start
+                w = 1.0 - 0.5 ** (gap / c.halflife)
                 self._s += w * (x - self._s)
             self._last_step = step
         r.smoothed.append(c.direction * self._s if self._s is not None else math.nan)
@@ -133,6 +143,8 @@ class Detector:
         if self._peak - self._min < c.min_drop:
             return False
         if s - self._min >= c.rise:
+            if r.first_rise_step is None:
+                r.first_rise_step = step
             if self._rise_since is None:
                 self._rise_since, self._rise_held, self._rise_last = step, 0, step
             self._rise_held += step - (self._rise_last if self._rise_last is not None else step)
@@ -153,6 +165,8 @@ class Detector:
             prev, self._prev_loss = self._prev_loss, loss
             if loss >= c.spike_min_loss and loss >= c.spike_ratio * prev:
                 self.result.spike_steps.append(step)
+                if step > self._frozen_until:  # a new frozen span (a spike inside a window only extends it)
+                    self._freeze_start = step
                 self._frozen_until = step + c.spike_window
         if step <= self._frozen_until:
             self._rise_last = None  # the frozen stretch does not count towards ``persist``

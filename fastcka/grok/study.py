@@ -257,7 +257,7 @@ def regime(c: dict) -> str:
         return "forcing"
     if c.get("layer_norm", False):
         return "layernorm"
-    if c["p"] in (97, 113) and math.isclose(c["lr"], 1e-3):
+    if c["p"] in (97, 113) and math.isclose(c["lr"], 1e-3) and c["task"] in ("add", "mul"):
         return "pilot"
     if c["p"] == 59 and math.isclose(c["lr"], 3e-3):
         return "fast"
@@ -324,7 +324,9 @@ def analyse_run(run: dict, spike_guard: Optional[str] = None) -> dict:
                              for sp in o.result.spike_steps) if o.result.rise_onset_step is not None else False
     return {"name": run["name"], "group": s["study"]["group"], "role": s["study"]["role"], "seed": c["seed"],
             "task": c["task"], "p": c["p"], "regime": regime(c), "grok": grok,
-            "onset_after_window": onset_after_window, "steps": rows[-1]["step"] if rows else 0,
+            "onset_after_window": onset_after_window, "first_rise": o.result.first_rise_step,
+            "recorded_alarm": s.get("alarm_step"), "detector_version": s.get("detector_version", 1),
+            "device": s.get("device"), "threads": s.get("threads"), "steps": rows[-1]["step"] if rows else 0,
             "memorised": o.result.memorised_step, "rise_onset": o.result.rise_onset_step, "alarms": alarms,
             "leads": {k: (grok - a if grok is not None and a is not None else None) for k, a in alarms.items()},
             "o01_peak": o.result.peak, "o01_min": o.result.minimum, "spikes": len(o.result.spike_steps),
@@ -575,21 +577,50 @@ def _provisional(n: int, pilot_n: int, what: str) -> str:
     return f" (provisional: {n} {what}, fewer than the pilot's {pilot_n})" if n < pilot_n else ""
 
 
-def _lead_verdict(fs: Sequence[dict], mean: float, sd: float, pilot_n: int, what: str) -> str:
+def _lead_verdict(fs: Sequence[dict], mean: float, sd: float, pilot_n: int, what: str, verdict: bool = True) -> str:
     """Reproduced = an alarm in every grokking run and a median lead within 2 SD of the pilot's mean; not = no alarm,
-    or a median lead outside that band; partly = alarms in some runs with a median lead inside it."""
+    or a median lead outside that band; partly = alarms in some runs with a median lead inside it. With
+    ``verdict=False`` only the numbers (for a regime that is not the pilot's)."""
     g, h, _, _ = _split(fs)
     if not g:
-        return "not yet tested (no such run has finished and grokked)"
+        return "not yet tested (no such run has finished and grokked)" if verdict else "no grokking run yet"
     if not h:
-        return f"not: no alarm before the jump in 0/{len(g)} {what}"
+        return (f"not: no alarm before the jump in 0/{len(g)} {what}" if verdict
+                else f"no alarm before the jump in 0/{len(g)} {what}")
     leads = [f["leads"]["o01"] for f in h]
     med = quantile(leads, 0.5)
     inside = abs(med - mean) <= 2 * sd
     v = ("reproduced" if inside and len(h) == len(g) else "partly" if inside else "not")
+    if not verdict:
+        return (f"median lead {_fmt(med)} steps ({_fmt(quantile([f['leads']['o01'] / f['grok'] for f in h], 0.5), 2)} "
+                f"of the grok step) in {len(h)}/{len(g)} {what}")
     return (f"{v}: median lead {_fmt(med)} steps (IQR {_fmt(quantile(leads, 0.25))}–{_fmt(quantile(leads, 0.75))}; "
             f"{_fmt(quantile([f['leads']['o01'] / f['grok'] for f in h], 0.5), 2)} of the grok step) in {len(h)}/{len(g)} "
             f"{what}{'' if inside else f', outside {mean:,.0f} ± {2 * sd:,.0f}'}{_provisional(len(g), pilot_n, what)}")
+
+
+def _machine(facts: Sequence[dict]) -> str:
+    """Where the runs trained, from their summaries (device, torch threads)."""
+    kinds = sorted({f"{f.get('device') or '?'}, {f.get('threads') or '?'} thread(s) per run" for f in facts})
+    return "; ".join(kinds) if kinds else "no run yet"
+
+
+def _detector_version() -> int:
+    from .detect import DETECTOR_VERSION
+
+    return DETECTOR_VERSION
+
+
+def _recorded_alarm_note(facts: Sequence[dict]) -> str:
+    """Every alarm in this report is recomputed from the logs with the current detector; say where the alarm a run
+    recorded during training differs (it was raised by an older rule)."""
+    differ = [f for f in facts if f["recorded_alarm"] != f["alarms"]["o01"]]
+    if not differ:
+        return "The Ô01 alarm each run recorded during training equals the one recomputed here in every run."
+    return (f"Every alarm here is recomputed from the logs with detector rule version {_detector_version()}. "
+            f"{len(differ)} run(s) recorded a different Ô01 alarm during training under an older rule (recorded → "
+            "recomputed): " + ", ".join(f"{f['name']} {_fmt(f['recorded_alarm'])} → {_fmt(f['alarms']['o01'])} "
+                                        f"(v{f['detector_version']})" for f in differ) + ".")
 
 
 def _verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[str]:
@@ -617,7 +648,7 @@ def _verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[st
         names = {x["name"] for x in guard_src}
         guards = (f" The same logs ({guard_label}) with each spike guard: " + "; ".join(
             f"{gd}: {sum(1 for f in by_guard[gd] if f['name'] in names and (f['leads']['o01'] or 0) > 0)}/"
-            f"{len(guard_src)}" for gd in GUARDS) + ". (`rebase` restarts the running minimum after every spike window; "
+            f"{len(guard_src)}" for gd in GUARDS) + ". (`rebase` restarts the average and the running minimum after every spike window; "
             "it removes level shifts made at a spike, but also any slow rise that spans spikes, so a low count under "
             "rebase alone does not show that the rise is made of spikes.)")
     out.append(f"- **Ô01 re-rises before the jump in every grokking run (pilot: 16/16).** {v}. Fast regime (p 59, "
@@ -626,7 +657,7 @@ def _verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[st
     # 2. the lead (addition) and 4. multiplication
     out.append(f"- **The lead is ~3,000 steps (3,297 ± 461) in the pilot's regime.** "
                f"{_lead_verdict(_modular(facts, 'pilot', 'add'), PILOT['lead'], PILOT['lead_sd'], 10, 'pilot-regime addition runs')}."
-               f" Fast regime: {_lead_verdict(_modular(facts, 'fast', 'add'), PILOT['lead'], PILOT['lead_sd'], 0, 'fast-regime runs')}."
+               f" Fast regime (numbers only): {_lead_verdict(_modular(facts, 'fast', 'add'), PILOT['lead'], PILOT['lead_sd'], 0, 'fast-regime runs', verdict=False)}."
                " Rule: reproduced = an alarm in every grokking run and a median lead within 2 SD (±922) of 3,297; "
                "not = no alarm, or a median outside that band; partly = alarms in some runs, median inside. (The pilot "
                "gives a mean ± SD over its addition runs; we compare our median with it.)")
@@ -646,52 +677,69 @@ def _verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[st
     out.append(f"- **No alarm in runs that do not grok (pilot: 0/5).** {v}. Fast regime: false alarms in "
                f"{len(faf)}/{len(nevf)} runs that did not grok" + (f" ({', '.join(f['name'] for f in faf)})" if faf
                                                                     else "")
-               + ". \"Did not grok\" means not within the run's max steps (censored).")
+               + ". Rule: reproduced = no alarm in ≥ 5 pilot-regime runs that did not grok; partly = none in fewer; not = "
+               "any. \"Did not grok\" means not within the run's max steps (censored).")
     # 5. parity
     parity = [f for f in facts if f["regime"] == "parity"]
+    measured = [f for f in parity if f["o01_peak"] is not None and f["o01_min"] is not None]
+    unmeasured = len(parity) - len(measured)
     if not parity:
         v = "not yet tested (no parity run finished)"
+    elif not measured:
+        v = f"inconclusive: none of the {len(parity)} parity runs has a measurable Ô01 drop (no memorisation or no finite Ô01)"
     else:
-        min_drop = DetectorConfig(**parity[0]["config"]["detector"]).min_drop
-        dropped = [f for f in parity if f["o01_peak"] is not None and f["o01_min"] is not None
-                   and f["o01_peak"] - f["o01_min"] >= min_drop]
-        rose = [f for f in parity if f["alarms"]["o01"] is not None
+        min_drop = DetectorConfig(**measured[0]["config"]["detector"]).min_drop
+        dropped = [f for f in measured if f["o01_peak"] - f["o01_min"] >= min_drop]
+        rose = [f for f in measured if f["alarms"]["o01"] is not None
                 and (f["grok"] is None or f["alarms"]["o01"] < f["grok"])]
-        grokked = [f for f in parity if f["grok"] is not None]
+        grokked = [f for f in measured if f["grok"] is not None]
+        counts = (f"Ô01 dropped by ≥ {min_drop:g} after memorisation in {len(dropped)}/{len(measured)} parity runs and "
+                  f"re-rose (an alarm before the jump, or at all if there was none) in {len(rose)}/{len(measured)}; "
+                  f"{len(grokked)}/{len(measured)} grokked"
+                  + (f"; {unmeasured} run(s) without a measurable Ô01 left out" if unmeasured else ""))
         if not grokked:
-            v = (f"not tested: none of the {len(parity)} parity runs generalised within its max steps (the claim is "
-                 f"about runs that do); Ô01 dropped by ≥ {min_drop:g} after memorisation in {len(dropped)} and "
-                 f"re-rose (alarm) in {len(rose)}")
+            v = (f"not tested: none of the {len(measured)} parity runs generalised within its max steps (the claim is "
+                 f"about runs that do); {counts}")
         else:
-            v = ("reproduced" if len(dropped) == len(parity) and not rose else "not" if len(rose) == len(parity)
-                 else "partly") + (f": Ô01 dropped by ≥ {min_drop:g} after memorisation in {len(dropped)}/"
-                                   f"{len(parity)} parity runs and re-rose (an alarm before the jump, or at all if "
-                                   f"there was none) in {len(rose)}/{len(parity)}; {len(grokked)}/{len(parity)} grokked")
+            v = ("reproduced" if len(dropped) == len(measured) and not rose else "not" if len(rose) == len(measured)
+                 else "partly") + f": {counts}"
     out.append(f"- **On k-sparse parity the signal blurs / Ô01 drops instead of rising.** {v}. Rule: reproduced = "
                "a drop and no re-rise alarm in every parity run; not = a re-rise alarm in every one; partly otherwise.")
-    # 6. no rise by step 1,000 → no grok (the pilot's regime: rise near 750, jump near 4,000)
+    # 6. no rise by step 1,000 → no grok (the pilot's regime: rise near 750, jump near 4,000). A "rise" here is the
+    # first step at which the detector's rise condition held at all (first_rise), persistent or not.
     def rise_1000(fs):
         g, _, nev, _ = _split(fs)
-        late = [f for f in g if f["rise_onset"] is None or f["rise_onset"] > 1000]
-        early_nev = [f for f in nev if f["rise_onset"] is not None and f["rise_onset"] <= 1000]
+        late = [f for f in g if f["first_rise"] is None or f["first_rise"] > 1000]
+        early_nev = [f for f in nev if f["first_rise"] is not None and f["first_rise"] <= 1000]
         return g, nev, late, early_nev
 
     g, nev, late, early_nev = rise_1000(pilot)
+    counter = len(late) + len(early_nev)
     if not g and not nev:
         v = "not yet tested in the pilot's regime"
     else:
-        v = ("reproduced" if not late and not early_nev else "not" if g and len(late) == len(g) else "partly") + \
-            (" (half tested: no pilot-regime run failed to grok)" if not nev else "") + \
-            (" (half tested: no pilot-regime run grokked)" if not g else "") + \
-            f": {len(late)}/{len(g)} pilot-regime grokking runs had no rise onset by step 1,000" + \
+        if counter and counter == len(g) + len(nev):
+            v = "not"
+        elif counter:
+            v = "partly"
+        elif g and nev:
+            v = "reproduced"
+        else:
+            v = "no counterexample yet, half tested"
+        v += (" (no pilot-regime run failed to grok)" if not nev else "") + \
+            (" (no pilot-regime run grokked)" if not g else "") + \
+            f": {len(late)}/{len(g)} pilot-regime grokking runs had no rise by step 1,000" + \
             (f" ({', '.join(f['name'] for f in late)})" if late else "") + \
-            f"; {len(early_nev)}/{len(nev)} that did not grok had one by step 1,000"
+            f"; {len(early_nev)}/{len(nev)} that did not grok had one by step 1,000" + \
+            (f" ({', '.join(f['name'] for f in early_nev)})" if early_nev else "")
     gf, nevf, latef, earlyf = rise_1000(fast)
     out.append(f"- **Runs with no re-rise by step 1,000 do not grok (rise begins near step 750, only in runs that "
-               f"will grok).** {v}. Fast regime: {len(latef)}/{len(gf)} grokking runs without an onset by 1,000, "
-               f"{len(earlyf)}/{len(nevf)} non-grokking runs with one. Rule: reproduced = neither kind of "
-               f"counterexample, not = no grokking run had an onset by 1,000. The step-1,000 mark is the pilot's "
-               f"regime's; it cannot transfer to runs that memorise later or grok earlier.")
+               f"will grok).** {v}. Fast regime: {len(latef)}/{len(gf)} grokking runs without a rise by 1,000, "
+               f"{len(earlyf)}/{len(nevf)} non-grokking runs with one. A rise is the first step where smoothed Ô01 "
+               f"stood `rise` above its post-memorisation minimum after a real drop, whether or not it persisted. "
+               f"Rule: reproduced = both kinds of run tested and no counterexample of either kind; not = every tested "
+               f"run a counterexample; partly = some. The step-1,000 mark is the pilot's regime's; it cannot "
+               f"transfer to runs that memorise later or grok earlier.")
     # the issue's question: does Ô01 beat watching test accuracy?
     parts = []
     for label, fs in (("pilot regime", pilot), ("fast regime", fast)):
@@ -730,7 +778,8 @@ def _verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[st
             v = "inconclusive: the loss term did not hold Ô01 near 1 (median post-memorisation Ô01 < 0.9 in every run)"
         else:
             v = ("reproduced" if 3 * len(eg) >= 2 * len(effective) else "partly" if eg else "not") + \
-                f": {len(eg)}/{len(effective)} runs in which forcing held Ô01 ≥ 0.9 still grokked"
+                f": {len(eg)}/{len(effective)} runs in which forcing held Ô01 ≥ 0.9 still grokked" + \
+                _provisional(len(effective), 3, "effectively forced runs")
         v += ". " + "; ".join(per) + (f". Unforced fast-regime grok steps for comparison: median {_fmt(quantile(gf_steps, 0.5))}"
                                       if gf_steps else "")
     out.append(f"- **Forcing Ô01 → 1 does not stop grokking (pilot: 2/3 at 20k steps).** {v}. Rule: among runs where "
@@ -770,8 +819,8 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
     total_wall = sum(f["wall_s"] or 0 for f in facts)
     L += ["## Status of the grid", "",
           f"{len(runs)} of {len(specs) if specs else '?'} runs of `{grid_path or 'the grid'}` have finished; their "
-          f"training took {total_wall / 60:.0f} min of wall time in all (one CPU thread per run, on a 2-core machine "
-          f"shared with other work, so the times are upper bounds). "
+          f"training took {total_wall / 60:.0f} min of wall time in all ({_machine(facts)}; runs shared the machine "
+          f"with other work, so the times are upper bounds). "
           + ("**The rest of the grid has not run**: " + ", ".join(f"`{s.name}`" for s in missing) + ". "
              "`fastcka study docs/study/grid.toml --jobs 2` resumes it (finished runs are skipped, a killed run "
              "resumes from its checkpoint in `runs/study-ckpt/`, which is not committed: on another machine an unfinished "
@@ -800,7 +849,7 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
           f"({'debiased' if val('unbiased') == 'True' else 'biased'} linear CKA); Fourier concentration over the top "
           f"{val('fourier_top_k')} frequencies; grok step = first logged step with test accuracy ≥ {val('grok_acc')}; "
           f"memorisation = train accuracy ≥ {'/'.join(mem_accs)}. The split, initialisation and probe are seeded by "
-          "the run's seed; CPU, float32, one thread per run.", ""]
+          f"the run's seed; float32; {_machine(facts)}.", ""]
     seen_groups: dict[str, dict] = {}
     for s in specs or []:
         seen_groups.setdefault(s.group, {"spec": s, "seeds": [], "done": []})
@@ -822,14 +871,18 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
                  f"{c['train_frac']} | {c['lr']:g} | {c['weight_decay']:g} | {'on' if c['layer_norm'] else 'off'} | "
                  f"{c['force_cka']:g} | {c['max_steps']} | {c['stop_after_grok']} | {c['every']} | "
                  f"{','.join(map(str, gi['seeds'])) or '–'} | {','.join(map(str, sorted(gi['done']))) or 'none'} |")
-    det = DetectorConfig(**(facts[0]["config"]["detector"] if facts else {}))
-    L += ["", "Detector (DESIGN §2, `fastcka/grok/detect.py`), the same for every signal: "
+    dets = sorted({json.dumps(f["config"]["detector"], sort_keys=True) for f in facts}) or [json.dumps({})]
+    det = DetectorConfig(**json.loads(dets[0]))
+    L += ["", "Detector (DESIGN §2, `fastcka/grok/detect.py`, rule version "
+          f"{_detector_version()}), the same for every signal"
+          + (": " if len(dets) == 1 else f" (the runs use {len(dets)} different settings; the first): ")
           + ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(det).items() if k != "direction") + ". "
           "Signals: " + "; ".join(f"`{s.name}` — {s.label}" + (f", min_drop {s.min_drop:g}" if s.min_drop is not None
                                   else "") for s in SIGNALS)
           + f"; `test_acc` ({TEST_ACC_LABEL}) — first logged step at or after memorisation with test accuracy "
           f"{TEST_ACC_GAIN:g} above its value at memorisation (what a user watching test accuracy would see). Relative "
-          "signals are divided by their value at step 0, so `rise` 0.05 means a 5% move. Measures with no "
+          "signals are divided by the absolute value of their first finite non-zero point (step 0 in practice), so `rise` "
+          "0.05 means a 5% move. Measures with no "
           "memorisation dip take min_drop 0. A hit is an alarm strictly before the grok step; an alarm in a run that "
           "did not grok is a false alarm. \"Did not grok\" means not within the run's max steps, and grokking runs "
           "stop `stop after grok` steps after the jump: both are censored, not final. `weight_norm` cannot fall "
@@ -861,7 +914,7 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
                                                             "test_acc_rise", "test_acc"))
                  + f" | {_fmt((f['wall_s'] or 0) / 60, 1)} |")
     L += ["", "Alarm columns are steps (– = none). Lead = grok step − Ô01 alarm step (negative: the alarm came after "
-          "the jump).", ""]
+          "the jump). " + _recorded_alarm_note(facts), ""]
     # signal tables
     sets = [("pilot regime (p 97/113, lr 1e-3) + its controls", _modular(facts, "pilot")),
             ("fast regime (p 59, lr 3e-3) + its controls", _modular(facts, "fast")),
@@ -891,7 +944,7 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
           f"two logging intervals after the end of a spike window: {sum(f['onset_after_window'] for f in facts)} of "
           f"{sum(f['rise_onset'] is not None for f in facts)}.", ""]
     L += ["### How much do the detector's thresholds matter?", "",
-          "The Ô01 detector (guard hold, other settings as above) re-run on the same logs with each combination of "
+          "The Ô01 detector (each run's own settings, as above) re-run on the same logs with each combination of "
           "its rise threshold and persistence. A setting that separates the runs would fire before the jump in every "
           "grokking run and in no run that did not grok.", "", *sensitivity_table(runs, facts), ""]
     L += ["## The pilot's claims", "", *_verdicts(facts, by_guard), "",

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from . import _metrics
 from .data import TASKS, make_dataset
-from .detect import Detector, DetectorConfig
+from .detect import DETECTOR_VERSION, Detector, DetectorConfig
 from .model import ModelConfig, Transformer
 
 CHECKPOINT, CONFIG, LOG, SUMMARY, PLOT = "checkpoint.pt", "config.json", "log.csv", "summary.json", "plot.png"
@@ -265,7 +265,7 @@ def summarise(cfg: TrainConfig, rows: list[dict], extra: dict) -> dict:
     at_alarm = next((r["test_acc"] for r in rows if r["step"] == d.alarm_step), None)
     return {
         "memorised_step": d.memorised_step, "alarm_step": d.alarm_step, "rise_onset_step": d.rise_onset_step,
-        "grok_step": grok, "lead": lead, "test_acc_at_alarm": at_alarm,
+        "first_rise_step": d.first_rise_step, "detector_version": DETECTOR_VERSION, "grok_step": grok, "lead": lead, "test_acc_at_alarm": at_alarm,
         "o01_peak": d.peak, "o01_min": d.minimum, "o01_min_step": d.minimum_step, "spike_steps": d.spike_steps,
         "alarm_step_by_spike_guard": other_guards,
         "final": rows[-1] if rows else None, "cka_backend": _metrics.BACKEND, **extra,
