@@ -357,4 +357,4 @@ def test_report_says_where_a_recorded_alarm_differs_from_the_recomputed_one(tmp_
     summary["alarm_step"] = 123  # as if an older rule had raised it during training
     (runs / "g-s0" / "summary.json").write_text(json.dumps(summary))
     text = _report(tmp_path, runs)
-    assert "g-s0 123 → " in text and "(v1)" in text
+    assert "g-s0 123 → " in text and "(an unversioned rule" in text

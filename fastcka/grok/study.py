@@ -325,7 +325,7 @@ def analyse_run(run: dict, spike_guard: Optional[str] = None) -> dict:
     return {"name": run["name"], "group": s["study"]["group"], "role": s["study"]["role"], "seed": c["seed"],
             "task": c["task"], "p": c["p"], "regime": regime(c), "grok": grok,
             "onset_after_window": onset_after_window, "first_rise": o.result.first_rise_step,
-            "recorded_alarm": s.get("alarm_step"), "detector_version": s.get("detector_version", 1),
+            "recorded_alarm": s.get("alarm_step"), "detector_version": s.get("detector_version", 1),  # unversioned summaries predate v2
             "device": s.get("device"), "threads": s.get("threads"), "steps": rows[-1]["step"] if rows else 0,
             "memorised": o.result.memorised_step, "rise_onset": o.result.rise_onset_step, "alarms": alarms,
             "leads": {k: (grok - a if grok is not None and a is not None else None) for k, a in alarms.items()},
@@ -611,6 +611,10 @@ def _detector_version() -> int:
     return DETECTOR_VERSION
 
 
+def _rule(f: dict) -> str:
+    return f"rule v{f['detector_version']}" if f["detector_version"] != 1 else "an unversioned rule (v1 or a draft of v2)"
+
+
 def _recorded_alarm_note(facts: Sequence[dict]) -> str:
     """Every alarm in this report is recomputed from the logs with the current detector; say where the alarm a run
     recorded during training differs (it was raised by an older rule)."""
@@ -620,7 +624,7 @@ def _recorded_alarm_note(facts: Sequence[dict]) -> str:
     return (f"Every alarm here is recomputed from the logs with detector rule version {_detector_version()}. "
             f"{len(differ)} run(s) recorded a different Ô01 alarm during training under an older rule (recorded → "
             "recomputed): " + ", ".join(f"{f['name']} {_fmt(f['recorded_alarm'])} → {_fmt(f['alarms']['o01'])} "
-                                        f"(v{f['detector_version']})" for f in differ) + ".")
+                                        f"({_rule(f)})" for f in differ) + ".")
 
 
 def _verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[str]:
