@@ -129,6 +129,9 @@ def _run_one(spec: RunSpec, runs_dir: str, ckpt_dir: str, threads: int) -> dict:
                                "resumed": resume, "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
     timing_path.write_text(json.dumps(timing, indent=2) + "\n")
     if summary["interrupted"]:
+        # mark the grid as stopping here, in the worker: another worker may pick up a queued run before the main
+        # process has read this result
+        (Path(ckpt_dir) / STOP).touch()
         return {"name": spec.name, "interrupted": True}
     dest = Path(runs_dir) / spec.name
     dest.mkdir(parents=True, exist_ok=True)
@@ -174,7 +177,7 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | Path, ckpt_dir: str | Pat
         stop = ckpt_dir / STOP
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         stop.unlink(missing_ok=True)
-        ex = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+        ex = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_ignore_ctrl_c)
         futs = [ex.submit(_run_one, s, str(runs_dir), str(ckpt_dir), threads) for s in todo]
         collected: set = set()
 
@@ -209,6 +212,14 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | Path, ckpt_dir: str | Pat
             stop.unlink(missing_ok=True)
     bar.close()
     return results
+
+
+def _ignore_ctrl_c() -> None:
+    """Worker initializer: an idle worker ignores Ctrl-C (a training run installs its own checkpoint-and-stop
+    handler), so a Ctrl-C between two runs cannot break the pool."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _result_line(r: dict) -> str:
