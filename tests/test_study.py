@@ -358,3 +358,10 @@ def test_report_says_where_a_recorded_alarm_differs_from_the_recomputed_one(tmp_
     (runs / "g-s0" / "summary.json").write_text(json.dumps(summary))
     text = _report(tmp_path, runs)
     assert "g-s0 123 → " in text and "(an unversioned rule" in text
+
+
+def test_parity_that_generalises_at_memorisation_cannot_test_the_claim(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "par-s0", "parity", grok=200, rise_at=None, task="parity", p=2, lr=1e-3)  # memorised at 200 too
+    verdict = _verdict(_report(tmp_path, runs), "On k-sparse parity")
+    assert verdict.startswith("not tested: 1/1 parity runs generalised by the step they memorised (par-s0 at step 200)")

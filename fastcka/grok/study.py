@@ -696,10 +696,17 @@ def _verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[st
                "any. \"Did not grok\" means not within the run's max steps (censored).")
     # 5. parity
     parity = [f for f in facts if f["regime"] == "parity"]
-    measured = [f for f in parity if f["o01_peak"] is not None and f["o01_min"] is not None]
-    unmeasured = len(parity) - len(measured)
+    # grokking is generalisation *after* memorisation: a run that generalised by the time it memorised has no delay
+    instant = [f for f in parity if f["grok"] is not None and f["memorised"] is not None and f["grok"] <= f["memorised"]]
+    measured = [f for f in parity if f["o01_peak"] is not None and f["o01_min"] is not None and f not in instant]
+    unmeasured = len(parity) - len(measured) - len(instant)
     if not parity:
         v = "not yet tested (no parity run finished)"
+    elif instant and not measured:
+        where = ", ".join(f"{f['name']} at step {f['grok']}" for f in instant)
+        v = (f"not tested: {len(instant)}/{len(parity)} parity runs generalised by the step they memorised ({where}): "
+             "no grokking delay, so this parity setting cannot test the claim; a harder one (more bits, less data) is "
+             "needed")
     elif not measured:
         v = f"inconclusive: none of the {len(parity)} parity runs has a measurable Ô01 drop (no memorisation or no finite Ô01)"
     else:
@@ -711,7 +718,8 @@ def _verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[st
         counts = (f"Ô01 dropped by ≥ {min_drop:g} after memorisation in {len(dropped)}/{len(measured)} parity runs and "
                   f"re-rose (an alarm before the jump, or at all if there was none) in {len(rose)}/{len(measured)}; "
                   f"{len(grokked)}/{len(measured)} grokked"
-                  + (f"; {unmeasured} run(s) without a measurable Ô01 left out" if unmeasured else ""))
+                  + (f"; {unmeasured} run(s) without a measurable Ô01 left out" if unmeasured else "")
+                  + (f"; {len(instant)} run(s) with no grokking delay left out" if instant else ""))
         if not grokked:
             v = (f"not tested: none of the {len(measured)} parity runs generalised within its max steps (the claim is "
                  f"about runs that do); {counts}")
