@@ -773,7 +773,10 @@ def _verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[st
         earlier_rise = [f for f in h if f["alarms"]["test_acc_rise"] is None
                         or f["alarms"]["o01"] < f["alarms"]["test_acc_rise"]]
         _, ht, _, fat = _split(fs, "test_acc")
-        v = "yes" if len(earlier) == len(g) and len(fa) <= len(fat) else ("in some runs" if earlier else "no")
+        if len(earlier) == len(g):
+            v = "yes" if len(fa) <= len(fat) else "earlier, but with more false alarms"
+        else:
+            v = "in some runs" if earlier else "no"
         parts.append(f"{label}: {v} — the Ô01 alarm came before {TEST_ACC_LABEL} in {len(earlier)}/{len(g)} grokking "
                      f"runs and before the test-accuracy detector (`test_acc_rise`) in {len(earlier_rise)}/{len(g)}; "
                      f"false alarms in runs that did not grok: Ô01 {len(fa)}/{len(nev)}, {TEST_ACC_LABEL} "
