@@ -1,0 +1,148 @@
+"""Per-run analysis: every progress measure run through the detector on a finished run's log, and the facts the
+report is built from (grok step, alarms, leads, the Ô01 drop)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from ..detect import Detector, DetectorConfig
+from .grid import SUMMARY
+from .stats import quantile
+
+
+@dataclasses.dataclass
+class Signal:
+    """A progress measure run through the detector: ``key`` a log column; ``direction`` +1 warns on a re-rise, −1 on a
+    re-fall; ``normalise`` divides the series by its first finite value (so that ``rise`` is a relative change);
+    ``min_drop`` overrides the detector's (0: no drop needed, for measures with no memorisation dip)."""
+
+    name: str
+    key: str
+    direction: int
+    normalise: bool
+    min_drop: Optional[float]
+    label: str
+
+
+SIGNALS = [
+    Signal("o01", "o01", +1, False, None, "Ô01 re-rise (the pilot's signal)"),
+    Signal("fourier", "fourier", +1, False, 0.0, "Fourier concentration of W_E rises (Nanda et al.)"),
+    Signal("weight_norm", "weight_norm", -1, True, 0.0, "weight norm falls, relative (Omnigrok)"),
+    Signal("spec_entropy", "spec_entropy", -1, True, 0.0, "spectral entropy of the last residual covariance falls, relative (Khanh et al.)"),
+    Signal("test_loss", "test_loss", -1, True, 0.0, "test loss falls, relative to its initial value"),
+    Signal("test_acc_rise", "test_acc", +1, False, 0.0, "test accuracy rises 0.05 above its post-memorisation minimum"),
+]
+# The "just watch test accuracy" baseline: the first point at/after memorisation where test accuracy is this much
+# above its value at memorisation. Relative, because test accuracy at memorisation differs by regime (0.11–0.14 at
+# p = 59, train fraction 0.4), and an absolute threshold below it fires at memorisation in every run.
+TEST_ACC_GAIN = 0.10
+TEST_ACC_LABEL = "test acc +0.10"
+
+
+def regime(c: dict) -> str:
+    """Which part of the study a run belongs to, from its config (never its name): ``pilot`` (p 97/113, lr 1e-3),
+    ``fast`` (p 59, lr 3e-3), ``parity``, ``forcing``, ``layernorm`` or ``other``."""
+    if c["task"] == "parity":
+        return "parity"
+    if c.get("force_cka", 0.0):
+        return "forcing"
+    if c.get("layer_norm", False):
+        return "layernorm"
+    if c["p"] in (97, 113) and math.isclose(c["lr"], 1e-3) and c["task"] in ("add", "mul"):
+        return "pilot"
+    if c["p"] == 59 and math.isclose(c["lr"], 3e-3):
+        return "fast"
+    return "other"
+
+
+def read_rows(path: Path) -> list[dict]:
+    from ..train import read_log
+
+    return read_log(path)
+
+
+def signal_alarm(rows: list[dict], sig: Signal, det: DetectorConfig) -> Optional[int]:
+    """The alarm step of one signal on one run's log, by the online detector."""
+    cfg = dataclasses.replace(det, direction=sig.direction)
+    if sig.min_drop is not None:
+        cfg = dataclasses.replace(cfg, min_drop=sig.min_drop)
+    scale = 1.0
+    if sig.normalise:
+        first = next((r[sig.key] for r in rows if math.isfinite(r[sig.key]) and r[sig.key] != 0), None)
+        if first is None:
+            return None
+        scale = abs(first)
+    d = Detector(cfg)
+    for r in rows:
+        d.update(r["step"], r[sig.key] / scale, r["train_acc"], r["train_loss_max"])
+    return d.result.alarm_step
+
+
+def test_acc_alarm(rows: list[dict], memorised_acc: float, gain: float = TEST_ACC_GAIN) -> Optional[int]:
+    """First step at/after memorisation where test accuracy is ``gain`` above its value at memorisation."""
+    mem = next((r for r in rows if r["train_acc"] >= memorised_acc), None)
+    if mem is None or not math.isfinite(mem["test_acc"]):
+        return None
+    return next((r["step"] for r in rows if r["step"] >= mem["step"] and r["test_acc"] >= mem["test_acc"] + gain), None)
+
+
+def load_runs(runs_dir: Path | str) -> list[dict]:
+    """Every finished run in runs_dir: its summary (with the ``study`` entry) and its log rows."""
+    out = []
+    for d in sorted(Path(runs_dir).iterdir()) if Path(runs_dir).exists() else []:
+        if (d / SUMMARY).exists() and (d / "log.csv").exists():
+            s = json.loads((d / SUMMARY).read_text())
+            s.setdefault("study", {"run": d.name, "group": d.name.rsplit("-s", 1)[0], "role": "grok",
+                                   "seed": s["config"]["seed"]})
+            out.append({"name": d.name, "summary": s, "rows": read_rows(d / "log.csv")})
+    return out
+
+
+def analyse_run(run: dict, spike_guard: Optional[str] = None) -> dict:
+    """Per-run facts: grok step, and each signal's alarm and lead (grok − alarm)."""
+    s, rows = run["summary"], run["rows"]
+    c = s["config"]
+    det = DetectorConfig(**c["detector"])
+    if spike_guard is not None:
+        det = dataclasses.replace(det, spike_guard=spike_guard)
+    grok = next((r["step"] for r in rows if r["test_acc"] >= c["grok_acc"]), None)
+    alarms = {sig.name: signal_alarm(rows, sig, det) for sig in SIGNALS}
+    alarms["test_acc"] = test_acc_alarm(rows, det.memorised_acc)
+    o = Detector(det)
+    for r in rows:
+        o.update(r["step"], r["o01"], r["train_acc"], r["train_loss_max"])
+    onset_after_window = any(0 < o.result.rise_onset_step - (sp + det.spike_window) <= 2 * c.get("every", 25)
+                             for sp in o.result.spike_steps) if o.result.rise_onset_step is not None else False
+    return {"name": run["name"], "group": s["study"]["group"], "role": s["study"]["role"], "seed": c["seed"],
+            "task": c["task"], "p": c["p"], "regime": regime(c), "grok": grok,
+            "onset_after_window": onset_after_window, "first_rise": o.result.first_rise_step,
+            "recorded_alarm": s.get("alarm_step"), "detector_version": s.get("detector_version", 1),  # unversioned summaries predate v2
+            "device": s.get("device"), "threads": s.get("threads"), "steps": rows[-1]["step"] if rows else 0,
+            "memorised": o.result.memorised_step, "rise_onset": o.result.rise_onset_step, "alarms": alarms,
+            "leads": {k: (grok - a if grok is not None and a is not None else None) for k, a in alarms.items()},
+            "o01_peak": o.result.peak, "o01_min": o.result.minimum, "spikes": len(o.result.spike_steps),
+            "o01_post_median": quantile([r["o01"] for r in rows if o.result.memorised_step is not None
+                                         and r["step"] >= o.result.memorised_step and math.isfinite(r["o01"])], 0.5),
+            "wall_s": s.get("study", {}).get("wall_s_total", s.get("wall_s")), "config": c}
+
+
+
+def spike_jumps(rows: list[dict], det: DetectorConfig) -> tuple[list[float], list[float]]:
+    """|ΔÔ01| from the row before to the row of each train-loss spike, and |ΔÔ01| between all other adjacent rows after
+    memorisation: does Ô01 move at the spikes?"""
+    d = Detector(dataclasses.replace(det, spike_guard="hold"))
+    for r in rows:
+        d.update(r["step"], r["o01"], r["train_acc"], r["train_loss_max"])
+    spikes, mem = set(d.result.spike_steps), d.result.memorised_step
+    at, other = [], []
+    for a, b in zip(rows, rows[1:]):
+        if mem is None or a["step"] < mem:
+            continue
+        jump = abs(b["o01"] - a["o01"])
+        if math.isfinite(jump):
+            (at if b["step"] in spikes else other).append(jump)
+    return at, other

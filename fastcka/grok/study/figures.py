@@ -1,0 +1,95 @@
+"""The report's figures: small multiples of every run, and the lead time of every signal (matplotlib, imported
+lazily)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from ..detect import Detector, DetectorConfig
+from .analysis import SIGNALS
+from .fmt import fmt_num
+from .verdicts import PILOT
+
+
+def plot_runs(runs: Sequence[dict], facts: Sequence[dict], path: Path) -> None:
+    """Small multiples: Ô01 (raw, thin; smoothed, thick) and train/test accuracy per run, with the memorisation
+    (grey), Ô01 alarm (red) and grok (green) lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(runs)
+    ncols = min(4, max(1, n))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.8 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, run, f in zip(axes.flat, runs, facts):
+        rows = run["rows"]
+        steps = [r["step"] for r in rows]
+        d = Detector(DetectorConfig(**f["config"]["detector"]))
+        for r in rows:
+            d.update(r["step"], r["o01"], r["train_acc"], r["train_loss_max"])
+        ax.plot(steps, [r["o01"] for r in rows], color="tab:green", alpha=0.3, lw=0.8)
+        ax.plot(steps, d.result.smoothed, color="tab:green", lw=1.6, label="Ô01 (smoothed)")
+        ax.set_ylim(0, 1.02)
+        ax2 = ax.twinx()
+        ax2.plot(steps, [r["train_acc"] for r in rows], color="tab:blue", lw=0.9, label="train acc")
+        ax2.plot(steps, [r["test_acc"] for r in rows], color="tab:orange", lw=0.9, label="test acc")
+        ax2.set_ylim(0, 1.02)
+        ax2.set_yticklabels([])
+        for s in d.result.spike_steps:
+            ax.axvline(s, color="grey", ls=":", lw=0.6)
+        for s, c in ((f["memorised"], "grey"), (f["alarms"]["o01"], "tab:red"), (f["grok"], "tab:green")):
+            if s is not None:
+                ax.axvline(s, color=c, lw=1.2)
+        ax.set_title(f"{f['name']}: alarm {fmt_num(f['alarms']['o01'])}, grok {fmt_num(f['grok'])}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    h1, l1 = axes.flat[0].get_legend_handles_labels()
+    fig.legend(h1 + [plt.Line2D([], [], color="tab:blue"), plt.Line2D([], [], color="tab:orange"),
+                     plt.Line2D([], [], color="tab:red"), plt.Line2D([], [], color="tab:green", lw=1.2),
+                     plt.Line2D([], [], color="grey", ls=":")],
+               l1 + ["train acc (right)", "test acc (right)", "Ô01 alarm", "grok step", "train-loss spike"],
+               loc="lower center", ncol=7, fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 if nrows > 1 else 0.08, 1, 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_leads(facts: Sequence[dict], path: Path) -> None:
+    """Lead time (grok − alarm) of every signal in every grokking run, in steps and as a fraction of the grok step;
+    alarms after the jump are negative, runs with no alarm are not drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s.name for s in SIGNALS] + ["test_acc"]
+    grokked = [f for f in facts if f["grok"] is not None and f["grok"] > 0]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    groups = sorted({f["group"] for f in grokked})
+    colors = {g: plt.cm.tab10(i % 10) for i, g in enumerate(groups)}
+    for i, sig in enumerate(names):
+        for j, f in enumerate(grokked):
+            lead = f["leads"][sig]
+            if lead is None:
+                continue
+            x = i + (j - len(grokked) / 2) * 0.6 / max(len(grokked), 1)
+            a1.scatter(x, lead, color=colors[f["group"]], s=18)
+            a2.scatter(x, lead / f["grok"], color=colors[f["group"]], s=18)
+    for ax, yl in ((a1, "lead (steps)"), (a2, "lead / grok step")):
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, fontsize=8, rotation=20)
+        ax.set_ylabel(yl)
+    a1.axhspan(PILOT["lead"] - PILOT["lead_sd"], PILOT["lead"] + PILOT["lead_sd"], color="tab:red", alpha=0.12,
+               label="pilot: 3,297 ± 461")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colors[g]) for g in groups]
+    a1.legend(handles + [plt.Rectangle((0, 0), 1, 1, color="tab:red", alpha=0.12)], groups + ["pilot 3,297 ± 461"],
+              fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

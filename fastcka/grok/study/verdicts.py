@@ -1,0 +1,231 @@
+"""A plain verdict on each of the pilot's claims, judged only from the finished runs of the pilot's own regime, with
+the rule that decides it stated next to it."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from ..detect import DetectorConfig
+from .analysis import TEST_ACC_LABEL
+from .fmt import fmt_ci, fmt_num
+from .stats import quantile, wilson
+
+GUARDS = ("hold", "off", "rebase")
+PILOT = {"lead": 3297, "lead_sd": 461, "mul_lead": 3083, "mul_lead_sd": 186}
+
+
+def _split(fs: Sequence[dict], signal: str = "o01") -> tuple[list, list, list, list]:
+    """(runs that grokked, those with an alarm strictly before the grok step, runs that did not grok, those that
+    alarmed anyway)."""
+    g = [f for f in fs if f["grok"] is not None]
+    never = [f for f in fs if f["grok"] is None]
+    return (g, [f for f in g if f["leads"][signal] is not None and f["leads"][signal] > 0], never,
+            [f for f in never if f["alarms"][signal] is not None])
+
+
+def modular_runs(facts: Sequence[dict], reg: str, task: Optional[str] = None) -> list[dict]:
+    """The grok- and control-role runs of one regime (a control that grokked counts as a grokking run)."""
+    return [f for f in facts if f["regime"] == reg and f["role"] in ("grok", "control")
+            and (task is None or f["task"] == task)]
+
+
+def _provisional(n: int, pilot_n: int, what: str) -> str:
+    return f" (provisional: {n} {what}, fewer than the pilot's {pilot_n})" if n < pilot_n else ""
+
+
+def _lead_verdict(fs: Sequence[dict], mean: float, sd: float, pilot_n: int, what: str, verdict: bool = True) -> str:
+    """Reproduced = an alarm in every grokking run and a median lead within 2 SD of the pilot's mean; not = no alarm,
+    or a median lead outside that band; partly = alarms in some runs with a median lead inside it. With
+    ``verdict=False`` only the numbers (for a regime that is not the pilot's)."""
+    g, h, _, _ = _split(fs)
+    if not g:
+        return "not yet tested (no such run has finished and grokked)" if verdict else "no grokking run yet"
+    if not h:
+        return (f"not: no alarm before the jump in 0/{len(g)} {what}" if verdict
+                else f"no alarm before the jump in 0/{len(g)} {what}")
+    leads = [f["leads"]["o01"] for f in h]
+    med = quantile(leads, 0.5)
+    inside = abs(med - mean) <= 2 * sd
+    v = ("reproduced" if inside and len(h) == len(g) else "partly" if inside else "not")
+    if not verdict:
+        return (f"median lead {fmt_num(med)} steps ({fmt_num(quantile([f['leads']['o01'] / f['grok'] for f in h], 0.5), 2)} "
+                f"of the grok step) in {len(h)}/{len(g)} {what}")
+    return (f"{v}: median lead {fmt_num(med)} steps (IQR {fmt_num(quantile(leads, 0.25))}–{fmt_num(quantile(leads, 0.75))}; "
+            f"{fmt_num(quantile([f['leads']['o01'] / f['grok'] for f in h], 0.5), 2)} of the grok step) in {len(h)}/{len(g)} "
+            f"{what}{'' if inside else f', outside {mean:,.0f} ± {2 * sd:,.0f}'}{_provisional(len(g), pilot_n, what)}")
+
+
+def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[str]:
+    """The pilot's claims, each judged from the finished runs of the pilot's own regime (p 97/113, lr 1e-3); the fast
+    regime is reported beside it but never decides a verdict. Rules are stated next to each verdict."""
+    pilot, fast = modular_runs(facts, "pilot"), modular_runs(facts, "fast")
+    out = []
+
+    def hits_line(fs, label):
+        g, h, _, _ = _split(fs)
+        return f"{label}: {len(h)}/{len(g)}" if g else f"{label}: no grokking run yet"
+
+    # 1. every grokking run re-rises before the jump
+    g, h, _, _ = _split(pilot)
+    if not g:
+        v = "not yet tested in the pilot's regime (no pilot-regime run has finished and grokked)"
+    else:
+        v = ("reproduced" if len(h) == len(g) else "partly" if h else "not") + \
+            f": the alarm fired before the grok step in {len(h)}/{len(g)} pilot-regime grokking runs (Wilson 95% " \
+            f"{fmt_ci(wilson(len(h), len(g)), True)})" + _provisional(len(g), 16, "grokking runs")
+    gf, hf, _, _ = _split(fast)
+    guard_src, guard_label = (g, "pilot regime") if g else (gf, "fast regime")
+    guards = ""
+    if by_guard and guard_src:
+        names = {x["name"] for x in guard_src}
+        guards = (f" The same logs ({guard_label}) with each spike guard: " + "; ".join(
+            f"{gd}: {sum(1 for f in by_guard[gd] if f['name'] in names and (f['leads']['o01'] or 0) > 0)}/"
+            f"{len(guard_src)}" for gd in GUARDS) + ". (`rebase` restarts the average and the running minimum after every spike window; "
+            "it removes level shifts made at a spike, but also any slow rise that spans spikes, so a low count under "
+            "rebase alone does not show that the rise is made of spikes.)")
+    out.append(f"- **Ô01 re-rises before the jump in every grokking run (pilot: 16/16).** {v}. Fast regime (p 59, "
+               f"lr 3e-3; not the pilot's regime, no verdict): {len(hf)}/{len(gf)}. Rule: reproduced = all, partly = "
+               f"some, not = none." + guards)
+    # 2. the lead (addition) and 4. multiplication
+    out.append(f"- **The lead is ~3,000 steps (3,297 ± 461) in the pilot's regime.** "
+               f"{_lead_verdict(modular_runs(facts, 'pilot', 'add'), PILOT['lead'], PILOT['lead_sd'], 10, 'pilot-regime addition runs')}."
+               f" Fast regime (numbers only): {_lead_verdict(modular_runs(facts, 'fast', 'add'), PILOT['lead'], PILOT['lead_sd'], 0, 'fast-regime runs', verdict=False)}."
+               " Rule: reproduced = an alarm in every grokking run and a median lead within 2 SD (±922) of 3,297; "
+               "not = no alarm, or a median outside that band; partly = alarms in some runs, median inside. (The pilot "
+               "gives a mean ± SD over its addition runs; we compare our median with it.)")
+    out.append(f"- **Multiplication: 6/6, lead 3,083 ± 186.** "
+               f"{_lead_verdict(modular_runs(facts, 'pilot', 'mul'), PILOT['mul_lead'], PILOT['mul_lead_sd'], 6, 'pilot-regime multiplication runs')}."
+               " Rule: as for addition, with 3,083 ± 372.")
+    # 3. no alarm in runs that do not grok
+    _, _, nev, fa = _split(pilot)
+    _, _, nevf, faf = _split(fast)
+    if not nev:
+        v = "not yet tested in the pilot's regime (no pilot-regime run has finished without grokking)"
+    else:
+        v = ("not" if fa else "reproduced" if len(nev) >= 5 else "partly (no false alarm") + \
+            ("" if fa or len(nev) >= 5 else f", but {len(nev)} runs, fewer than the pilot's 5)") + \
+            f": the Ô01 alarm fired in {len(fa)}/{len(nev)} pilot-regime runs that did not grok (Wilson 95% " \
+            f"{fmt_ci(wilson(len(fa), len(nev)), True)})" + (f": {', '.join(f['name'] for f in fa)}" if fa else "")
+    out.append(f"- **No alarm in runs that do not grok (pilot: 0/5).** {v}. Fast regime: false alarms in "
+               f"{len(faf)}/{len(nevf)} runs that did not grok" + (f" ({', '.join(f['name'] for f in faf)})" if faf
+                                                                    else "")
+               + ". Rule: reproduced = no alarm in ≥ 5 pilot-regime runs that did not grok; partly = none in fewer; not = "
+               "any. \"Did not grok\" means not within the run's max steps (censored).")
+    # 5. parity
+    parity = [f for f in facts if f["regime"] == "parity"]
+    # grokking is generalisation *after* memorisation: a run that generalised by the time it memorised has no delay
+    instant = [f for f in parity if f["grok"] is not None and f["memorised"] is not None and f["grok"] <= f["memorised"]]
+    measured = [f for f in parity if f["o01_peak"] is not None and f["o01_min"] is not None and f not in instant]
+    unmeasured = len(parity) - len(measured) - len(instant)
+    if not parity:
+        v = "not yet tested (no parity run finished)"
+    elif instant and not measured:
+        where = ", ".join(f"{f['name']} at step {f['grok']}" for f in instant)
+        v = (f"not tested: {len(instant)}/{len(parity)} parity runs generalised by the step they memorised ({where}): "
+             "no grokking delay, so this parity setting cannot test the claim; a harder one (more bits, less data) is "
+             "needed")
+    elif not measured:
+        v = f"inconclusive: none of the {len(parity)} parity runs has a measurable Ô01 drop (no memorisation or no finite Ô01)"
+    else:
+        min_drop = DetectorConfig(**measured[0]["config"]["detector"]).min_drop
+        dropped = [f for f in measured if f["o01_peak"] - f["o01_min"] >= min_drop]
+        rose = [f for f in measured if f["alarms"]["o01"] is not None
+                and (f["grok"] is None or f["alarms"]["o01"] < f["grok"])]
+        grokked = [f for f in measured if f["grok"] is not None]
+        counts = (f"Ô01 dropped by ≥ {min_drop:g} after memorisation in {len(dropped)}/{len(measured)} parity runs and "
+                  f"re-rose (an alarm before the jump, or at all if there was none) in {len(rose)}/{len(measured)}; "
+                  f"{len(grokked)}/{len(measured)} grokked"
+                  + (f"; {unmeasured} run(s) without a measurable Ô01 left out" if unmeasured else "")
+                  + (f"; {len(instant)} run(s) with no grokking delay left out" if instant else ""))
+        if not grokked:
+            v = (f"not tested: none of the {len(measured)} parity runs generalised within its max steps (the claim is "
+                 f"about runs that do); {counts}")
+        else:
+            v = ("reproduced" if len(dropped) == len(measured) and not rose else "not" if len(rose) == len(measured)
+                 else "partly") + f": {counts}"
+    out.append(f"- **On k-sparse parity the signal blurs / Ô01 drops instead of rising.** {v}. Rule: reproduced = "
+               "a drop and no re-rise alarm in every parity run; not = a re-rise alarm in every one; partly otherwise.")
+    # 6. no rise by step 1,000 → no grok (the pilot's regime: rise near 750, jump near 4,000). A "rise" here is the
+    # first step at which the detector's rise condition held at all (first_rise), persistent or not.
+    def rise_1000(fs):
+        g, _, nev, _ = _split(fs)
+        late = [f for f in g if f["first_rise"] is None or f["first_rise"] > 1000]
+        early_nev = [f for f in nev if f["first_rise"] is not None and f["first_rise"] <= 1000]
+        return g, nev, late, early_nev
+
+    g, nev, late, early_nev = rise_1000(pilot)
+    counter = len(late) + len(early_nev)
+    if not g and not nev:
+        v = "not yet tested in the pilot's regime"
+    else:
+        if counter and counter == len(g) + len(nev):
+            v = "not"
+        elif counter:
+            v = "partly"
+        elif g and nev:
+            v = "reproduced"
+        else:
+            v = "no counterexample yet, half tested"
+        v += (" (no pilot-regime run failed to grok)" if not nev else "") + \
+            (" (no pilot-regime run grokked)" if not g else "") + \
+            f": {len(late)}/{len(g)} pilot-regime grokking runs had no rise by step 1,000" + \
+            (f" ({', '.join(f['name'] for f in late)})" if late else "") + \
+            f"; {len(early_nev)}/{len(nev)} that did not grok had one by step 1,000" + \
+            (f" ({', '.join(f['name'] for f in early_nev)})" if early_nev else "")
+    gf, nevf, latef, earlyf = rise_1000(fast)
+    out.append(f"- **Runs with no re-rise by step 1,000 do not grok (rise begins near step 750, only in runs that "
+               f"will grok).** {v}. Fast regime: {len(latef)}/{len(gf)} grokking runs without a rise by 1,000, "
+               f"{len(earlyf)}/{len(nevf)} non-grokking runs with one. A rise is the first step where smoothed Ô01 "
+               f"stood `rise` above its post-memorisation minimum after a real drop, whether or not it persisted. "
+               f"Rule: reproduced = both kinds of run tested and no counterexample of either kind; not = every tested "
+               f"run a counterexample; partly = some. The step-1,000 mark is the pilot's regime's; it cannot "
+               f"transfer to runs that memorise later or grok earlier.")
+    # the issue's question: does Ô01 beat watching test accuracy?
+    parts = []
+    for label, fs in (("pilot regime", pilot), ("fast regime", fast)):
+        g, h, nev, fa = _split(fs)
+        if not g:
+            continue
+        earlier = [f for f in h if f["alarms"]["test_acc"] is None or f["alarms"]["o01"] < f["alarms"]["test_acc"]]
+        earlier_rise = [f for f in h if f["alarms"]["test_acc_rise"] is None
+                        or f["alarms"]["o01"] < f["alarms"]["test_acc_rise"]]
+        _, ht, _, fat = _split(fs, "test_acc")
+        if len(earlier) == len(g):
+            v = "yes" if len(fa) <= len(fat) else "earlier, but with more false alarms"
+        else:
+            v = "in some runs" if earlier else "no"
+        parts.append(f"{label}: {v} — the Ô01 alarm came before {TEST_ACC_LABEL} in {len(earlier)}/{len(g)} grokking "
+                     f"runs and before the test-accuracy detector (`test_acc_rise`) in {len(earlier_rise)}/{len(g)}; "
+                     f"false alarms in runs that did not grok: Ô01 {len(fa)}/{len(nev)}, {TEST_ACC_LABEL} "
+                     f"{len(fat)}/{len(nev)}")
+    out.append("- **Does the Ô01 alarm beat simply watching test accuracy?** (the issue's question, not a pilot claim) "
+               + ("; ".join(parts) if parts else "not yet tested") + f". Rule: yes = earlier than {TEST_ACC_LABEL} "
+               "in every grokking run with no more false alarms.")
+    # 7. forcing
+    forced = [f for f in facts if f["regime"] == "forcing"]
+    if not forced:
+        v = "not yet tested (no forced run finished)"
+    else:
+        gf_steps = [f["grok"] for f in fast if f["grok"] is not None]
+        per, effective = [], []
+        for lam in sorted({f["config"]["force_cka"] for f in forced}):
+            fs = [f for f in forced if f["config"]["force_cka"] == lam]
+            held = [f for f in fs if (f.get("o01_post_median") or 0) >= 0.9]
+            effective += held
+            per.append(f"λ = {lam:g}: {sum(f['grok'] is not None for f in fs)}/{len(fs)} grokked within "
+                       f"{max(f['config']['max_steps'] for f in fs):,} steps (grok steps "
+                       f"{', '.join(fmt_num(f['grok']) for f in fs)}), median post-memorisation Ô01 "
+                       f"{', '.join(fmt_num(f.get('o01_post_median'), 2) for f in fs)}")
+        eg = [f for f in effective if f["grok"] is not None]
+        if not effective:
+            v = "inconclusive: the loss term did not hold Ô01 near 1 (median post-memorisation Ô01 < 0.9 in every run)"
+        else:
+            v = ("reproduced" if 3 * len(eg) >= 2 * len(effective) else "partly" if eg else "not") + \
+                f": {len(eg)}/{len(effective)} runs in which forcing held Ô01 ≥ 0.9 still grokked" + \
+                _provisional(len(effective), 3, "effectively forced runs")
+        v += ". " + "; ".join(per) + (f". Unforced fast-regime grok steps for comparison: median {fmt_num(quantile(gf_steps, 0.5))}"
+                                      if gf_steps else "")
+    out.append(f"- **Forcing Ô01 → 1 does not stop grokking (pilot: 2/3 at 20k steps).** {v}. Rule: among runs where "
+               "the term held the median post-memorisation Ô01 ≥ 0.9, reproduced = ≥ 2/3 grokked, not = none did "
+               "(within our max steps, shorter than the pilot's 20k: a run that did not grok may grok later).")
+    return out
