@@ -58,6 +58,27 @@ def test_modular_tables():
         assert all(op(int(a), int(b)) == int(c) for (a, b, _), c in zip(x.tolist(), y))
 
 
+def test_parity_sample_is_distinct_seeded_and_labelled():
+    for n_bits, n in ((10, 300), (30, 2000)):
+        x, y = parity_table(n_bits, 3, seed=2, n_samples=n)
+        assert x.shape == (n, n_bits + 1) and (x[:, -1] == 2).all()
+        assert torch.unique(x, dim=0).shape[0] == n  # distinct: no string in both train and test
+        x2, y2 = parity_table(n_bits, 3, seed=2, n_samples=n)
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+        assert not torch.equal(x, parity_table(n_bits, 3, seed=3, n_samples=n)[0])
+        # the label is the parity of the same k positions in every string: find them from the full table's seed
+        relevant = torch.randperm(n_bits, generator=torch.Generator().manual_seed(2))[:3]
+        assert torch.equal(y, x[:, relevant].sum(1) % 2)
+    x, _ = parity_table(17, 3, seed=0)  # more than 16 bits, no n_samples: 2^16 distinct strings
+    assert torch.unique(x, dim=0).shape[0] == 2**16
+    with pytest.raises(ValueError, match="--n-samples"):
+        parity_table(4, 2, seed=0, n_samples=17)
+    with pytest.raises(ValueError, match="--n-bits"):
+        parity_table(63, 2, seed=0, n_samples=10)
+    ds = make_dataset("parity", train_frac=0.25, seed=1, n_bits=20, k=3, n_samples=400)
+    assert ds.train_x.shape == (100, 21) and ds.test_x.shape == (300, 21)
+
+
 def test_parity_table_and_split_are_seeded():
     x, y = parity_table(6, 3, seed=1)
     assert x.shape == (64, 7) and set(y.tolist()) == {0, 1}

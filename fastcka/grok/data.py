@@ -6,7 +6,9 @@ runs over b ≠ 0 only. The vocabulary is p + 1 tokens, the classes are the p re
 one (the ``=`` token).
 
 k-sparse parity (Barak et al. 2022): n random bits written as n tokens (0 or 1) followed by ``=`` (id 2), labelled by
-the parity of k of them, chosen by the seed. All 2ⁿ strings when n ≤ 16, otherwise a seeded sample of 2¹⁶.
+the parity of k of them, chosen by the seed. All 2ⁿ strings when n ≤ 16, otherwise a seeded sample of 2¹⁶ distinct
+ones; ``n_samples`` asks for a seeded sample of that many distinct strings instead (long strings with few examples are
+what makes parity slow to generalise).
 
 Everything is built on the requested device in one piece: the trainer is full batch.
 """
@@ -21,6 +23,7 @@ import torch
 MODULAR_TASKS = ("add", "sub", "mul", "div")
 TASKS = MODULAR_TASKS + ("parity",)
 _MAX_ENUMERATED_BITS = 16
+_MAX_BITS = 62
 
 
 @dataclass
@@ -68,22 +71,39 @@ def modular_table(task: str, p: int, device: torch.device | str = "cpu") -> tupl
     return x, y
 
 
-def parity_table(n_bits: int, k: int, seed: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Bit strings ``x₁ … xₙ =`` labelled by the parity of k seeded positions."""
+def parity_table(n_bits: int, k: int, seed: int, device: torch.device | str = "cpu",
+                 n_samples: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bit strings ``x₁ … xₙ =`` labelled by the parity of k seeded positions: all 2ⁿ of them, or a seeded sample of
+    ``n_samples`` distinct ones (0: all when n ≤ 16, else 2¹⁶)."""
     if n_bits < 1:
         raise ValueError(f"--n-bits: expected at least 1 bit, got {n_bits}")
     if not 1 <= k <= n_bits:
         raise ValueError(f"--k: expected 1 <= k <= n_bits ({n_bits}) relevant bits, got k={k}")
+    if n_bits > _MAX_BITS:
+        raise ValueError(f"--n-bits: at most {_MAX_BITS} bits (strings are drawn as int64), got {n_bits}")
+    if n_samples < 0 or n_samples > 2**n_bits:
+        raise ValueError(f"--n-samples: expected 0 (all) or 1 … 2^{n_bits} = {2**n_bits} distinct strings, got {n_samples}")
     g = torch.Generator().manual_seed(seed)
     relevant = torch.randperm(n_bits, generator=g)[:k]
-    if n_bits <= _MAX_ENUMERATED_BITS:
+    if n_samples == 0 and n_bits <= _MAX_ENUMERATED_BITS:
         ints = torch.arange(2**n_bits)
-        bits = (ints[:, None] >> torch.arange(n_bits)) & 1
     else:
-        bits = torch.randint(0, 2, (2**_MAX_ENUMERATED_BITS, n_bits), generator=g)
+        ints = _distinct_ints(n_samples or 2**_MAX_ENUMERATED_BITS, n_bits, g)
+    bits = (ints[:, None] >> torch.arange(n_bits)) & 1
     y = bits[:, relevant].sum(1) % 2
     x = torch.cat([bits, torch.full((bits.shape[0], 1), 2)], dim=1)
     return x.to(device), y.to(device)
+
+
+def _distinct_ints(n: int, n_bits: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` distinct seeded integers in [0, 2ⁿ_bits), in random order (distinct: no string is both in train and test)."""
+    if n_bits <= _MAX_ENUMERATED_BITS:
+        return torch.randperm(2**n_bits, generator=g)[:n]
+    seen: dict[int, None] = {}  # insertion-ordered, so the draw order (and hence the split) is seeded
+    while len(seen) < n:
+        for v in torch.randint(0, 2**n_bits, (n - len(seen),), generator=g).tolist():
+            seen.setdefault(v, None)
+    return torch.tensor(list(seen)[:n], dtype=torch.int64)
 
 
 def split(n: int, train_frac: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,10 +125,11 @@ def make_dataset(
     n_bits: int = 10,
     k: int = 3,
     device: torch.device | str = "cpu",
+    n_samples: int = 0,
 ) -> Dataset:
     """The full-batch train/test split of a task. The split (and the parity bits) depend on ``seed`` only."""
     if task == "parity":
-        x, y = parity_table(n_bits, k, seed, device)
+        x, y = parity_table(n_bits, k, seed, device, n_samples)
         vocab, classes, modulus = 3, 2, None
     elif task in MODULAR_TASKS:
         x, y = modular_table(task, p, device)

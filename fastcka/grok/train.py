@@ -60,6 +60,7 @@ class TrainConfig:
     train_frac: float = _f(0.4, "fraction of all examples used for training, in (0, 1)")
     n_bits: int = _f(10, "parity: number of bits")
     k: int = _f(3, "parity: number of relevant bits")
+    n_samples: int = _f(0, "parity: a seeded sample of this many distinct strings (0: all 2^n_bits; 2^16 if n_bits > 16)")
     seed: int = _f(0, "seeds the split, the initialisation and the probe subset")
     # the model
     n_layers: int = _f(2, "transformer blocks (Ô01 needs at least 2)")
@@ -174,7 +175,7 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 def build(cfg: TrainConfig, device: torch.device):
     """Data, model, optimiser and probe indices of a config, freshly initialised from its seed."""
-    ds = make_dataset(cfg.task, cfg.p, cfg.train_frac, cfg.seed, cfg.n_bits, cfg.k, device)
+    ds = make_dataset(cfg.task, cfg.p, cfg.train_frac, cfg.seed, cfg.n_bits, cfg.k, device, cfg.n_samples)
     torch.manual_seed(cfg.seed)
     mcfg = ModelConfig(ds.vocab_size, ds.n_classes, ds.seq_len, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_mlp,
                        cfg.layer_norm, cfg.pos_emb, cfg.act)
@@ -365,7 +366,8 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Optional[Callable[[i
 def format_report(s: dict) -> str:
     """The short human report the CLI prints."""
     c = s["config"]
-    what = f"{c['task']} p={c['p']}" if c["task"] != "parity" else f"parity n={c['n_bits']} k={c['k']}"
+    what = (f"{c['task']} p={c['p']}" if c["task"] != "parity" else f"parity n={c['n_bits']} k={c['k']}"
+            + (f" ({c['n_samples']} strings)" if c.get("n_samples") else ""))
     rate = f"{s['steps_per_s']:.1f} steps/s" if s.get("steps_per_s") else "-"
     lines = [f"fastcka grok: {what}, train {c['train_frac']:.0%}, seed {c['seed']}, lr {c['lr']:g}, wd "
              f"{c['weight_decay']:g}{', force-cka ' + format(c['force_cka'], 'g') if c['force_cka'] else ''}",

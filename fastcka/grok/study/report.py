@@ -125,7 +125,8 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
           "grok | every | seeds planned | seeds finished |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, gi in seen_groups.items():
         c = {**tdef, **gi["spec"].config}
-        task = c["task"] if c["task"] != "parity" else f"parity n={c['n_bits']} k={c['k']}"
+        task = (c["task"] if c["task"] != "parity" else f"parity n={c['n_bits']} k={c['k']}"
+                + (f" ({c['n_samples']} strings)" if c.get("n_samples") else ""))
         L.append(f"| {name} | {gi['spec'].role} | {task} | {c['p'] if c['task'] != 'parity' else '–'} | "
                  f"{c['train_frac']} | {c['lr']:g} | {c['weight_decay']:g} | {'on' if c['layer_norm'] else 'off'} | "
                  f"{c['force_cka']:g} | {c['max_steps']} | {c['stop_after_grok']} | {c['every']} | "
