@@ -63,7 +63,7 @@ def main(path: str) -> None:
     for (family, case, device), rows in groups.items():
         floor = rows.get("floor", (None,))[0]
         path = next((r[2].get("path") for r in rows.values() if r[2].get("path")), None)
-        plain_name = {"streaming": "torch_f64", "frequency": "torch_fft"}.get(
+        plain_name = {"streaming": "torch_f64", "frequency": "torch_fft", "grok": "plain"}.get(
             family, "torch_feature" if (family == "linear" and path == "feature") else "torch_gram")
         plain = rows.get(plain_name, (None,))[0]
         print(f"#### {family} {case} ({device}{', ' + path + ' path' if path else ''})\n")
