@@ -46,6 +46,21 @@ def test_bad_input():
         fastcka.center_gram(torch.randn(3, 4))
     with pytest.raises(ValueError, match="symmetric"):
         fastcka.center_gram(torch.randn(4, 4) + torch.triu(torch.ones(4, 4), 1))
+    # the check is blocked (256 rows): an asymmetry in any block pair, far from the diagonal too, is found
+    x = randn(600, 3, seed=5)
+    k = x @ x.T
+    for i, j in ((0, 599), (599, 0), (300, 301), (257, 511)):
+        bad = k.clone()
+        bad[i, j] += 1e-3 * k.abs().max()
+        with pytest.raises(ValueError, match="symmetric"):
+            fastcka.center_gram(bad)
+    nearly = k.clone()
+    nearly[0, 599] += 1e-13 * k.abs().max()  # float64 tolerance: 2e-12 of max|K|
+    fastcka.center_gram(nearly)
+    # NaN is not an asymmetry: NaN in, NaN out (the library's convention)
+    nan = k.clone()
+    nan[3, 7] = float("nan")
+    assert fastcka.center_gram(nan).isnan().any()
     with pytest.raises(TypeError):
         fastcka.center_gram(torch.ones(3, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="n >= 3"):
