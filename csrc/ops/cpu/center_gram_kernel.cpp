@@ -14,7 +14,8 @@ struct CpuCenter {
       const scalar_t* kp = k.const_data_ptr<scalar_t>();
       scalar_t* o = out.mutable_data_ptr<scalar_t>();
       const bool skip_diag = mode != kCenterBiased;
-      // Row and column sums in one parallel pass over row chunks (column partials per chunk, added in order).
+      // Row and column sums in one parallel pass over row chunks (column partials per chunk, added in order). The
+      // row sum runs in 4 interleaved partial sums, so that the float64 adds are not one serial dependency chain.
       const int64_t nch = std::max<int64_t>(1, std::min<int64_t>(16, n / 64)), step = (n + nch - 1) / nch;
       std::vector<double> row(n, 0.0), col(n, 0.0), part(nch * n, 0.0);
       torch::stable::parallel_for(0, nch, 1, [&](int64_t c0, int64_t c1) {
@@ -22,18 +23,27 @@ struct CpuCenter {
           double* pc = part.data() + c * n;
           for (int64_t i = c * step; i < std::min(n, (c + 1) * step); ++i) {
             const scalar_t* r = kp + i * n;
-            double s = 0;
-            for (int64_t j = 0; j < n; ++j) {
+            double s[4] = {0, 0, 0, 0};
+            int64_t j = 0;
+            for (; j + 4 <= n; j += 4) {
+              for (int u = 0; u < 4; ++u) {
+                const double v = static_cast<double>(r[j + u]);
+                s[u] += v;
+                pc[j + u] += v;
+              }
+            }
+            for (; j < n; ++j) {
               const double v = static_cast<double>(r[j]);
-              s += v;
+              s[0] += v;
               pc[j] += v;
             }
+            double sum = (s[0] + s[1]) + (s[2] + s[3]);
             if (skip_diag) {
               const double d = static_cast<double>(r[i]);
-              s -= d;
+              sum -= d;
               pc[i] -= d;
             }
-            row[i] = s;
+            row[i] = sum;
           }
         }
       });
@@ -44,14 +54,22 @@ struct CpuCenter {
         total_col += col[j];
         total_both += col[j] + row[j];
       }
-      std::vector<CenterCoef> coef(n);
-      for (int64_t i = 0; i < n; ++i) coef[i] = center_coef(mode, n, row[i], col[i], total_col, total_both);
+      std::vector<double> ca(n), cb(n);  // separate arrays, so that the element-wise pass vectorises
+      for (int64_t i = 0; i < n; ++i) {
+        const CenterCoef cf = center_coef(mode, n, row[i], col[i], total_col, total_both);
+        ca[i] = cf.a;
+        cb[i] = cf.b;
+      }
       const double c = center_constant(mode, n, total_col, total_both);
       torch::stable::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i)
+        for (int64_t i = i0; i < i1; ++i) {
+          const scalar_t* r = kp + i * n;
+          scalar_t* oi = o + i * n;
+          const double ai = ca[i];
           for (int64_t j = 0; j < n; ++j)
-            o[i * n + j] = static_cast<scalar_t>(
-                center_value(mode, static_cast<double>(kp[i * n + j]), coef[i].a, coef[j].b, c, i == j));
+            oi[j] = static_cast<scalar_t>(center_value(mode, static_cast<double>(r[j]), ai, cb[j], c, false));
+          oi[i] = static_cast<scalar_t>(center_value(mode, static_cast<double>(r[i]), ai, cb[i], c, true));
+        }
       });
     });
     return out;
