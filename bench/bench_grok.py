@@ -6,7 +6,8 @@ Rows: fast (one AdamW update with the fast forward of fastcka/grok/model.py: for
 same update with the plain forward — the plain-torch baseline, computing the same function), log_row (one logged
 row of the trainer: the test forward, Ô01 over all training inputs, Fourier concentration of W_E, the weight norm and
 the spectral entropy; the trainer pays it every 25 steps). A study run is ~10⁴ steps, so steps/s = 1 / median is
-what sets the study's cost. extra_info: steps_per_s, and for log_row its cost in training steps.
+what sets the study's cost. extra_info: steps_per_s (the step rows). The × plain torch column of log_row is its time
+over the plain step's; over the fast step's, divide the two medians.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _setup(case: str, fast: bool):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("impl", ["fast", "plain", "log_row"])
 def test_grok_step(benchmark, impl, case):
-    torch.set_flush_denormal(True)  # as the trainer does
+    torch.set_flush_denormal(True)  # as the trainer does (reset at the end: later suites must not inherit it)
     benchmark.group = f"grok {case} cpu"
     cfg, ds, model, probe, step = _setup(case, fast=impl != "plain")
     for _ in range(5):  # past the first steps' allocations
@@ -51,7 +52,10 @@ def test_grok_step(benchmark, impl, case):
                              loss.detach())
     else:
         fn = step
-    _common.run(benchmark, fn, "cpu", rounds_=_common.rounds(10, 30), warmup=2)
+    try:
+        _common.run(benchmark, fn, "cpu", rounds_=_common.rounds(10, 30), warmup=2)
+    finally:
+        torch.set_flush_denormal(False)
     med = benchmark.stats.stats.median
     _common.record(benchmark, family="grok", case=case, impl=impl, device="cpu", dtype="float32",
                    threads=torch.get_num_threads(), steps_per_s=(1.0 / med) if impl != "log_row" else None,

@@ -62,6 +62,8 @@ def add_grok(sub: Any) -> None:
 
 def _default_out(c: dict) -> str:
     what = f"{c['task']}-p{c['p']}" if c["task"] != "parity" else f"parity-n{c['n_bits']}-k{c['k']}"
+    if c.get("n_samples"):
+        what += f"-{c['n_samples']}strings"
     return str(Path("runs") / "grok" / f"{what}-seed{c['seed']}")
 
 

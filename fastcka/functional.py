@@ -240,8 +240,9 @@ def _max_asymmetry(k: Tensor, block: int = 256) -> Tensor:
     only), so the transposed reads of a block stay in cache: ``allclose(K, K.T)`` streams the transpose through the
     whole matrix and was 10–15× slower than the centring itself at n = 2048."""
     n, worst = k.shape[0], k.new_zeros(())
-    for i in range(0, n, block):
-        worst = torch.maximum(worst, (k[i:i + block, i:] - k[i:, i:i + block].T).abs_().amax())
+    with torch.no_grad():
+        for i in range(0, n, block):
+            worst = torch.maximum(worst, (k[i:i + block, i:] - k[i:, i:i + block].T).abs_().amax())
     return worst
 
 
@@ -251,8 +252,9 @@ def center_gram(k: Tensor, unbiased: bool = False, check_symmetric: bool = True)
     Biased: H K H (row, column and grand means). Unbiased: the U-centring of Song et al. (2012), so that
     ⟨center_gram(K, True), center_gram(L, True)⟩ / (n(n−3)) is the unbiased HSIC₁. Sums run in float64; the result
     has K's dtype (float32 for half input) and is differentiable (to any order: the op is linear and its adjoint is
-    the same kernel). ``k`` must be square and symmetric: the symmetry check reads one boolean back to the host;
-    pass ``check_symmetric=False`` on a hot path.
+    the same kernel). ``k`` must be square and symmetric: |K_ij − K_ji| ≤ 2·tol·max|K| (tol 1e-6 in float32, 1e-12 in
+    float64), and no pair may differ by an infinite amount; NaN entries pass (NaN in, NaN out). The check reads one
+    boolean back to the host; pass ``check_symmetric=False`` on a hot path.
     """
     if not isinstance(k, torch.Tensor):
         raise TypeError(f"k must be a torch.Tensor, got {type(k).__name__}")
@@ -264,10 +266,11 @@ def center_gram(k: Tensor, unbiased: bool = False, check_symmetric: bool = True)
     if n < (3 if unbiased else 1):
         raise ValueError(f"unbiased centring needs n >= 3, got n={n}")
     kk = k.to(torch.float64 if k.dtype == torch.float64 else torch.float32)
-    if check_symmetric and n:
-        # |K_ij − K_ji| ≤ 2·tol·max|K| (allclose's rtol + atol bound with both at tol·max|K|); NaN passes, to NaN out
+    if check_symmetric:
         tol = 1e-6 if kk.dtype == torch.float32 else 1e-12
-        lo, hi = torch.aminmax(kk)
-        if bool(_max_asymmetry(kk) > 2 * tol * torch.maximum(hi.abs(), lo.abs())):  # the one host read
+        lo, hi = torch.aminmax(kk.detach())
+        asym = _max_asymmetry(kk)
+        # asym is inf only for a pair with one infinite (or ±inf) side; symmetric infs give inf − inf = NaN
+        if bool((asym > 2 * tol * torch.maximum(hi.abs(), lo.abs())) | asym.isinf()):  # the one host read
             raise ValueError("k must be symmetric (a Gram matrix); got an asymmetric matrix")
     return ops.center_gram(kk, 1 if unbiased else 0)

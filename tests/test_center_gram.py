@@ -57,6 +57,15 @@ def test_bad_input():
     nearly = k.clone()
     nearly[0, 599] += 1e-13 * k.abs().max()  # float64 tolerance: 2e-12 of max|K|
     fastcka.center_gram(nearly)
+    # an infinite asymmetry is one, even though max|K| is then infinite; symmetric infinities are not
+    for a, b in ((float("inf"), 0.0), (float("-inf"), float("inf"))):
+        bad = k.clone()
+        bad[0, 1], bad[1, 0] = a, b
+        with pytest.raises(ValueError, match="symmetric"):
+            fastcka.center_gram(bad)
+    sym_inf = k.clone()
+    sym_inf[0, 1] = sym_inf[1, 0] = float("inf")
+    fastcka.center_gram(sym_inf)
     # NaN is not an asymmetry: NaN in, NaN out (the library's convention)
     nan = k.clone()
     nan[3, 7] = float("nan")

@@ -23,7 +23,9 @@ import torch
 MODULAR_TASKS = ("add", "sub", "mul", "div")
 TASKS = MODULAR_TASKS + ("parity",)
 _MAX_ENUMERATED_BITS = 16
+_MAX_PERMUTED_BITS = 24  # up to here a sample is a prefix of a permutation (≤ 128 MB); beyond, rejection
 _MAX_BITS = 62
+_MAX_SAMPLES = 2**22  # strings held in memory at once
 
 
 @dataclass
@@ -81,8 +83,7 @@ def parity_table(n_bits: int, k: int, seed: int, device: torch.device | str = "c
         raise ValueError(f"--k: expected 1 <= k <= n_bits ({n_bits}) relevant bits, got k={k}")
     if n_bits > _MAX_BITS:
         raise ValueError(f"--n-bits: at most {_MAX_BITS} bits (strings are drawn as int64), got {n_bits}")
-    if n_samples < 0 or n_samples > 2**n_bits:
-        raise ValueError(f"--n-samples: expected 0 (all) or 1 … 2^{n_bits} = {2**n_bits} distinct strings, got {n_samples}")
+    check_n_samples(n_bits, n_samples)
     g = torch.Generator().manual_seed(seed)
     relevant = torch.randperm(n_bits, generator=g)[:k]
     if n_samples == 0 and n_bits <= _MAX_ENUMERATED_BITS:
@@ -95,9 +96,16 @@ def parity_table(n_bits: int, k: int, seed: int, device: torch.device | str = "c
     return x.to(device), y.to(device)
 
 
+def check_n_samples(n_bits: int, n_samples: int) -> None:
+    """Raise a ValueError unless ``n_samples`` distinct strings of ``n_bits`` bits can be drawn (0: the default)."""
+    most = min(2**n_bits, _MAX_SAMPLES)
+    if not 0 <= n_samples <= most:
+        raise ValueError(f"--n-samples: expected 0 (the default) or 1 … {most} distinct {n_bits}-bit strings, got {n_samples}")
+
+
 def _distinct_ints(n: int, n_bits: int, g: torch.Generator) -> torch.Tensor:
     """``n`` distinct seeded integers in [0, 2ⁿ_bits), in random order (distinct: no string is both in train and test)."""
-    if n_bits <= _MAX_ENUMERATED_BITS:
+    if n_bits <= _MAX_PERMUTED_BITS:
         return torch.randperm(2**n_bits, generator=g)[:n]
     seen: dict[int, None] = {}  # insertion-ordered, so the draw order (and hence the split) is seeded
     while len(seen) < n:

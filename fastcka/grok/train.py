@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _metrics
-from .data import TASKS, make_dataset
+from .data import TASKS, check_n_samples, make_dataset
 from .detect import DETECTOR_VERSION, Detector, DetectorConfig
 from .model import ModelConfig, Transformer
 
@@ -114,6 +114,12 @@ class TrainConfig:
             raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("--beta1/--beta2: expected values in [0, 1)")
+        if self.task == "parity":
+            if not 1 <= self.n_bits <= 62:
+                raise ValueError(f"--n-bits: expected 1 … 62 bits, got {self.n_bits}")
+            check_n_samples(self.n_bits, self.n_samples)
+        elif self.n_samples:
+            raise ValueError("--n-samples: only the parity task samples its strings")
         if self.force_cka < 0:
             raise ValueError(f"--force-cka: expected λ >= 0, got {self.force_cka}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -25,6 +25,7 @@ The package: ``grid`` (the grid file and the runner), ``analysis`` (per-run fact
 
 from .analysis import SIGNALS, TEST_ACC_GAIN, TEST_ACC_LABEL, Signal, analyse_run, load_runs, read_rows, regime, \
     signal_alarm, spike_jumps, test_acc_alarm
+from .figures import plot_leads, plot_runs
 from .grid import QUICK_GRID, ROLES, SMALL_FILES, STOP, SUMMARY, RunSpec, load_grid, run_grid
 from .report import write_report
 from .stats import bootstrap_median_ci, quantile, signal_stats, wilson
@@ -33,5 +34,5 @@ from .verdicts import GUARDS, PILOT, claim_verdicts
 
 __all__ = ["GUARDS", "PILOT", "QUICK_GRID", "ROLES", "SENSITIVITY_PERSISTS", "SENSITIVITY_RISES", "SIGNALS", "SMALL_FILES",
            "STOP", "SUMMARY", "TEST_ACC_GAIN", "TEST_ACC_LABEL", "RunSpec", "Signal", "analyse_run", "bootstrap_median_ci",
-           "claim_verdicts", "load_grid", "load_runs", "quantile", "read_rows", "regime", "run_grid", "sensitivity_table",
+           "claim_verdicts", "load_grid", "load_runs", "plot_leads", "plot_runs", "quantile", "read_rows", "regime", "run_grid", "sensitivity_table",
            "signal_alarm", "signal_stats", "spike_jumps", "stats_table", "test_acc_alarm", "wilson", "write_report"]
