@@ -77,13 +77,9 @@ def parity_table(n_bits: int, k: int, seed: int, device: torch.device | str = "c
                  n_samples: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Bit strings ``x₁ … xₙ =`` labelled by the parity of k seeded positions: all 2ⁿ of them, or a seeded sample of
     ``n_samples`` distinct ones (0: all when n ≤ 16, else 2¹⁶)."""
-    if n_bits < 1:
-        raise ValueError(f"--n-bits: expected at least 1 bit, got {n_bits}")
+    check_n_samples(n_bits, n_samples)
     if not 1 <= k <= n_bits:
         raise ValueError(f"--k: expected 1 <= k <= n_bits ({n_bits}) relevant bits, got k={k}")
-    if n_bits > _MAX_BITS:
-        raise ValueError(f"--n-bits: at most {_MAX_BITS} bits (strings are drawn as int64), got {n_bits}")
-    check_n_samples(n_bits, n_samples)
     g = torch.Generator().manual_seed(seed)
     relevant = torch.randperm(n_bits, generator=g)[:k]
     if n_samples == 0 and n_bits <= _MAX_ENUMERATED_BITS:
@@ -98,6 +94,8 @@ def parity_table(n_bits: int, k: int, seed: int, device: torch.device | str = "c
 
 def check_n_samples(n_bits: int, n_samples: int) -> None:
     """Raise a ValueError unless ``n_samples`` distinct strings of ``n_bits`` bits can be drawn (0: the default)."""
+    if not 1 <= n_bits <= _MAX_BITS:
+        raise ValueError(f"--n-bits: expected 1 … {_MAX_BITS} bits (strings are drawn as int64), got {n_bits}")
     most = min(2**n_bits, _MAX_SAMPLES)
     if not 0 <= n_samples <= most:
         raise ValueError(f"--n-samples: expected 0 (the default) or 1 … {most} distinct {n_bits}-bit strings, got {n_samples}")

@@ -115,8 +115,6 @@ class TrainConfig:
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("--beta1/--beta2: expected values in [0, 1)")
         if self.task == "parity":
-            if not 1 <= self.n_bits <= 62:
-                raise ValueError(f"--n-bits: expected 1 … 62 bits, got {self.n_bits}")
             check_n_samples(self.n_bits, self.n_samples)
         elif self.n_samples:
             raise ValueError("--n-samples: only the parity task samples its strings")
