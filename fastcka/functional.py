@@ -168,8 +168,9 @@ def cka(
     ``kernel="rbf"``: Kᵢⱼ = exp(−‖xᵢ − xⱼ‖²/(2σ²)), computed by one fused tiled pass over the pairs i ≤ j that never
     stores K or L (O(n) memory: RBF CKA at n = 10⁵ fits in a few hundred MB). ``sigma``: a float for both sides, a
     pair (σx, σy), or None for Kornblith et al.'s heuristic σ² = threshold²·median of the n² squared distances
-    (diagonal zeros included, computed exactly by a radix selection that stores none of them; it reads a few bin
-    counts back to the host on CUDA, pass σ to avoid that). Gradients treat σ as a constant.
+    (diagonal zeros included, computed exactly and storing none of them: one counting pass over a window bracketed
+    by a seeded sample of pairs, radix selection where the window misses; it reads a few counts back to the host on
+    CUDA, pass σ to avoid that). Gradients treat σ as a constant.
     Returns a 0-d tensor on the input's device (float64 for float64 input, else float32), differentiable.
     """
     h = hsic_terms(x, y, kernel, unbiased, method, sigma, threshold)

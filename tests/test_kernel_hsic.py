@@ -91,6 +91,45 @@ def test_median_of_random_data_float64():
     torch.testing.assert_close(fastcka.ops.median_sq_dist(x), R.median_squared_distance(x), rtol=1e-13, atol=0)
 
 
+MEDIAN_AUTO, MEDIAN_RADIX, MEDIAN_WINDOW_ONLY, MEDIAN_WINDOW_MISS = 0, 1, 2, 3
+
+
+@pytest.mark.parametrize("n", [700, 1031, 2048])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_median_window_and_radix_agree_to_the_bit(n, dtype, device):
+    """The sampled window (method 2 fails if it misses), the deliberately missed window that falls back (3), auto (0)
+    and the radix passes alone (1) must return the same float: every pass computes the same distances."""
+    x, _ = correlated_pair(n, 19, 1, seed=n, dtype=dtype, device=device)
+    radix = fastcka.ops.median_sq_dist(x, MEDIAN_RADIX).item()
+    for method in (MEDIAN_AUTO, MEDIAN_WINDOW_ONLY, MEDIAN_WINDOW_MISS):
+        assert fastcka.ops.median_sq_dist(x, method).item() == radix, method
+    if dtype == torch.float64:
+        assert radix == pytest.approx(R.median_squared_distance(x.cpu()).item(), rel=1e-13, abs=0)
+
+
+@pytest.mark.parametrize("n", [800, 801])
+def test_median_window_with_ties_matches_numpy(n, device):
+    """Three levels per feature: the window's edges are tied values shared by thousands of pairs."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randint(0, 3, (n, 2), generator=g).double()
+    d = ((x[:, None] - x[None]) ** 2).sum(-1).numpy()
+    for method in (MEDIAN_AUTO, MEDIAN_RADIX, MEDIAN_WINDOW_ONLY, MEDIAN_WINDOW_MISS):
+        assert fastcka.ops.median_sq_dist(x.to(device), method).item() == np.median(d), method
+
+
+def test_median_window_on_a_huge_mean_float32(device):
+    x, _ = correlated_pair(900, 6, 1, seed=12)
+    x32 = (x + 1e4).float().to(device)
+    ref = R.median_squared_distance(x32.cpu().double()).item()
+    for method in (MEDIAN_AUTO, MEDIAN_WINDOW_ONLY):
+        assert fastcka.ops.median_sq_dist(x32, method).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_median_method_out_of_range_is_an_error():
+    with pytest.raises(RuntimeError, match="method must be 0-3"):
+        fastcka.ops.median_sq_dist(torch.randn(5, 2), 4)
+
+
 def test_constant_and_degenerate_rbf():
     x = torch.ones(20, 3, dtype=torch.float64)
     y, _ = correlated_pair(20, 3, 1, seed=5)
@@ -133,6 +172,7 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.fastcka._kernel_hsic_backward,
                           (torch.tensor([1.0, 0.5, 0.2], dtype=torch.float64), x, y, g, 1, 1, True))
     torch.library.opcheck(torch.ops.fastcka.median_sq_dist, (x,))
+    torch.library.opcheck(torch.ops.fastcka.median_sq_dist, (x, 1))
 
 
 def test_compile_fullgraph_with_given_sigma():

@@ -8,5 +8,6 @@ STABLE_TORCH_LIBRARY_FRAGMENT(fastcka, m) {
   m.def("_kernel_hsic_backward(Tensor grad, Tensor x, Tensor y, Tensor gamma, int kernel_x, int kernel_y, "
         "bool unbiased) -> (Tensor, Tensor)");
   // numpy's median of the n² squared distances between the rows of x (diagonal zeros included), float64 0-d.
-  m.def("median_sq_dist(Tensor x) -> Tensor");
+  // method: 0 auto (a sampled window first, exact radix passes on a miss), 1 radix only; 2 and 3 are for tests.
+  m.def("median_sq_dist(Tensor x, int method=0) -> Tensor");
 }

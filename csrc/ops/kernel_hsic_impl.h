@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <tuple>
@@ -20,6 +21,13 @@ namespace fastcka {
 // the device (the CUDA kernels read it there: no host sync).
 struct ScaledRows {
   Tensor xs, norms, scale;
+};
+
+// What a window pass returns: the pairs i < j below the window, inside it, and the inside values (only when they
+// fit in kCollectCapacity; in any order).
+struct WindowPass {
+  int64_t below = 0, inside = 0;
+  std::vector<double> values;
 };
 
 // Float64 vectors a pass fills: r (row sums), d (diagonal) per side, and the three Σ entries.
@@ -114,7 +122,8 @@ std::pair<double, double> select_squared_distances(const ScaledRows& a, int64_t 
     const bool next_in_bin = k + 1 < in_bin;
     if (bits < 64 && in_bin / 2 <= kCollectCapacity && (next_in_bin || !want_next)) {
       // the bin's entries: the collected pairs twice each (i < j and j < i), after the n diagonal zeros if prefix 0
-      std::vector<double> v = D::distance_collect(a, prefix, bits);
+      const uint64_t lo_bits = prefix << (64 - bits), hi_bits = lo_bits | (~uint64_t(0) >> bits);
+      std::vector<double> v = D::distance_window(a, lo_bits, hi_bits).values;
       const int64_t zeros = prefix == 0 ? n : 0;
       STD_TORCH_CHECK(2 * static_cast<int64_t>(v.size()) + zeros == in_bin, "fastcka median: pass counts disagree");
       auto entry = [&](int64_t r) -> double {  // the r-th smallest entry of the bin, v partially sorted up to r
@@ -138,16 +147,76 @@ std::pair<double, double> select_squared_distances(const ScaledRows& a, int64_t 
   return {out, select_squared_distances<D>(a, k_global + 1, false, cache).first};
 }
 
+// How median_sq_dist finds the ranks. Auto: the window where it pays (enough pairs, a sample that fits), else or on
+// a miss the radix passes. The last two exist for the tests: the window alone (an error if it misses), and a window
+// placed at the 10 % quantile so that it misses and the fallback runs.
+enum MedianMethod : int64_t { kMedianAuto = 0, kMedianRadix = 1, kMedianWindowOnly = 2, kMedianWindowMiss = 3 };
+
+constexpr int64_t kWindowMinPairs = int64_t(1) << 17;  // below this the radix passes cost little anyway
+constexpr int64_t kWindowMinSample = int64_t(1) << 16;
+constexpr int64_t kWindowMaxSample = int64_t(1) << 22;
+constexpr double kWindowZ = 6.0;  // the bracket's half-width in standard errors of the sample quantile
+constexpr uint64_t kWindowSeed = 0xC4A5EED5ull;
+
+// The window try: fills *out and returns true when every wanted rank (k, and k+1 if want_next) lies in the window.
+template <class D>
+bool select_by_window(const ScaledRows& a, int64_t k, bool want_next, int64_t method, std::pair<double, double>* out) {
+  const int64_t n = a.xs.size(0), pairs = n * (n - 1) / 2, k_last = k + (want_next ? 1 : 0);
+  if (pairs < 1 || (method == kMedianAuto && pairs < kWindowMinPairs)) return false;
+  // sample size: enough that the bracket's expected content fits in half the collect buffer
+  const double need = 2.0 * kWindowZ * static_cast<double>(pairs) / static_cast<double>(kCollectCapacity / 2);
+  const int64_t m = std::max<int64_t>(kWindowMinSample, static_cast<int64_t>(need * need) + 1);
+  if (m > kWindowMaxSample && method == kMedianAuto) return false;
+  std::vector<double> sample = D::sample_distances(a, std::min(m, kWindowMaxSample), kWindowSeed);
+  std::sort(sample.begin(), sample.end());
+  const int64_t ms = static_cast<int64_t>(sample.size());
+  // ranks of the entries → quantiles among the pairs (each pair is 2 entries, after the n diagonal zeros)
+  auto pair_quantile = [&](int64_t r) {
+    const double q = static_cast<double>(std::max<int64_t>(0, (r - n) / 2)) / static_cast<double>(pairs);
+    return std::min(1.0, method == kMedianWindowMiss ? 0.1 * q : q);
+  };
+  const double q_lo = pair_quantile(k), q_hi = pair_quantile(k_last);
+  auto half = [&](double q) { return kWindowZ * std::sqrt(static_cast<double>(ms) * q * (1.0 - q)) + 2.0; };
+  const int64_t r_lo = static_cast<int64_t>(std::floor(q_lo * ms - half(q_lo)));
+  const int64_t r_hi = static_cast<int64_t>(std::ceil(q_hi * ms + half(q_hi)));
+  const uint64_t lo_bits = r_lo <= 0 ? 0 : distance_bits(sample[r_lo]);
+  const uint64_t hi_bits = r_hi >= ms - 1 ? ~uint64_t(0) : distance_bits(sample[r_hi]);
+  const double expected = static_cast<double>(std::min(r_hi, ms) - std::max<int64_t>(r_lo, 0)) / ms * pairs;
+  if (method == kMedianAuto && expected > static_cast<double>(kCollectCapacity / 2)) return false;
+  WindowPass w = D::distance_window(a, lo_bits, hi_bits);
+  const int64_t offset = n + 2 * w.below;  // entries below the window: the diagonal zeros and the pairs below, twice
+  auto inside = [&](int64_t r) { return r < n || (r >= offset && r < offset + 2 * w.inside); };
+  if (w.inside > kCollectCapacity || !inside(k) || !inside(k_last)) return false;
+  auto entry = [&](int64_t r) -> double {  // the diagonal zeros are the n smallest entries (distances are ≥ 0)
+    if (r < n) return 0.0;
+    const int64_t i = (r - offset) / 2;
+    std::nth_element(w.values.begin(), w.values.begin() + i, w.values.end());
+    return w.values[i];
+  };
+  const double lo = entry(k);
+  *out = {lo, want_next ? entry(k + 1) : lo};
+  return true;
+}
+
 // numpy's median of the n² squared distances of the rows of x (diagonal zeros included), float64, in x's units.
 template <class D>
-Tensor median_sq_dist(const Tensor& x_) {
+Tensor median_sq_dist(const Tensor& x_, int64_t method) {
   check_matrix(x_, "fastcka::median_sq_dist", "x");
   STD_TORCH_CHECK(x_.size(0) >= 1, "fastcka::median_sq_dist: x needs at least one row, got 0");
+  STD_TORCH_CHECK(method >= kMedianAuto && method <= kMedianWindowMiss, "fastcka::median_sq_dist: method must be 0-3");
   const ScaledRows a = D::scale_rows(as_contiguous(x_));
   const int64_t n = x_.size(0), total = n * n;
-  std::map<std::pair<uint64_t, int>, std::vector<int64_t>> cache;
   // numpy's median: the middle entry for an odd count, the mean of the two middle ones for an even count
-  const auto [lo, hi] = select_squared_distances<D>(a, (total - 1) / 2, total % 2 == 0, cache);
+  const int64_t k = (total - 1) / 2;
+  const bool want_next = total % 2 == 0;
+  std::pair<double, double> ranks;
+  const bool found = method != kMedianRadix && select_by_window<D>(a, k, want_next, method, &ranks);
+  STD_TORCH_CHECK(found || method != kMedianWindowOnly, "fastcka::median_sq_dist: the window missed (method 2)");
+  if (!found) {
+    std::map<std::pair<uint64_t, int>, std::vector<int64_t>> cache;
+    ranks = select_squared_distances<D>(a, k, want_next, cache);
+  }
+  const auto [lo, hi] = ranks;
   const double s = D::host_scale(a);
   const double med = 0.5 * (lo + hi) / (s * s);  // back to x's units (s is a power of two: exact)
   return D::scalar_tensor(x_, med);

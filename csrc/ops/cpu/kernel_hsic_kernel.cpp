@@ -251,25 +251,57 @@ struct CpuKernelHsic : CpuBackend {
     return total;
   }
 
-  // The distances (pairs i < j) that carry the prefix, in any order; column chunks in parallel as in the histogram.
-  static std::vector<double> distance_collect(const ScaledRows& a, uint64_t prefix, int bits) {
-    std::vector<double> out;
-    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_collect", [&] {
+  // The pairs i < j below the window [lo, hi] (counted) and inside it (counted, and collected while they fit);
+  // column chunks in parallel as in the histogram.
+  static WindowPass distance_window(const ScaledRows& a, uint64_t lo, uint64_t hi) {
+    WindowPass out;
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_window", [&] {
       const double* nx = a.norms.const_data_ptr<double>();
       for_each_row_block(a.xs, nullptr, true, [&](int64_t i0, int64_t rows, int64_t c0, int64_t w, const Tensor& gxt,
                                                  const Tensor&) {
         const scalar_t* gx = gxt.const_data_ptr<scalar_t>();
         const int64_t chunks = std::min<int64_t>(8, (w + kChunkCols - 1) / kChunkCols), step = (w + chunks - 1) / chunks;
         std::vector<std::vector<double>> part(chunks);
+        std::vector<int64_t> below(chunks, 0);
         torch::stable::parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
-          for (int64_t q = q0; q < q1; ++q)
+          for (int64_t q = q0; q < q1; ++q) {
+            int64_t nb = 0;
             for (int64_t i = 0; i < rows; ++i)
               for (int64_t jj = std::max(q * step, i0 + i + 1 - c0); jj < std::min(w, (q + 1) * step); ++jj) {
                 const double d = squared_distance(gx[i * w + jj], nx[i0 + i], nx[c0 + jj], false);
-                if (has_prefix(distance_bits(d), prefix, bits)) part[q].push_back(d);
+                const uint64_t b = distance_bits(d);
+                nb += b < lo;
+                if (in_window(b, lo, hi)) part[q].push_back(d);
               }
+            below[q] = nb;
+          }
         });
-        for (const auto& v : part) out.insert(out.end(), v.begin(), v.end());
+        for (int64_t q = 0; q < chunks; ++q) {
+          out.below += below[q];
+          out.inside += static_cast<int64_t>(part[q].size());
+          if (out.inside <= kCollectCapacity) out.values.insert(out.values.end(), part[q].begin(), part[q].end());
+        }
+      });
+    });
+    if (out.inside > kCollectCapacity) std::vector<double>().swap(out.values);
+    return out;
+  }
+
+  // The distances of the seeded sample of pairs (float64 dot products of the scaled rows).
+  static std::vector<double> sample_distances(const ScaledRows& a, int64_t m, uint64_t seed) {
+    const int64_t n = a.xs.size(0), p = a.xs.size(1);
+    std::vector<double> out(m);
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "sample_distances", [&] {
+      const scalar_t* xs = a.xs.const_data_ptr<scalar_t>();
+      const double* nx = a.norms.const_data_ptr<double>();
+      torch::stable::parallel_for(0, m, 4096, [&](int64_t s0, int64_t s1) {
+        for (int64_t s = s0; s < s1; ++s) {
+          int64_t i, j;
+          sampled_pair(seed, s, n, &i, &j);
+          double dot = 0.0;
+          for (int64_t c = 0; c < p; ++c) dot += static_cast<double>(xs[i * p + c]) * static_cast<double>(xs[j * p + c]);
+          out[s] = squared_distance(dot, nx[i], nx[j], false);
+        }
       });
     });
     return out;

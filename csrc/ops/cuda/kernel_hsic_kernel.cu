@@ -217,9 +217,11 @@ __global__ void grad_finish_kernel(const double* acc, const double* wsum, const 
   }
 }
 
+// A radix pass over the pairs i < j of this tile pair: the histogram of the next digit of the distances that carry
+// the prefix.
 template <typename T>
-__global__ void distance_pass_kernel(const T* xs, const double* nx, int64_t n, int64_t p, uint64_t prefix, int bits,
-                                     unsigned long long* hist, double* collect, unsigned long long* count) {
+__global__ void distance_histogram_kernel(const T* xs, const double* nx, int64_t n, int64_t p, uint64_t prefix,
+                                          int bits, unsigned long long* hist) {
   const int64_t tiles = (n + kTile - 1) / kTile;
   int64_t ti, tj;
   tile_of_block(tiles, &ti, &tj);
@@ -229,15 +231,52 @@ __global__ void distance_pass_kernel(const T* xs, const double* nx, int64_t n, i
     const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
     const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
     if (gi >= n || gj >= n || gj <= gi) continue;
+    const uint64_t b = distance_bits(squared_distance(static_cast<double>(gx[r]), nx[gi], nx[gj], false));
+    if (has_prefix(b, prefix, bits)) atomicAdd(hist + next_digit(b, bits), 1ull);
+  }
+}
+
+// A window pass: counts the pairs i < j below [lo, hi] (one atomic per block) and collects those inside it while
+// they fit; count[1] keeps counting past the buffer, so the host sees an overflow.
+template <typename T>
+__global__ void distance_window_kernel(const T* xs, const double* nx, int64_t n, int64_t p, uint64_t lo, uint64_t hi,
+                                       double* collect, unsigned long long* count) {
+  __shared__ unsigned long long block_below;
+  if (threadIdx.x == 0) block_below = 0;
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  int64_t ti, tj;
+  tile_of_block(tiles, &ti, &tj);  // its __syncthreads publishes block_below = 0
+  T gx[kPerThread];
+  tile_dots(xs, n, p, ti, tj, gx);
+  unsigned long long below = 0;
+  for (int r = 0; r < kPerThread; ++r) {
+    const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
+    const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
+    if (gi >= n || gj >= n || gj <= gi) continue;
     const double d = squared_distance(static_cast<double>(gx[r]), nx[gi], nx[gj], false);
     const uint64_t b = distance_bits(d);
-    if (!has_prefix(b, prefix, bits)) continue;
-    if (hist) {
-      atomicAdd(hist + next_digit(b, bits), 1ull);
-    } else {
-      const unsigned long long slot = atomicAdd(count, 1ull);
+    below += b < lo;
+    if (in_window(b, lo, hi)) {
+      const unsigned long long slot = atomicAdd(count + 1, 1ull);
       if (slot < static_cast<unsigned long long>(kCollectCapacity)) collect[slot] = d;
     }
+  }
+  if (below) atomicAdd(&block_below, below);
+  __syncthreads();
+  if (threadIdx.x == 0 && block_below) atomicAdd(count, block_below);
+}
+
+// The distances of the seeded sample of pairs, one thread per pair (float64 dot products of the scaled rows).
+template <typename T>
+__global__ void sample_distances_kernel(const T* xs, const double* nx, int64_t n, int64_t p, int64_t m, uint64_t seed,
+                                        double* out) {
+  for (int64_t s = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; s < m;
+       s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t i, j;
+    sampled_pair(seed, s, n, &i, &j);
+    double dot = 0.0;
+    for (int64_t c = 0; c < p; ++c) dot += static_cast<double>(xs[i * p + c]) * static_cast<double>(xs[j * p + c]);
+    out[s] = squared_distance(dot, nx[i], nx[j], false);
   }
 }
 
@@ -338,9 +377,9 @@ struct CudaKernelHsic : CudaBackend {
     const int64_t n = a.xs.size(0);
     Tensor hist = zeros_f64(a.xs, kDigitBins);  // 64-bit counters in float64-sized slots
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_histogram", [&] {
-      cuda::distance_pass_kernel<<<cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs)>>>(
+      cuda::distance_histogram_kernel<<<cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs)>>>(
           a.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(), n, a.xs.size(1), prefix, bits,
-          reinterpret_cast<unsigned long long*>(hist.mutable_data_ptr<double>()), nullptr, nullptr);
+          reinterpret_cast<unsigned long long*>(hist.mutable_data_ptr<double>()));
       cuda::check_launch("distance_histogram");
     });
     const Tensor h = cuda::to_cpu(hist);
@@ -348,22 +387,38 @@ struct CudaKernelHsic : CudaBackend {
     return std::vector<int64_t>(c, c + kDigitBins);
   }
 
-  static std::vector<double> distance_collect(const ScaledRows& a, uint64_t prefix, int bits) {
+  static WindowPass distance_window(const ScaledRows& a, uint64_t lo, uint64_t hi) {
     const int64_t n = a.xs.size(0);
     Tensor buf = empty_like_shape(a.xs, {kCollectCapacity}, ScalarType::Double);
-    Tensor count = zeros_f64(a.xs, 1);
-    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_collect", [&] {
-      cuda::distance_pass_kernel<<<cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs)>>>(
-          a.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(), n, a.xs.size(1), prefix, bits, nullptr,
+    Tensor count = zeros_f64(a.xs, 2);  // [below, inside] as 64-bit counters
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_window", [&] {
+      cuda::distance_window_kernel<<<cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs)>>>(
+          a.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(), n, a.xs.size(1), lo, hi,
           buf.mutable_data_ptr<double>(), reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<double>()));
-      cuda::check_launch("distance_collect");
+      cuda::check_launch("distance_window");
     });
     const Tensor c = cuda::to_cpu(count);
-    const int64_t k = static_cast<int64_t>(*reinterpret_cast<const unsigned long long*>(c.const_data_ptr<double>()));
-    STD_TORCH_CHECK(k <= kCollectCapacity, "fastcka median: too many candidates");
-    if (k == 0) return {};
-    const Tensor v = cuda::to_cpu(narrowed(buf, 0, 0, k));  // only the k values found, not the whole buffer
-    return std::vector<double>(v.const_data_ptr<double>(), v.const_data_ptr<double>() + k);
+    const auto* cc = reinterpret_cast<const unsigned long long*>(c.const_data_ptr<double>());
+    WindowPass w;
+    w.below = static_cast<int64_t>(cc[0]);
+    w.inside = static_cast<int64_t>(cc[1]);
+    if (w.inside == 0 || w.inside > kCollectCapacity) return w;
+    const Tensor v = cuda::to_cpu(narrowed(buf, 0, 0, w.inside));  // only the values found, not the whole buffer
+    w.values.assign(v.const_data_ptr<double>(), v.const_data_ptr<double>() + w.inside);
+    return w;
+  }
+
+  static std::vector<double> sample_distances(const ScaledRows& a, int64_t m, uint64_t seed) {
+    Tensor out = empty_like_shape(a.xs, {m}, ScalarType::Double);
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "sample_distances", [&] {
+      cuda::sample_distances_kernel<<<cuda::blocks_for(m, cuda::kThreads), cuda::kThreads, 0,
+                                      cuda::current_stream(a.xs)>>>(a.xs.const_data_ptr<scalar_t>(),
+                                                                    a.norms.const_data_ptr<double>(), a.xs.size(0),
+                                                                    a.xs.size(1), m, seed, out.mutable_data_ptr<double>());
+      cuda::check_launch("sample_distances");
+    });
+    const Tensor v = cuda::to_cpu(out);
+    return std::vector<double>(v.const_data_ptr<double>(), v.const_data_ptr<double>() + m);
   }
 };
 
@@ -388,9 +443,9 @@ std::tuple<Tensor, Tensor> kernel_hsic_backward_cuda(const Tensor& grad, const T
   return kernel_hsic_backward<CudaKernelHsic>(grad, x, y, gamma, kx, ky, unbiased);
 }
 
-Tensor median_sq_dist_cuda(const Tensor& x) {
+Tensor median_sq_dist_cuda(const Tensor& x, int64_t method) {
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
-  return median_sq_dist<CudaKernelHsic>(x);
+  return median_sq_dist<CudaKernelHsic>(x, method);
 }
 
 STABLE_TORCH_LIBRARY_IMPL(fastcka, CUDA, m) {
