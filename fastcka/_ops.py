@@ -24,6 +24,7 @@ OP_NAMES = (
     "_kernel_hsic_backward",
     "median_sq_dist",
     "center_gram",
+    "gram_asymmetric_pairs",
     "frequency_spectrum",
     "_frequency_spectrum_backward",
 )
@@ -157,6 +158,12 @@ _CENTER_ADJOINT = {0: 0, 1: 2, 2: 1}
 def _center_gram_fake(k, mode):
     torch._check(k.dim() == 2 and k.shape[0] == k.shape[1])
     return torch.empty_like(k, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("fastcka::gram_asymmetric_pairs")
+def _gram_asymmetric_pairs_fake(k, threshold):
+    torch._check(k.dim() == 2 and k.shape[0] == k.shape[1])
+    return k.new_empty((), dtype=torch.int64)
 
 
 def _center_gram_setup(ctx, inputs, output):

@@ -236,17 +236,6 @@ def cka_matrix(
     return torch.stack(rows).to(dt)
 
 
-def _max_asymmetry(k: Tensor, block: int = 256) -> Tensor:
-    """max |K_ij − K_ji| over a square matrix, on its device. Block row i is compared with block column i (upper part
-    only), so the transposed reads of a block stay in cache: ``allclose(K, K.T)`` streams the transpose through the
-    whole matrix and was 10–15× slower than the centring itself at n = 2048."""
-    n, worst = k.shape[0], k.new_zeros(())
-    with torch.no_grad():
-        for i in range(0, n, block):
-            worst = torch.maximum(worst, (k[i:i + block, i:] - k[i:, i:i + block].T).abs_().amax())
-    return worst
-
-
 def center_gram(k: Tensor, unbiased: bool = False, check_symmetric: bool = True) -> Tensor:
     """Centre a given Gram matrix in one fused pass (Kornblith et al.'s ``center_gram``).
 
@@ -270,8 +259,9 @@ def center_gram(k: Tensor, unbiased: bool = False, check_symmetric: bool = True)
     if check_symmetric:
         tol = 1e-6 if kk.dtype == torch.float32 else 1e-12
         lo, hi = torch.aminmax(kk.detach())
-        asym = _max_asymmetry(kk)
-        # asym is inf only for a pair with one infinite (or ±inf) side; symmetric infs give inf − inf = NaN
-        if bool((asym > 2 * tol * torch.maximum(hi.abs(), lo.abs())) | asym.isinf()):  # the one host read
-            raise ValueError("k must be symmetric (a Gram matrix); got an asymmetric matrix")
+        threshold = (2 * tol) * torch.maximum(hi.abs(), lo.abs()).double()  # NaN if K has a NaN: only infs count
+        bad = ops.gram_asymmetric_pairs(kk.detach(), threshold)  # one read of each mirrored pair
+        if bool(bad):  # the one host read
+            raise ValueError(f"k must be symmetric (a Gram matrix); {int(bad)} of its {n * (n - 1) // 2} pairs "
+                             "(K_ij, K_ji) differ by more than 2·tol·max|K|")
     return ops.center_gram(kk, 1 if unbiased else 0)

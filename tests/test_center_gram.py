@@ -46,10 +46,11 @@ def test_bad_input():
         fastcka.center_gram(torch.randn(3, 4))
     with pytest.raises(ValueError, match="symmetric"):
         fastcka.center_gram(torch.randn(4, 4) + torch.triu(torch.ones(4, 4), 1))
-    # the check is blocked (256 rows): an asymmetry in any block pair, far from the diagonal too, is found
+    # the check runs over tile pairs (64 rows on CPU, 32 on CUDA): an asymmetry in any of them, at tile edges and
+    # far from the diagonal too, is found
     x = randn(600, 3, seed=5)
     k = x @ x.T
-    for i, j in ((0, 599), (599, 0), (300, 301), (257, 511)):
+    for i, j in ((0, 599), (599, 0), (300, 301), (257, 511), (63, 64), (64, 63), (598, 599), (31, 32)):
         bad = k.clone()
         bad[i, j] += 1e-3 * k.abs().max()
         with pytest.raises(ValueError, match="symmetric"):
@@ -74,3 +75,54 @@ def test_bad_input():
         fastcka.center_gram(torch.ones(3, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="n >= 3"):
         fastcka.center_gram(torch.eye(2), unbiased=True)
+
+
+def _count_asymmetric(k: torch.Tensor, threshold: float) -> int:
+    """Plain torch: pairs i < j with |K_ij − K_ji| > threshold or infinite, differences in float64."""
+    kd = k.double().cpu()
+    d = (kd - kd.T).abs()
+    bad = (d > threshold) | d.isinf()
+    return int(torch.triu(bad, diagonal=1).sum())
+
+
+@pytest.mark.parametrize("n", [1, 2, 31, 64, 65, 130, 601])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_asymmetric_pairs_counts_like_plain_torch(n, dtype, device):
+    """A matrix symmetric except for a seeded random set of pairs, some below the threshold; every tile pair is
+    visited, the diagonal tiles included."""
+    g = torch.Generator().manual_seed(n)
+    a = torch.randn(n, n, generator=g, dtype=torch.float64)
+    k = a + a.T
+    noise = torch.randn(n, n, generator=g, dtype=torch.float64) * (torch.rand(n, n, generator=g) < 0.05)
+    k = (k + noise).to(dtype=dtype, device=device)
+    for threshold in (0.0, 0.5, 3.0):
+        t = torch.tensor(threshold, dtype=torch.float64, device=device)
+        got = torch.ops.fastcka.gram_asymmetric_pairs(k, t)
+        assert got.dtype == torch.int64 and got.device == k.device
+        assert got.item() == _count_asymmetric(k, threshold), threshold
+    if n > 2:
+        assert _count_asymmetric(k, 0.0) > 0  # the test matrix has asymmetries to find
+
+
+def test_gram_asymmetric_pairs_nan_and_inf(device):
+    a = randn(70, 70, seed=3)
+    k = (a + a.T).to(device)
+    k[5, 66] = k[66, 5] = float("nan")
+    k[2, 69] = float("nan")  # NaN facing a finite entry: not counted
+    k[10, 11] = k[11, 10] = float("inf")  # the same infinity on both sides: not counted
+    zero = torch.tensor(0.0, dtype=torch.float64, device=device)
+    assert torch.ops.fastcka.gram_asymmetric_pairs(k, zero).item() == 0
+    k[40, 41] = -float("inf")  # an infinite entry facing a finite one counts, whatever the threshold
+    inf = torch.tensor(float("inf"), dtype=torch.float64, device=device)
+    assert torch.ops.fastcka.gram_asymmetric_pairs(k, inf).item() == 1
+    assert torch.ops.fastcka.gram_asymmetric_pairs(k, torch.tensor(float("nan"), dtype=torch.float64,
+                                                                    device=device)).item() == 1
+
+
+def test_gram_asymmetric_pairs_opcheck_and_bad_input():
+    k = randn(9, 9, seed=1)
+    torch.library.opcheck(torch.ops.fastcka.gram_asymmetric_pairs, (k, torch.tensor(0.1, dtype=torch.float64)))
+    with pytest.raises(RuntimeError, match="float64 scalar"):
+        torch.ops.fastcka.gram_asymmetric_pairs(k, torch.tensor([0.1, 0.2], dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="square"):
+        torch.ops.fastcka.gram_asymmetric_pairs(randn(3, 4, seed=1), torch.tensor(0.1, dtype=torch.float64))

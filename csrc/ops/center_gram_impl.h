@@ -16,4 +16,14 @@ Tensor center_gram(const Tensor& k_, int64_t mode) {
   return D::center_apply(k, static_cast<int>(mode));
 }
 
+template <class D>
+Tensor gram_asymmetric_pairs(const Tensor& k_, const Tensor& threshold) {
+  STD_TORCH_CHECK(k_.dim() == 2 && k_.size(0) == k_.size(1), "fastcka::gram_asymmetric_pairs: k must be square");
+  STD_TORCH_CHECK(threshold.numel() == 1 && threshold.scalar_type() == ScalarType::Double,
+                  "fastcka::gram_asymmetric_pairs: threshold must be a float64 scalar tensor");
+  STD_TORCH_CHECK(threshold.get_device_index() == k_.get_device_index(),
+                  "fastcka::gram_asymmetric_pairs: threshold must be on k's device");
+  return D::asymmetric_pairs(as_contiguous(k_), threshold);
+}
+
 }  // namespace fastcka

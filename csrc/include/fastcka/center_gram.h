@@ -7,6 +7,7 @@
 //   its adjoint:       w_j = Σ_i Ã_ij + Σ_i Ã_ji, a = 0, b = w/(n−2), c = Σw/(2(n−1)(n−2)).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "fastcka/macros.h"
@@ -46,6 +47,14 @@ FASTCKA_HD double center_constant(int mode, int64_t n, double total_col, double 
 FASTCKA_HD double center_value(int mode, double a_ij, double a_i, double b_j, double c, bool diagonal) {
   if (diagonal && mode != kCenterBiased) return 0.0;
   return a_ij - a_i - b_j + c;
+}
+
+// The symmetry check's per-pair test: do K_ij and K_ji differ by more than the threshold, or by an infinite amount
+// (an infinite entry facing a finite one, caught even when the threshold is infinite)? A NaN difference (a NaN entry,
+// or the same infinity on both sides) is not an asymmetry. Branch-free, so that the CPU loop vectorises.
+FASTCKA_HD bool is_asymmetric(double a, double b, double threshold) {
+  const double d = fabs(a - b);
+  return (d > threshold) | (d > 1.7976931348623157e308);  // the second: d is +inf
 }
 
 }  // namespace fastcka

@@ -1,4 +1,5 @@
 // CPU kernel and registration of the fused Gram centring.
+#include <algorithm>
 #include <vector>
 
 #include "center_gram_impl.h"
@@ -74,8 +75,49 @@ struct CpuCenter {
     });
     return out;
   }
+
+  // Tile pairs (I ≤ J) of 64×64: the mirrored block K[J, I] is first copied transposed into a small buffer, so that
+  // both sides are then read contiguously. Parallel over tile rows, counts added in order.
+  static Tensor asymmetric_pairs(const Tensor& k, const Tensor& threshold) {
+    constexpr int64_t kT = 64;
+    const int64_t n = k.size(0), tiles = (n + kT - 1) / kT;
+    const double thr = threshold.const_data_ptr<double>()[0];
+    std::vector<int64_t> count(tiles, 0);
+    FASTCKA_DISPATCH_FLOATING(k.scalar_type(), "gram_asymmetric_pairs", [&] {
+      const scalar_t* kp = k.const_data_ptr<scalar_t>();
+      torch::stable::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+        std::vector<scalar_t> mirror(kT * kT);
+        for (int64_t bi = t0; bi < t1; ++bi) {
+          int64_t c = 0;
+          const int64_t i0 = bi * kT, rows = std::min(kT, n - i0);
+          for (int64_t bj = bi; bj < tiles; ++bj) {
+            const int64_t j0 = bj * kT, cols = std::min(kT, n - j0);
+            for (int64_t jj = 0; jj < cols; ++jj) {
+              const scalar_t* r = kp + (j0 + jj) * n + i0;
+              for (int64_t ii = 0; ii < rows; ++ii) mirror[ii * kT + jj] = r[ii];
+            }
+            for (int64_t ii = 0; ii < rows; ++ii) {
+              const scalar_t *r = kp + (i0 + ii) * n + j0, *t = mirror.data() + ii * kT;
+              // on the diagonal tile only the pairs above the diagonal count (each pair once)
+              for (int64_t jj = bi == bj ? ii + 1 : 0; jj < cols; ++jj)
+                c += is_asymmetric(static_cast<double>(r[jj]), static_cast<double>(t[jj]), thr);
+            }
+          }
+          count[bi] = c;
+        }
+      });
+    });
+    Tensor out = empty_like_shape(k, {}, ScalarType::Long);
+    int64_t total = 0;
+    for (int64_t c : count) total += c;
+    out.mutable_data_ptr<int64_t>()[0] = total;
+    return out;
+  }
 };
 
-STABLE_TORCH_LIBRARY_IMPL(fastcka, CPU, m) { m.impl("center_gram", TORCH_BOX(&center_gram<CpuCenter>)); }
+STABLE_TORCH_LIBRARY_IMPL(fastcka, CPU, m) {
+  m.impl("center_gram", TORCH_BOX(&center_gram<CpuCenter>));
+  m.impl("gram_asymmetric_pairs", TORCH_BOX(&gram_asymmetric_pairs<CpuCenter>));
+}
 
 }  // namespace fastcka

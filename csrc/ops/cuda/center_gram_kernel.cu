@@ -48,6 +48,35 @@ __global__ void center_apply_kernel(const T* k, int64_t n, int mode, const doubl
   }
 }
 
+// One block per tile pair (bi, bj) of 32×32, those with bj ≥ bi working: the mirrored tile K[bj, bi] is staged in
+// shared memory (coalesced), then each thread tests its entries of K[bi, bj] against it (above the diagonal only on
+// a diagonal tile). Counts meet in shared memory, then one atomicAdd per block.
+template <typename T>
+__global__ void asymmetric_pairs_kernel(const T* k, int64_t n, const double* threshold, unsigned long long* out) {
+  constexpr int kT = 32, kRowsPerSweep = kThreads / kT;
+  __shared__ T mirror[kT][kT + 1];
+  __shared__ unsigned long long block_count;
+  const int64_t bi = blockIdx.y, bj = blockIdx.x;
+  if (bj < bi) return;  // uniform over the block: no barrier is skipped by part of it
+  const int tx = threadIdx.x % kT, ty0 = threadIdx.x / kT;
+  const double thr = threshold[0];
+  if (threadIdx.x == 0) block_count = 0;
+  for (int ty = ty0; ty < kT; ty += kRowsPerSweep) {
+    const int64_t r = bj * kT + ty, c = bi * kT + tx;
+    mirror[ty][tx] = (r < n && c < n) ? k[r * n + c] : T(0);
+  }
+  __syncthreads();
+  unsigned long long count = 0;
+  for (int ty = ty0; ty < kT; ty += kRowsPerSweep) {
+    const int64_t r = bi * kT + ty, c = bj * kT + tx;
+    if (r < n && c < n && c > r)
+      count += is_asymmetric(static_cast<double>(k[r * n + c]), static_cast<double>(mirror[tx][ty]), thr);
+  }
+  if (count) atomicAdd(&block_count, count);
+  __syncthreads();
+  if (threadIdx.x == 0 && block_count) atomicAdd(out, block_count);
+}
+
 }  // namespace cuda
 
 struct CudaCenter {
@@ -69,13 +98,36 @@ struct CudaCenter {
     });
     return out;
   }
+
+  static Tensor asymmetric_pairs(const Tensor& k, const Tensor& threshold) {
+    const int64_t n = k.size(0), tiles = (n + 31) / 32;
+    Tensor out = empty_like_shape(k, {}, ScalarType::Long);
+    torch::stable::zero_(out);
+    if (tiles == 0) return out;
+    FASTCKA_DISPATCH_FLOATING(k.scalar_type(), "gram_asymmetric_pairs", [&] {
+      cuda::asymmetric_pairs_kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles)), cuda::kThreads,
+                                      0, cuda::current_stream(k)>>>(
+          k.const_data_ptr<scalar_t>(), n, threshold.const_data_ptr<double>(),
+          reinterpret_cast<unsigned long long*>(out.mutable_data_ptr<int64_t>()));
+      cuda::check_launch("gram_asymmetric_pairs");
+    });
+    return out;
+  }
 };
+
+Tensor gram_asymmetric_pairs_cuda(const Tensor& k, const Tensor& threshold) {
+  torch::stable::accelerator::DeviceGuard guard(k.get_device_index());
+  return gram_asymmetric_pairs<CudaCenter>(k, threshold);
+}
 
 Tensor center_gram_cuda(const Tensor& k, int64_t mode) {
   torch::stable::accelerator::DeviceGuard guard(k.get_device_index());
   return center_gram<CudaCenter>(k, mode);
 }
 
-STABLE_TORCH_LIBRARY_IMPL(fastcka, CUDA, m) { m.impl("center_gram", TORCH_BOX(&center_gram_cuda)); }
+STABLE_TORCH_LIBRARY_IMPL(fastcka, CUDA, m) {
+  m.impl("center_gram", TORCH_BOX(&center_gram_cuda));
+  m.impl("gram_asymmetric_pairs", TORCH_BOX(&gram_asymmetric_pairs_cuda));
+}
 
 }  // namespace fastcka
