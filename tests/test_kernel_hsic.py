@@ -120,9 +120,46 @@ def test_median_window_with_ties_matches_numpy(n, device):
 def test_median_window_on_a_huge_mean_float32(device):
     x, _ = correlated_pair(900, 6, 1, seed=12)
     x32 = (x + 1e4).float().to(device)
-    ref = R.median_squared_distance(x32.cpu().double()).item()
-    for method in (MEDIAN_AUTO, MEDIAN_WINDOW_ONLY):
-        assert fastcka.ops.median_sq_dist(x32, method).item() == pytest.approx(ref, rel=1e-5)
+    radix = fastcka.ops.median_sq_dist(x32, MEDIAN_RADIX).item()
+    assert radix == pytest.approx(R.median_squared_distance(x32.cpu().double()).item(), rel=1e-6)
+    for method in (MEDIAN_AUTO, MEDIAN_WINDOW_ONLY, MEDIAN_WINDOW_MISS):
+        assert fastcka.ops.median_sq_dist(x32, method).item() == radix, method
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_median_methods_agree_for_tiny_n(n, device):
+    x, _ = correlated_pair(n, 3, 1, seed=n, dtype=torch.float32, device=device)
+    radix = fastcka.ops.median_sq_dist(x, MEDIAN_RADIX).item()
+    for method in (MEDIAN_AUTO, MEDIAN_WINDOW_MISS):
+        assert fastcka.ops.median_sq_dist(x, method).item() == radix, method
+    if n == 1:
+        assert fastcka.ops.median_sq_dist(x, MEDIAN_WINDOW_ONLY).item() == radix == 0.0
+
+
+def test_median_inside_a_tie_block_larger_than_the_collect_buffer():
+    """Groups of identical rows at 0, 2 and 5 (3000, 3000, 500 rows): 9M of the 21M pairs are at distance 4 and the
+    median falls inside them, so the window's edges are both 4 and it holds more pairs than one collection can take;
+    its counts alone give the answer (method 2 fails if that path is not taken)."""
+    x = torch.cat([torch.zeros(3000, 1), torch.full((3000, 1), 2.0), torch.full((500, 1), 5.0)]).double()
+    for method in (MEDIAN_AUTO, MEDIAN_RADIX, MEDIAN_WINDOW_ONLY):
+        assert fastcka.ops.median_sq_dist(x, method).item() == 4.0, method
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_outlier_first_row_costs_no_digits(dtype):
+    """Row 0 sits 750 spreads away (a transformer's attention-sink token, say). The kernels shift by the column
+    medians, not by a row: with the first-row shift, float32 RBF CKA lost 67 % of its value here."""
+    x, y = correlated_pair(1500, 16, 8, seed=21)
+    x[0] += 3000.0
+    x, y = x.to(dtype), y.to(dtype)
+    xd, yd = x.double(), y.double()  # the reference sees the same (rounded) values
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    ref = R.rbf_cka(xd, yd).item()
+    assert abs(fastcka.cka(x, y, kernel="rbf").item() - ref) <= tol * abs(ref)
+    med_ref = R.median_squared_distance(xd).item()
+    assert fastcka.ops.median_sq_dist(x).item() == pytest.approx(med_ref, rel=tol)
+    lin = fastcka.cka(x, y, method="tiled").item()  # the tiled linear pass shares the shift
+    assert abs(lin - R.linear_cka(xd, yd).item()) <= tol
 
 
 def test_median_method_out_of_range_is_an_error():

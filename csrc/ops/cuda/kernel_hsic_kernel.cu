@@ -57,11 +57,12 @@ __device__ inline KernelSpec device_spec(int type, const double* gamma, int side
 }
 
 template <typename T>
-__global__ void shift_normalise_kernel(const T* x, int64_t n, int64_t p, T* out, unsigned long long* maxabs_bits) {
+__global__ void shift_normalise_kernel(const T* x, const T* shift, int64_t n, int64_t p, T* out,
+                                       unsigned long long* maxabs_bits) {
   double m = 0.0;
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n * p;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const T v = static_cast<T>(static_cast<double>(x[k]) - static_cast<double>(x[k % p]));  // minus row 0
+    const T v = static_cast<T>(static_cast<double>(x[k]) - static_cast<double>(shift[k % p]));
     out[k] = v;
     m = fmax(m, fabs(static_cast<double>(v)));
   }
@@ -302,7 +303,9 @@ struct CudaKernelHsic : CudaBackend {
     FASTCKA_DISPATCH_FLOATING(x.scalar_type(), "scale_rows", [&] {
       const int blocks = cuda::blocks_for(n * p, cuda::kThreads);
       auto* b = reinterpret_cast<unsigned long long*>(bits.mutable_data_ptr<double>());
-      cuda::shift_normalise_kernel<<<blocks, cuda::kThreads, 0, s>>>(x.const_data_ptr<scalar_t>(), n, p,
+      const Tensor med = column_medians(x);
+      cuda::shift_normalise_kernel<<<blocks, cuda::kThreads, 0, s>>>(x.const_data_ptr<scalar_t>(),
+                                                                     med.const_data_ptr<scalar_t>(), n, p,
                                                                      a.xs.mutable_data_ptr<scalar_t>(), b);
       cuda::normalise_kernel<<<blocks, cuda::kThreads, 0, s>>>(a.xs.mutable_data_ptr<scalar_t>(), n * p, b,
                                                                a.scale.mutable_data_ptr<double>());
