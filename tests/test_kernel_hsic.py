@@ -146,11 +146,14 @@ def test_median_inside_a_tie_block_larger_than_the_collect_buffer():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_an_outlier_first_row_costs_no_digits(dtype):
-    """Row 0 sits 750 spreads away (a transformer's attention-sink token, say). The kernels shift by the column
-    medians, not by a row: with the first-row shift, float32 RBF CKA lost 67 % of its value here."""
+def test_outlier_rows_cost_no_digits(dtype):
+    """Row 0 sits 750 spreads away (a transformer's attention-sink token, say), two more rows far off elsewhere. The
+    kernels shift by column medians of a row subsample, not by a row: with the first-row shift, float32 RBF CKA lost
+    67 % of its value with the row-0 outlier alone."""
     x, y = correlated_pair(1500, 16, 8, seed=21)
     x[0] += 3000.0
+    x[18] -= 2000.0  # on the subsample's stride (every 6th row at n = 1500)
+    x[901, :4] += 5000.0
     x, y = x.to(dtype), y.to(dtype)
     xd, yd = x.double(), y.double()  # the reference sees the same (rounded) values
     tol = 1e-6 if dtype == torch.float32 else 1e-12

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -30,11 +31,19 @@ struct WindowPass {
   std::vector<double> values;
 };
 
-// The shift x₀ the kernels subtract: the column-wise median (torch.median over dim 0), which is a value of each column,
-// so the shift is exact for data a test checks exactly (small integers), and which sits in the bulk of the data, so a
-// far outlier row (a transformer's attention-sink token, say) costs no digits. Shifting by the first row, as before,
-// lost 67 % of a float32 RBF CKA when that row was 750 spreads away.
-inline Tensor column_medians(const Tensor& x) { return call_aten("aten::median", "dim", x, int64_t(0), false); }
+// The shift x₀ the kernels subtract: column medians (torch.median over dim 0) of an evenly strided subsample of at
+// most 255 rows. A median is a value of its column, so the shift is exact for data a test checks exactly (small
+// integers), and it sits in the bulk of the data, so a far outlier row (a transformer's attention-sink token, say)
+// costs no digits: shifting by the first row, as before, lost 67 % of a float32 RBF CKA when that row was 750
+// spreads away. The subsample keeps it cheap (the full column medians cost ~10 ms per call at n = 2048, p = 256).
+constexpr int64_t kShiftRows = 255;
+inline Tensor column_medians(const Tensor& x) {
+  const int64_t n = x.size(0), step = std::max<int64_t>(1, (n + kShiftRows - 1) / kShiftRows);
+  const Tensor rows = step == 1 ? x
+                                : call_aten("aten::slice", "Tensor", x, int64_t(0), std::optional<int64_t>(0),
+                                            std::optional<int64_t>(n), step);
+  return call_aten("aten::median", "dim", rows, int64_t(0), false);
+}
 
 // Float64 vectors a pass fills: r (row sums), d (diagonal) per side, and the three Σ entries.
 struct PassOutput {
@@ -159,7 +168,7 @@ std::pair<double, double> select_squared_distances(const ScaledRows& a, int64_t 
 enum MedianMethod : int64_t { kMedianAuto = 0, kMedianRadix = 1, kMedianWindowOnly = 2, kMedianWindowMiss = 3 };
 
 constexpr int64_t kWindowMinPairs = int64_t(1) << 17;  // below this the radix passes cost little anyway
-constexpr int64_t kWindowMinSample = int64_t(1) << 16;
+constexpr int64_t kWindowMinSample = int64_t(1) << 13;
 constexpr int64_t kWindowMaxSample = int64_t(1) << 22;
 constexpr double kWindowZ = 6.0;  // the bracket's half-width in standard errors of the sample quantile
 constexpr uint64_t kWindowSeed = 0xC4A5EED5ull;
@@ -173,9 +182,11 @@ bool select_by_window(const ScaledRows& a, int64_t k, bool want_next, int64_t me
     return true;
   }
   if (method == kMedianAuto && pairs < kWindowMinPairs) return false;
-  // sample size: enough that the bracket's expected content fits in half the collect buffer
+  // sample size: about 8·√pairs (the sample's cost grows with it, the window's content and its selection shrink as
+  // 1/√m), and at least enough that the bracket's expected content fits in half the collect buffer
   const double need = 2.0 * kWindowZ * static_cast<double>(pairs) / static_cast<double>(kCollectCapacity / 2);
-  const int64_t m = std::max<int64_t>(kWindowMinSample, static_cast<int64_t>(need * need) + 1);
+  const int64_t balanced = std::min<int64_t>(int64_t(1) << 16, static_cast<int64_t>(8.0 * std::sqrt(double(pairs))));
+  const int64_t m = std::max({kWindowMinSample, balanced, static_cast<int64_t>(need * need) + 1});
   if (m > kWindowMaxSample && method == kMedianAuto) return false;
   std::vector<double> sample = D::sample_distances(a, std::min(m, kWindowMaxSample), kWindowSeed);
   const int64_t ms = static_cast<int64_t>(sample.size());
