@@ -122,7 +122,11 @@ def hsic_terms(
     else:
         gamma = torch.zeros(2, dtype=torch.float64, device=xm.device)
     code = _KERNEL_CODE[kernel]
-    return ops.kernel_hsic(xm, ym, gamma, code, code, bool(unbiased))
+    h = ops.kernel_hsic(xm, ym, gamma, code, code, bool(unbiased))
+    # The tiled pass clamps distances at 0 (a NaN one too) and exp(−γ·inf) is 0, so non-finite input would come out
+    # finite and wrong; it gives NaN as on the other paths (checked on the device: no host sync).
+    finite = torch.isfinite(xm).all() & torch.isfinite(ym).all()
+    return torch.where(finite, h, torch.full_like(h, float("nan")))
 
 
 def hsic(
@@ -243,8 +247,9 @@ def center_gram(k: Tensor, unbiased: bool = False, check_symmetric: bool = True)
     ⟨center_gram(K, True), center_gram(L, True)⟩ / (n(n−3)) is the unbiased HSIC₁. Sums run in float64; the result
     has K's dtype (float32 for half input) and is differentiable (to any order: the op is linear and its adjoint is
     the same kernel). ``k`` must be square and symmetric: |K_ij − K_ji| ≤ 2·tol·max|K| (tol 1e-6 in float32, 1e-12 in
-    float64), and no pair may differ by an infinite amount; NaN entries pass (NaN in, NaN out). The check reads one
-    boolean back to the host; pass ``check_symmetric=False`` on a hot path.
+    float64), and no pair may differ by an infinite amount; NaN entries pass (NaN in, NaN out), and a matrix with a
+    NaN entry has no finite max|K|, so then only infinite asymmetries are caught. The check reads one boolean back
+    to the host; pass ``check_symmetric=False`` on a hot path.
     """
     if not isinstance(k, torch.Tensor):
         raise TypeError(f"k must be a torch.Tensor, got {type(k).__name__}")

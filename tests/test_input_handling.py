@@ -88,9 +88,12 @@ def test_mixed_dtypes_promote():
 def test_non_finite_in_gives_nan_out(bad):
     x, y = correlated_pair(20, 4, 3, seed=6)
     x[3, 1] = bad
-    for method in ("feature", "sample"):
+    for method in ("feature", "sample", "tiled"):
         assert torch.isnan(fastcka.cka(x, y, method=method))
         assert torch.isnan(fastcka.hsic(x, y, method=method))
+    for sigma in (None, 1.0):  # the RBF pass clamps distances: a NaN or inf row used to give a finite wrong value
+        assert torch.isnan(fastcka.cka(x, y, kernel="rbf", sigma=sigma))
+        assert torch.isnan(fastcka.cka(y, x, kernel="rbf", sigma=sigma, unbiased=True))
 
 
 def test_constant_representation_is_zero_on_every_path():

@@ -60,12 +60,16 @@ inline void check_matrix(const Tensor& t, const char* op, const char* arg) {
 
 namespace fastcka {
 
-// Calls any ATen op through the dispatcher (the stable ABI's escape hatch) and returns its first output.
-template <class... Args>
+// Calls any ATen op through the dispatcher (the stable ABI's escape hatch) and returns its first output. kReturns
+// must be the op's number of (tensor) outputs: the dispatcher hands each one over as an owned handle, and the ones
+// after the first are released here (not naming them leaked them, e.g. median.dim's indices on every call).
+template <int kReturns = 1, class... Args>
 Tensor call_aten(const char* name, const char* overload, Args&&... args) {
-  std::array<StableIValue, sizeof...(Args)> stack{torch::stable::detail::from(std::forward<Args>(args))...};
+  constexpr size_t kSlots = sizeof...(Args) > size_t(kReturns) ? sizeof...(Args) : size_t(kReturns);
+  std::array<StableIValue, kSlots> stack{torch::stable::detail::from(std::forward<Args>(args))...};
   STD_TORCH_CHECK(torch_call_dispatcher(name, overload, stack.data(), TORCH_ABI_VERSION) == AOTI_TORCH_SUCCESS,
                   "fastcka: call to ", name, " failed");
+  for (int i = 1; i < kReturns; ++i) (void)torch::stable::detail::to<Tensor>(stack[i]);  // owned, then released
   return torch::stable::detail::to<Tensor>(stack[0]);
 }
 

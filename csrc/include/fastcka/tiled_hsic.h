@@ -1,7 +1,8 @@
 // Kernel HSIC in one pass over the i ≤ j pairs, never storing K or L: the math shared by the CPU and CUDA kernels.
 //
-// The features are shifted by their column medians x₀ and multiplied by a power of two s (exact for the data a test
-// can check exactly, robust to an outlier row, and it keeps Grams finite); kernels see the scaled rows x' = s(x − x₀):
+// The features are shifted by x₀, the column medians of a seeded row subset, and multiplied by a power of two s
+// (exact for the data a test can check exactly, robust to outlier rows, and it keeps Grams finite); kernels see the
+// scaled rows x' = s(x − x₀):
 //   linear  K'ᵢⱼ = x'ᵢ·x'ⱼ           (true Kᵢⱼ = κ·K'ᵢⱼ with κ = 1/s², applied in float64 at the end)
 //   rbf     Kᵢⱼ  = exp(−γ'‖x'ᵢ − x'ⱼ‖²) with γ' = γ/s² = 1/(2σ²s²); ‖·‖² from the row norms and the dot, ≥ 0,
 //           exactly 0 on the diagonal. (κ = 1.)
