@@ -68,4 +68,12 @@ FASTCKA_HD void sampled_pair(uint64_t seed, int64_t s, int64_t n, int64_t* i, in
   *j = a < b ? b : a;
 }
 
+// The squared distance of one sampled pair, from the scaled rows (float64 dot) and their float64 squared norms.
+template <typename T>
+FASTCKA_HD double sampled_distance(const T* xs, const double* norms, int64_t p, int64_t i, int64_t j) {
+  double dot = 0.0;
+  for (int64_t c = 0; c < p; ++c) dot += static_cast<double>(xs[i * p + c]) * static_cast<double>(xs[j * p + c]);
+  return squared_distance(dot, norms[i], norms[j], false);
+}
+
 }  // namespace fastcka

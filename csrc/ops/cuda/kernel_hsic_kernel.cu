@@ -275,9 +275,7 @@ __global__ void sample_distances_kernel(const T* xs, const double* nx, int64_t n
        s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t i, j;
     sampled_pair(seed, s, n, &i, &j);
-    double dot = 0.0;
-    for (int64_t c = 0; c < p; ++c) dot += static_cast<double>(xs[i * p + c]) * static_cast<double>(xs[j * p + c]);
-    out[s] = squared_distance(dot, nx[i], nx[j], false);
+    out[s] = sampled_distance(xs, nx, p, i, j);
   }
 }
 
