@@ -365,3 +365,31 @@ def test_parity_that_generalises_at_memorisation_cannot_test_the_claim(tmp_path)
     make_run(runs, "par-s0", "parity", grok=200, rise_at=None, task="parity", p=2, lr=1e-3)  # memorised at 200 too
     verdict = _verdict(_report(tmp_path, runs), "On k-sparse parity")
     assert verdict.startswith("not tested: 1/1 parity runs generalised by the step they memorised (par-s0 at step 200)")
+
+
+def test_layernorm_line_counts_alarms_per_guard_and_the_frozen_share(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "ln-s0", "arch", grok=2000, rise_at=1000, layer_norm=True)
+    make_run(runs, "ln-s1", "arch", grok=None, rise_at=None, seed=1, layer_norm=True, lr=1e-3)
+    text = _report(tmp_path, runs)
+    line = _verdict(text, "Architecture: pre-LN blocks")
+    # no spikes in the synthetic logs: nothing frozen, and every guard sees the same rise as the detector
+    assert "lr 0.003: 1/1 grokked (grok steps 2000), median 0.0 train-loss spikes per 1,000 steps" in line, line
+    assert "froze a median 0% of the logged points" in line
+    assert "guard hold 1/1, off 1/1, rebase 1/1" in line
+    assert "lr 0.001: 0/1 grokked, median 0.0" in line and "guard hold 0/0" in line
+    assert "| guard off, LayerNorm on | o01 | 1/2 " not in text and "| guard off, LayerNorm on | o01 | 1/1 " in text
+
+
+def test_frozen_share_counts_the_hold_window_after_a_spike():
+    from fastcka.grok.study.analysis import _frozen_fraction
+    from fastcka.grok.detect import Detector
+    det = DetectorConfig(**DET)
+    rows = [{"step": s, "train_loss_max": 1.0 if s == 1000 else 0.01, "train_acc": 1.0 if s >= 200 else 0.5,
+             "o01": 0.5} for s in range(0, 3001, 25)]
+    d = Detector(det)
+    for r in rows:
+        d.update(r["step"], r["o01"], r["train_acc"], r["train_loss_max"])
+    # memorised at 200: 113 points from there; the spike at 1000 freezes 1000 … 1000 + spike_window (9 points)
+    assert _frozen_fraction(rows, d.result) == pytest.approx((det.spike_window // 25 + 1) / 113)
+    assert _frozen_fraction(rows[:8], Detector(det).result) is None  # never memorised

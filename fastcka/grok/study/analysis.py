@@ -125,10 +125,19 @@ def analyse_run(run: dict, spike_guard: Optional[str] = None) -> dict:
             "memorised": o.result.memorised_step, "rise_onset": o.result.rise_onset_step, "alarms": alarms,
             "leads": {k: (grok - a if grok is not None and a is not None else None) for k, a in alarms.items()},
             "o01_peak": o.result.peak, "o01_min": o.result.minimum, "spikes": len(o.result.spike_steps),
+            "frozen_frac": _frozen_fraction(rows, o.result),
             "o01_post_median": quantile([r["o01"] for r in rows if o.result.memorised_step is not None
                                          and r["step"] >= o.result.memorised_step and math.isfinite(r["o01"])], 0.5),
             "wall_s": s.get("study", {}).get("wall_s_total", s.get("wall_s")), "config": c}
 
+
+
+def _frozen_fraction(rows: list[dict], res) -> Optional[float]:
+    """The share of logged points from memorisation on that the spike guard froze (None before memorisation)."""
+    if res.memorised_step is None:
+        return None
+    after = [frozen for r, frozen in zip(rows, res.ignored) if r["step"] >= res.memorised_step]
+    return sum(after) / len(after)
 
 
 def spike_jumps(rows: list[dict], det: DetectorConfig) -> tuple[list[float], list[float]]:

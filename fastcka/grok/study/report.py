@@ -192,7 +192,9 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
           "group; the band is the pilot's 3,297 ± 461.", "",
           "### The spike guard (detector setting, applied to the same logs)", ""]
     L += stats_table([(f"guard {g}, {reg} regime", modular_runs(by_guard[g], reg)) for reg in ("pilot", "fast")
-                      for g in GUARDS], ["o01"])
+                      for g in GUARDS]
+                     + [(f"guard {g}, LayerNorm on", [f for f in by_guard[g] if f["regime"] == "layernorm"])
+                        for g in GUARDS], ["o01"])
     at, other = [], []
     for run, f in zip(runs, facts):
         a, o = spike_jumps(run["rows"], DetectorConfig(**f["config"]["detector"]))

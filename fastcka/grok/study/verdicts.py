@@ -201,6 +201,7 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
     out.append("- **Does the Ô01 alarm beat simply watching test accuracy?** (the issue's question, not a pilot claim) "
                + ("; ".join(parts) if parts else "not yet tested") + f". Rule: yes = earlier than {TEST_ACC_LABEL} "
                "in every grokking run with no more false alarms.")
+    out.append(layernorm_line(facts, by_guard))
     # 7. forcing
     forced = [f for f in facts if f["regime"] == "forcing"]
     if not forced:
@@ -229,3 +230,34 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
                "the term held the median post-memorisation Ô01 ≥ 0.9, reproduced = ≥ 2/3 grokked, not = none did "
                "(within our max steps, shorter than the pilot's 20k: a run that did not grok may grok later).")
     return out
+
+
+def layernorm_line(facts: Sequence[dict], by_guard: Optional[dict] = None) -> str:
+    """Pre-LN blocks against none (the issue's architecture question): numbers only, no verdict — the pilot did not
+    say which it used. Per learning rate: how many grokked, how often the train loss spiked, how much of the run the
+    hold guard froze, and the Ô01 alarm count before the jump under each spike guard."""
+    head = "- **Architecture: pre-LN blocks** (the issue's question, not a pilot claim; numbers only)."
+    ln = [f for f in facts if f["regime"] == "layernorm"]
+    if not ln:
+        return head + " not yet tested (no pre-LN run has finished)."
+
+    def describe(fs: Sequence[dict], label: str) -> str:
+        names = {f["name"] for f in fs}
+        g = [f for f in fs if f["grok"] is not None]
+        guards = by_guard or {"hold": facts}
+        hits = ", ".join(f"{gd} {len(_split([x for x in guards[gd] if x['name'] in names])[1])}/{len(g)}"
+                         for gd in guards)
+        rate = quantile([1000 * f["spikes"] / f["steps"] for f in fs if f["steps"]], 0.5)
+        frozen = quantile([f["frozen_frac"] for f in fs if f["frozen_frac"] is not None], 0.5)
+        steps = f" (grok steps {', '.join(fmt_num(f['grok']) for f in g)})" if g else ""
+        return (f"{label}: {len(g)}/{len(fs)} grokked{steps}, "
+                f"median {fmt_num(rate, 1)} train-loss spikes per 1,000 steps, the hold guard froze a median "
+                f"{fmt_num(None if frozen is None else 100 * frozen, 0)}% of the logged points after memorisation; "
+                f"Ô01 alarm before the jump with guard {hits}")
+
+    parts = [describe([f for f in ln if f["config"]["lr"] == lr], f"lr {lr:g}")
+             for lr in sorted({f["config"]["lr"] for f in ln}, reverse=True)]
+    fast = modular_runs(facts, "fast")
+    if fast:
+        parts.append(describe(fast, "no LayerNorm for comparison (fast regime, lr 3e-3, with its controls)"))
+    return head + " " + "; ".join(parts) + "."
