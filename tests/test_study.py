@@ -393,3 +393,15 @@ def test_frozen_share_counts_the_hold_window_after_a_spike():
     # memorised at 200: 113 points from there; the spike at 1000 freezes 1000 … 1000 + spike_window (9 points)
     assert _frozen_fraction(rows, d.result) == pytest.approx((det.spike_window // 25 + 1) / 113)
     assert _frozen_fraction(rows[:8], Detector(det).result) is None  # never memorised
+
+
+def test_brief_table_keeps_the_verdict_word_and_drops_numbers_only_lines():
+    lines = ["- **Claim A (pilot: 16/16).** reproduced: 9/9 runs (provisional: 9 grokking runs, fewer than the pilot's 16).",
+             "- **Claim B.** not: 2/2 false alarms.",
+             "- **Test acc?** (the issue's question) pilot regime: yes — x; fast regime: no — y. Rule: ...",
+             "- **Architecture** (numbers only). lr 0.003: 3/3 grokked."]
+    assert study.verdicts.brief_table(lines) == [
+        "| claim | verdict |", "|---|---|",
+        "| Claim A (pilot: 16/16) | reproduced (provisional: fewer runs than the pilot) |",
+        "| Claim B | not |",
+        "| Test acc? | pilot regime: yes; fast regime: no |"]

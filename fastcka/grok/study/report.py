@@ -16,7 +16,7 @@ from .fmt import fmt_num
 from .grid import RunSpec
 from .stats import quantile
 from .tables import sensitivity_table, stats_table
-from .verdicts import GUARDS, modular_runs, claim_verdicts
+from .verdicts import GUARDS, brief_table, claim_verdicts, modular_runs
 
 
 def _machine(facts: Sequence[dict]) -> str:
@@ -72,6 +72,9 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
          "grokking (2/3 runs at 20k steps). This study re-runs it with more seeds, in the pilot's regime and in the "
          "faster demo regime, with non-grokking controls, and runs the other progress measures through the same "
          "detector as baselines. Its result is whatever the finished runs show.", ""]
+    if runs:
+        L += ["## The answer in brief", "", *brief_table(claim_verdicts(facts, by_guard)), "",
+              "Each verdict, its evidence and the rule that decides it are under *The pilot's claims* at the end.", ""]
     # status
     done = {r["name"] for r in runs}
     missing = [s for s in (specs or []) if s.name not in done]

@@ -3,6 +3,7 @@ the rule that decides it stated next to it."""
 
 from __future__ import annotations
 
+import re
 from typing import Optional, Sequence
 
 from ..detect import DetectorConfig
@@ -261,3 +262,25 @@ def layernorm_line(facts: Sequence[dict], by_guard: Optional[dict] = None) -> st
     if fast:
         parts.append(describe(fast, "no LayerNorm for comparison (fast regime, lr 3e-3, with its controls)"))
     return head + " " + "; ".join(parts) + "."
+
+
+_VERDICT = re.compile(r"^(reproduced|partly|not yet tested|not tested|not|inconclusive)\b")
+_PER_REGIME = re.compile(r"(pilot regime|fast regime): (.*?) — ")
+
+
+def brief_table(claims: Sequence[str]) -> list[str]:
+    """The verdicts of :func:`claim_verdicts` as a table: each claim and its verdict word (marked provisional where
+    the line says so); the question of test accuracy gets its answer per regime; numbers-only lines are left out."""
+    out = ["| claim | verdict |", "|---|---|"]
+    for line in claims:
+        _, claim, rest = line.split("**", 2)
+        rest = rest.strip()
+        m = _VERDICT.match(rest)
+        if m:
+            verdict = m.group(1) + (" (provisional: fewer runs than the pilot)" if "provisional" in rest else "")
+        elif _PER_REGIME.search(rest):
+            verdict = "; ".join(f"{reg}: {v}" for reg, v in _PER_REGIME.findall(rest))
+        else:
+            continue
+        out.append(f"| {claim.rstrip('.')} | {verdict} |")
+    return out
