@@ -79,8 +79,8 @@ def frequency_energy(x: Tensor, dim: int = 0, dims: Optional[Sequence[int]] = No
 def _check_top_k(top_k: int, available: int) -> None:
     if isinstance(top_k, bool) or not isinstance(top_k, int):
         raise TypeError(f"top_k must be an int, got {type(top_k).__name__}")
-    if not 1 <= top_k < available:
-        raise ValueError(f"top_k must be in [1, {available - 1}] (there are {available} non-constant frequencies), got {top_k}")
+    if not 1 <= top_k <= available:
+        raise ValueError(f"top_k must be in [1, {available}] (there are {available} non-constant frequencies), got {top_k}")
 
 
 def key_frequencies(x: Tensor, top_k: int, dim: int = 0, dims: Optional[Sequence[int]] = None) -> Tensor:

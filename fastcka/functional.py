@@ -14,6 +14,7 @@ safe on a training step's hot path. NaN or Inf anywhere in the input gives NaN (
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -41,7 +42,7 @@ def _as_matrix(t: Tensor, name: str) -> Tensor:
         raise ValueError(f"{name} must have shape (n, ...) with one example per row, got a 0-d tensor")
     if t.dim() == 1:
         t = t[:, None]
-    t = t.reshape(t.shape[0], -1)
+    t = t.reshape(t.shape[0], math.prod(t.shape[1:]))  # (not -1: ambiguous for n = 0)
     if t.shape[1] == 0:
         raise ValueError(f"{name} has no features: shape {tuple(t.shape)}")
     return t
@@ -77,25 +78,43 @@ def _check_kernel(kernel: str, method: str) -> None:
         raise ValueError(f"the rbf kernel is computed by the tiled pass: method must be 'auto' or 'tiled', got {method!r}")
 
 
+def _sigma_pair(sigma: Sigma) -> Tuple:
+    """(σx, σy) from None, one σ for both sides, or a pair."""
+    if isinstance(sigma, (tuple, list)):
+        if len(sigma) != 2:
+            raise ValueError(f"sigma must be one value or a pair (sigma_x, sigma_y), got {len(sigma)} values")
+        return tuple(sigma)
+    return sigma, sigma
+
+
 def _check_sigma(value, name: str) -> None:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
-        return  # a tensor σ is not read back to the host (no sync); it must be positive and finite
+            raise ValueError(f"{name} must be a scalar (pass a pair as a tuple), got a tensor of shape "
+                             f"{tuple(value.shape)}")
+        return  # a tensor σ is not read back to the host (no sync): rbf_gamma turns a bad one into NaN
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a positive float, got {type(value).__name__}")
     if not (value > 0 and value < float("inf")):
         raise ValueError(f"{name} must be positive and finite, got {value}")
 
 
+def _check_threshold(threshold) -> None:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < float("inf"):
+        raise ValueError(f"threshold must be a positive finite float, got {threshold!r}")
+
+
 def rbf_gamma(x: Tensor, sigma=None, threshold: float = 1.0) -> Tensor:
     """γ = 1/(2σ²) for one side as a float64 0-d tensor on x's device. With σ None, σ² = t²·median of the n²
     squared distances (Kornblith et al.'s heuristic, diagonal zeros included, computed exactly without storing
-    them); a median of 0 (more than half the pairs identical) gives γ = 0, a constant kernel."""
+    them); a median of 0 (more than half the pairs identical) gives γ = 0, a constant kernel. A float σ must be
+    positive and finite (else ValueError); a tensor σ is not read back to the host, so a non-positive or non-finite
+    one gives γ = NaN, hence a NaN result."""
     if sigma is not None:
         _check_sigma(sigma, "sigma")
         s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(())
-        return 0.5 / (s * s)
+        ok = (s > 0) & torch.isfinite(s)
+        return torch.where(ok, 0.5 / (s * s), torch.full_like(s, float("nan")))
     med = ops.median_sq_dist(x) * (threshold * threshold)
     return torch.where(med > 0, 0.5 / torch.where(med > 0, med, torch.ones_like(med)), torch.zeros_like(med))
 
@@ -111,22 +130,33 @@ def hsic_terms(
 ) -> Tensor:
     """float64 tensor [HSIC(K,L), HSIC(K,K), HSIC(L,L)]: the three numbers CKA is made of."""
     _check_kernel(kernel, method)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < float("inf"):
-        raise ValueError(f"threshold must be a positive finite float, got {threshold!r}")
+    _check_threshold(threshold)
     xm, ym = _prepare_pair(x, y, unbiased)
     if kernel == "linear" and method != "tiled":
         return ops.linear_hsic(xm, ym, bool(unbiased), LINEAR_METHODS[method])
     if kernel == "rbf":
-        sx, sy = sigma if isinstance(sigma, (tuple, list)) else (sigma, sigma)
+        sx, sy = _sigma_pair(sigma)
         gamma = torch.stack([rbf_gamma(xm, sx, threshold), rbf_gamma(ym, sy, threshold)]).detach()
     else:
         gamma = torch.zeros(2, dtype=torch.float64, device=xm.device)
     code = _KERNEL_CODE[kernel]
+    return _tiled_terms(xm, ym, gamma, code, unbiased)
+
+
+def _tiled_terms(xm: Tensor, ym: Tensor, gamma: Tensor, code: int, unbiased: bool) -> Tensor:
     h = ops.kernel_hsic(xm, ym, gamma, code, code, bool(unbiased))
     # The tiled pass clamps distances at 0 (a NaN one too) and exp(−γ·inf) is 0, so non-finite input would come out
-    # finite and wrong; it gives NaN as on the other paths (checked on the device: no host sync).
-    finite = torch.isfinite(xm).all() & torch.isfinite(ym).all()
-    return torch.where(finite, h, torch.full_like(h, float("nan")))
+    # finite and wrong; it gives NaN as on the other paths (checked on the device: no host sync). Each self-term
+    # reads one side only, so it stays valid when only the other side is bad (cka_matrix's diagonal relies on it).
+    fx, fy = torch.isfinite(xm).all(), torch.isfinite(ym).all()
+    return torch.where(torch.stack([fx & fy, fx, fy]), h, torch.full_like(h, float("nan")))
+
+
+def _gammas(kernel: str, mats: Sequence[Tensor], sigma, threshold: float) -> list:
+    """One γ per layer (0 for the linear kernel, which ignores it)."""
+    if kernel == "linear":
+        return [torch.zeros((), dtype=torch.float64, device=t.device) for t in mats]
+    return [rbf_gamma(t, sigma, threshold).detach() for t in mats]
 
 
 def hsic(
@@ -204,19 +234,27 @@ def cka_matrix(
     itself (symmetric, unit diagonal, one triangle computed). Layers may have different widths but must share n.
 
     Linear kernel: one op call on the device; every layer is centred once, its self-HSIC computed once, then one
-    Gram product per pair. The RBF kernel runs the tiled pass per pair. Entry (i, j) equals
-    ``cka(xs[i], ys[j], ...)``. No autograd (differentiate `cka` on the pairs you need).
+    Gram product per pair. The RBF kernel (and ``method="tiled"``) runs the tiled pass once per pair, with each
+    layer's σ (its exact median, for ``sigma=None``) computed once: L(L−1)/2 passes for ``ys=None``, L·M otherwise.
+    Entry (i, j) equals ``cka(xs[i], ys[j], ...)``, with ``sigma=(σx, σy)`` σx for the ``xs`` and σy for the
+    columns. No autograd (differentiate `cka` on the pairs you need).
     """
     if isinstance(xs, torch.Tensor) or not isinstance(xs, (list, tuple)) or not xs:
         raise TypeError("xs must be a non-empty list or tuple of tensors (one per layer)")
     if ys is not None and (isinstance(ys, torch.Tensor) or not isinstance(ys, (list, tuple)) or not ys):
         raise TypeError("ys must be None or a non-empty list or tuple of tensors")
     _check_kernel(kernel, method)
+    _check_threshold(threshold)
     layers = list(xs) + ([] if ys is None else list(ys))
-    mats = [_as_matrix(t, f"layer {i}") for i, t in enumerate(layers)]
-    ref = mats[0]
-    for i, t in enumerate(mats):
-        _prepare_pair(ref, t, unbiased)  # same n, same device, enough examples
+    names = [f"xs[{i}]" for i in range(len(xs))] + [f"ys[{j}]" for j in range(len(ys or []))]
+    mats = [_as_matrix(t, name) for t, name in zip(layers, names)]
+    for t, name in zip(mats, names):  # same n and device as xs[0], enough examples
+        if t.device != mats[0].device:
+            raise ValueError(f"every layer must be on one device: {name} is on {t.device}, xs[0] on {mats[0].device}")
+        if t.shape[0] != mats[0].shape[0]:
+            raise ValueError(f"every layer needs the same number of examples (first dim): {name} has shape "
+                             f"{tuple(layers[names.index(name)].shape)}, xs[0] has shape {tuple(layers[0].shape)}")
+    _prepare_pair(mats[0], mats[0], unbiased)
     dt = functools.reduce(_compute_dtype, [t.dtype for t in mats])
     mats = [t.to(dt) for t in mats]
     mx, my = mats[: len(xs)], mats[len(xs):]
@@ -234,10 +272,32 @@ def cka_matrix(
             eye = torch.eye(len(mx), dtype=torch.bool, device=out.device)
             out = torch.where(eye & (self_x > 0)[:, None], torch.ones_like(out), out)
         return out.to(dt)
-    rows = []
-    for a in mx:
-        rows.append(torch.stack([cka(a, b, kernel, unbiased, method, sigma, threshold) for b in (my or mx)]))
-    return torch.stack(rows).to(dt)
+    return _tiled_cka_matrix(mx, my, kernel, unbiased, sigma, threshold).to(dt)
+
+
+def _tiled_cka_matrix(mx: list, my: list, kernel: str, unbiased: bool, sigma: Sigma, threshold: float) -> Tensor:
+    """cka_matrix on the tiled pass: γ once per layer, one pass per pair (the upper triangle when ``my`` is empty
+    and both sides take the same σ, mirrored; its diagonal is 1, or 0 for a layer with no positive self-HSIC)."""
+    sx, sy = _sigma_pair(sigma)
+    code = _KERNEL_CODE[kernel]
+    gx = _gammas(kernel, mx, sx, threshold)
+    symmetric = not my and (sx is sy or (isinstance(sx, (int, float)) and sx == sy))
+    cols = my or mx
+    gy = gx if symmetric else _gammas(kernel, cols, sy, threshold)
+    terms = {}
+    for i in range(len(mx)):
+        for j in range(i + 1 if symmetric else 0, len(cols)):
+            terms[i, j] = _tiled_terms(mx[i], cols[j], torch.stack([gx[i], gy[j]]), code, unbiased)
+    if not symmetric:
+        return torch.stack([torch.stack([cka_from_terms(terms[i, j]) for j in range(len(cols))])
+                            for i in range(len(mx))])
+    if len(mx) == 1:  # no pair to read the self-HSIC from
+        terms[0, 0] = _tiled_terms(mx[0], mx[0], torch.stack([gx[0], gx[0]]), code, unbiased)
+    self_h = [terms[i, i + 1][1] if i + 1 < len(mx) else terms[i - 1, i][2] if i else terms[0, 0][1]
+              for i in range(len(mx))]
+    one = lambda h: torch.where(h > 0, torch.ones_like(h), 0.0 * h)  # 0·h: NaN stays NaN
+    entry = lambda i, j: one(self_h[i]) if i == j else cka_from_terms(terms[min(i, j), max(i, j)])
+    return torch.stack([torch.stack([entry(i, j) for j in range(len(mx))]) for i in range(len(mx))])
 
 
 def center_gram(k: Tensor, unbiased: bool = False, check_symmetric: bool = True) -> Tensor:
@@ -259,7 +319,8 @@ def center_gram(k: Tensor, unbiased: bool = False, check_symmetric: bool = True)
         raise ValueError(f"k must be a square (n, n) Gram matrix, got shape {tuple(k.shape)}")
     n = k.shape[0]
     if n < (3 if unbiased else 1):
-        raise ValueError(f"unbiased centring needs n >= 3, got n={n}")
+        raise ValueError(f"{'unbiased' if unbiased else 'biased'} centring needs n >= {3 if unbiased else 1}, "
+                         f"got n={n}")
     kk = k.to(torch.float64 if k.dtype == torch.float64 else torch.float32)
     if check_symmetric:
         tol = 1e-6 if kk.dtype == torch.float32 else 1e-12

@@ -4,7 +4,7 @@ Two families, each in a pair form and a matrix form (every layer against every l
 
 * :class:`LinearCKA` / :class:`LinearCKAMatrix` — the **exact** linear CKA (biased or debiased) of the whole
   stream, as if all examples had been stacked into one matrix. The states are additive sums
-  (``../shared/DESIGN.md`` §1, "Streaming, exact"); centering happens only in :meth:`compute`.
+  (derived below, under "Linear states"); centering happens only in :meth:`compute`.
 * :class:`MinibatchCKA` / :class:`MinibatchCKAMatrix` — minibatch CKA (Nguyen et al. 2021):
   Σ_b HSIC₁(K_b, L_b) / √(Σ_b HSIC₁(K_b, K_b) · Σ_b HSIC₁(L_b, L_b)), linear or RBF kernel. This is a different
   estimator (it is not the CKA of the stacked data); its states, the three HSIC₁ sums, are additive too.
@@ -88,11 +88,12 @@ def _block_indicator(widths: Sequence[int], dtype: torch.dtype, device: torch.de
 
 
 def _cka_from_hsic_matrix(h: Tensor) -> Tensor:
-    """CKA_lm = h_lm / √(h_ll h_mm), 0 where h_ll h_mm ≤ 0 (the reference convention). No host sync."""
+    """CKA_lm = h_lm / √(h_ll h_mm), 0 where h_ll h_mm ≤ 0 (the reference convention), NaN where a term is NaN
+    (as in :func:`fastcka.cka_from_terms`: 0·(sum) is 0 for finite terms, NaN otherwise). No host sync."""
     d = torch.diagonal(h)
     den = torch.outer(d, d)
     pos = den > 0
-    return torch.where(pos, h / torch.sqrt(torch.where(pos, den, torch.ones_like(den))), torch.zeros_like(h))
+    return torch.where(pos, h / torch.sqrt(torch.where(pos, den, torch.ones_like(den))), 0.0 * (den + h))
 
 
 def _dist_active() -> bool:
@@ -136,8 +137,12 @@ def _moment_update(moments: Tensor, shift: Tensor, reps: Sequence[Tensor], block
         off += r.shape[1]
     x = z[:, 1 : 1 + f]
     x.sub_(shift)
-    if blocks is not None:
-        z[:, 1 + f :].copy_((x * x) @ blocks)
+    if blocks is not None:  # per representation, not (x * x) @ blocks: a GEMM would spread one NaN to every a_l
+        off = 0
+        for l, r in enumerate(reps):
+            xl = x[:, off : off + r.shape[1]]
+            torch.sum(xl * xl, dim=1, out=z[:, 1 + f + l])
+            off += r.shape[1]
     moments.addmm_(z.T, z)
 
 
@@ -154,7 +159,20 @@ def _reshift(moments: Tensor, old: Tensor, new: Tensor, blocks: Tensor, with_nor
 
 
 def _linear_hsic_from_moments(n: int, moments: Tensor, blocks: Tensor, debiased: bool) -> Tensor:
-    """(L × L) matrix of the (unnormalised) HSIC between every pair of representations; see the module docstring."""
+    """(L × L) matrix of the (unnormalised) HSIC between every pair of representations; see the module docstring.
+
+    A representation that had a NaN or Inf entry gives NaN in its own row and column only: its features' diagonal
+    moments are non-finite, so it is found there, its moments are zeroed for the GEMMs below (which would spread a
+    NaN to every pair), and its row and column are set to NaN at the end (on the device: no host sync)."""
+    f, nl = blocks.shape
+    bad_feature = ~torch.isfinite(torch.diagonal(moments)[1 : 1 + f])
+    bad = (bad_feature.to(_F64) @ blocks) > 0  # (L,) representations with a non-finite entry
+    moments = torch.where(torch.isfinite(moments), moments, torch.zeros((), dtype=_F64, device=moments.device))
+    h = _linear_hsic_finite(n, moments, blocks, debiased)
+    return torch.where(bad[:, None] | bad[None, :], torch.full_like(h, math.nan), h)
+
+
+def _linear_hsic_finite(n: int, moments: Tensor, blocks: Tensor, debiased: bool) -> Tensor:
     f, nl = blocks.shape
     s = moments[0, 1 : 1 + f]
     c = moments[1 : 1 + f, 1 : 1 + f] - torch.outer(s, s) / n  # centred cross-products X_cᵀ Y_c
@@ -180,29 +198,14 @@ def _linear_hsic_from_moments(n: int, moments: Tensor, blocks: Tensor, debiased:
 def _hsic1_terms(x: Tensor, y: Tensor, kernel: str, sigma_x: Optional[float], sigma_y: Optional[float]) -> Tensor:
     """float64 [HSIC₁(K,L), HSIC₁(K,K), HSIC₁(L,L)] of one minibatch (unbiased HSIC, Song et al. 2012).
 
-    The only place that does kernel HSIC math: it calls the extension's ``fastcka.hsic_terms`` (one fused op, no
-    host sync) where it covers the request, else the float64 reference (n × n Grams, on the CPU).
+    The only place that does kernel HSIC math: one call of the extension's fused ``fastcka.hsic_terms`` (no host
+    sync with σ given; σ None takes each side's exact median).
     """
-    import fastcka
+    from .functional import hsic_terms
 
-    op = getattr(fastcka, "hsic_terms", None)
-    if op is not None:
-        if kernel == "linear":
-            return op(x, y, kernel="linear", unbiased=True).to(_F64)
-        if sigma_x == sigma_y:
-            try:
-                kw = {} if sigma_x is None else {"sigma": sigma_x}
-                return op(x, y, kernel=kernel, unbiased=True, **kw).to(_F64)
-            except (NotImplementedError, TypeError):
-                pass
-    from fastcka import reference as ref
-
-    xc, yc = x.detach().cpu(), y.detach().cpu()
     if kernel == "linear":
-        k, l = ref.gram_linear(xc), ref.gram_linear(yc)
-    else:
-        k, l = ref.gram_rbf(xc, sigma_x), ref.gram_rbf(yc, sigma_y)
-    return torch.stack([ref.hsic1(k, l), ref.hsic1(k, k), ref.hsic1(l, l)]).to(x.device)
+        return hsic_terms(x, y, kernel="linear", unbiased=True).to(_F64)
+    return hsic_terms(x, y, kernel=kernel, unbiased=True, sigma=(sigma_x, sigma_y)).to(_F64)
 
 
 # ----------------------------------------------------------------------------------------------------------------

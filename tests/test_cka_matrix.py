@@ -56,3 +56,53 @@ def test_opcheck():
     xs = layers(12, [3, 4], seed=5)
     torch.library.opcheck(torch.ops.fastcka.linear_hsic_matrix, (xs, [], False, 0),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("kernel,method", [("rbf", "auto"), ("linear", "tiled")])
+def test_tiled_matrix_takes_each_gamma_once_and_each_pair_once(kernel, method, monkeypatch):
+    import fastcka.functional as F
+
+    calls = {"gamma": 0, "pass": 0}
+    gamma, terms = F.rbf_gamma, F._tiled_terms
+    monkeypatch.setattr(F, "rbf_gamma", lambda *a, **k: (calls.__setitem__("gamma", calls["gamma"] + 1), gamma(*a, **k))[1])
+    monkeypatch.setattr(F, "_tiled_terms", lambda *a: (calls.__setitem__("pass", calls["pass"] + 1), terms(*a))[1])
+    xs = layers(30, [3, 7, 2, 5], seed=6)
+    m = fastcka.cka_matrix(xs, kernel=kernel, method=method)
+    assert calls == {"gamma": 4 if kernel == "rbf" else 0, "pass": 6}  # one median per layer, the upper triangle
+    monkeypatch.setattr(F, "rbf_gamma", gamma)
+    monkeypatch.setattr(F, "_tiled_terms", terms)
+    assert torch.equal(m, m.T) and torch.equal(m.diagonal(), torch.ones(4, dtype=m.dtype))
+    for i in range(4):
+        for j in range(4):
+            torch.testing.assert_close(m[i, j], fastcka.cka(xs[i], xs[j], kernel=kernel, method=method),
+                                       rtol=1e-12, atol=1e-14)
+
+
+def test_tiled_matrix_sigma_pair_single_layer_and_nan_layer():
+    xs, ys = layers(24, [3, 4], seed=7), layers(24, [5], seed=8)
+    m = fastcka.cka_matrix(xs, kernel="rbf", sigma=(1.5, 2.5))  # σx for rows, σy for columns: not symmetric
+    for i in range(2):
+        for j in range(2):
+            torch.testing.assert_close(m[i, j], fastcka.cka(xs[i], xs[j], kernel="rbf", sigma=(1.5, 2.5)),
+                                       rtol=1e-12, atol=1e-14)
+    c = fastcka.cka_matrix(xs, ys, kernel="rbf", unbiased=True)
+    torch.testing.assert_close(c[1, 0], fastcka.cka(xs[1], ys[0], kernel="rbf", unbiased=True), rtol=1e-12, atol=1e-14)
+    assert fastcka.cka_matrix(xs[:1], kernel="rbf").item() == 1.0
+    assert fastcka.cka_matrix([torch.ones(24, 2)], kernel="rbf").item() == 0.0  # no variation: 0, as cka gives
+    bad = xs[1].clone()
+    bad[3, 1] = float("nan")
+    nm = fastcka.cka_matrix([xs[0], bad, ys[0]], kernel="rbf")
+    assert nm[1].isnan().all() and nm[:, 1].isnan().all()
+    torch.testing.assert_close(nm[0, 2], fastcka.cka(xs[0], ys[0], kernel="rbf"), rtol=1e-12, atol=1e-14)
+    assert nm[0, 0].item() == nm[2, 2].item() == 1.0
+
+
+def test_errors_name_the_layer():
+    with pytest.raises(ValueError, match=r"xs\[2\] has shape \(6, 2\), xs\[0\] has shape \(5, 2\)"):
+        fastcka.cka_matrix([torch.randn(5, 2), torch.randn(5, 3), torch.randn(6, 2)])
+    with pytest.raises(ValueError, match=r"ys\[1\] has shape \(4, 2\)"):
+        fastcka.cka_matrix([torch.randn(5, 2)], [torch.randn(5, 2), torch.randn(4, 2)])
+    with pytest.raises(TypeError, match=r"ys\[0\] must be a real floating-point"):
+        fastcka.cka_matrix([torch.randn(5, 2)], [torch.ones(5, 2, dtype=torch.int64)])
+    with pytest.raises(ValueError, match="threshold"):
+        fastcka.cka_matrix([torch.randn(5, 2)], kernel="rbf", threshold=0.0)

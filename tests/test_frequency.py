@@ -128,10 +128,17 @@ def test_bad_input():
     with pytest.raises(ValueError, match="top_k"):
         fastcka.frequency_concentration(torch.randn(11, 3), 0)
     with pytest.raises(ValueError, match="top_k"):
-        fastcka.frequency_concentration(torch.randn(11, 3), 5)  # 5 non-constant frequencies: top_k ≤ 4
+        fastcka.frequency_concentration(torch.randn(11, 3), 6)  # 5 non-constant frequencies: top_k ≤ 5
     with pytest.raises(ValueError, match="out of range"):
         fastcka.frequency_spectrum(torch.randn(5, 4), dim=3)
     with pytest.raises(ValueError, match="equal size"):
         fastcka.frequency_spectrum(torch.randn(5, 6), dims=(0, 1))
     with pytest.raises(ValueError, match="unknown method"):
         fastcka.frequency_spectrum(torch.randn(5, 6), method="dct")
+
+
+def test_top_k_may_rank_every_frequency():
+    x = randn(11, 3, seed=9)
+    assert torch.equal(fastcka.key_frequencies(x, 5).sort().values, torch.arange(1, 6))
+    torch.testing.assert_close(fastcka.frequency_concentration(x, 5), torch.tensor(1.0, dtype=torch.float64))
+    assert fastcka.key_frequencies(randn(3, 2, seed=10), 1).tolist() == [1]  # p = 3: one non-constant frequency

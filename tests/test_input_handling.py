@@ -121,3 +121,52 @@ def test_extreme_magnitudes_do_not_overflow():
         assert abs(out - ref) < 1e-5, scale
     # float64: fine while HSIC itself (~ magnitude⁴) stays below float64's range
     assert abs(fastcka.cka(x * 1e70, y * 1e-70).item() - ref) < 1e-12
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (0,), (0, 2, 3)])
+def test_no_examples_is_a_clear_error(shape):
+    with pytest.raises(ValueError, match="needs at least 2 examples, got n=0"):
+        fastcka.cka(torch.empty(shape), torch.empty(shape))
+    with pytest.raises(ValueError, match="needs at least 2 examples, got n=0"):
+        fastcka.cka_matrix([torch.empty(shape)])
+
+
+def test_sigma_validation():
+    x, y = randn(12, 3, seed=1), randn(12, 2, seed=2)
+    with pytest.raises(ValueError, match="one value or a pair"):
+        fastcka.cka(x, y, kernel="rbf", sigma=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="pass a pair as a tuple"):
+        fastcka.cka(x, y, kernel="rbf", sigma=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="positive and finite"):
+        fastcka.cka(x, y, kernel="rbf", sigma=0.0)
+    # a tensor σ is not read back (no host sync): a bad one gives NaN instead of a silent γ = ∞ or |σ|
+    for bad in (0.0, -2.0, float("inf"), float("nan")):
+        assert fastcka.cka(x, y, kernel="rbf", sigma=torch.tensor(bad)).isnan()
+    torch.testing.assert_close(fastcka.cka(x, y, kernel="rbf", sigma=torch.tensor(2.0)),
+                               fastcka.cka(x, y, kernel="rbf", sigma=2.0), rtol=0, atol=0)
+
+
+def test_center_gram_empty_messages():
+    with pytest.raises(ValueError, match="biased centring needs n >= 1, got n=0"):
+        fastcka.center_gram(torch.empty(0, 0))
+    with pytest.raises(ValueError, match="unbiased centring needs n >= 3, got n=2"):
+        fastcka.center_gram(torch.eye(2), unbiased=True)
+
+
+def test_raw_ops_reject_bad_codes_and_gamma():
+    x, y = randn(8, 3, seed=3), randn(8, 2, seed=4)
+    g = torch.ones(2, dtype=torch.float64)
+    ops = torch.ops.fastcka
+    for bad_gamma in (torch.ones(1, dtype=torch.float64), torch.ones(3, dtype=torch.float64), torch.ones(2)):
+        with pytest.raises(RuntimeError, match="gamma must be a float64 tensor of shape"):
+            ops.kernel_hsic(x, y, bad_gamma, 1, 1, False)
+    with pytest.raises(RuntimeError, match="kernel codes"):
+        ops.kernel_hsic(x, y, g, 5, 1, False)
+    with pytest.raises(RuntimeError, match="method must be 0"):
+        ops.linear_hsic(x, y, False, 7)
+    with pytest.raises(RuntimeError, match="method must be 0"):
+        ops.linear_hsic_matrix([x], [], False, 3)
+    with pytest.raises(RuntimeError, match="method must be 0"):
+        ops.frequency_spectrum(randn(7, 3, seed=5), 9)
+    with pytest.raises(RuntimeError, match="k is empty"):
+        ops.center_gram(torch.empty(0, 0), 0)

@@ -350,3 +350,44 @@ def test_any_split_equals_one_shot(cuts, seed, offset, debiased):
         acc.update(x[a:b], y[a:b])
     want = ref.feature_space_linear_cka(x, y, debiased=debiased)
     assert abs(float(acc.compute()) - float(want)) <= 1e-9 * max(abs(float(want)), 1e-6)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_gives_nan_only_where_it_belongs(debiased, bad):
+    g = torch.Generator().manual_seed(21)
+    reps = [torch.randn(40, w, generator=g, dtype=F64) for w in (3, 4, 2)]
+    dirty = [r.clone() for r in reps]
+    dirty[1][7, 2] = bad  # in the second batch, not at the shift row
+    pair = LinearCKA(debiased=debiased)
+    pair.update(dirty[0][:20], dirty[1][:20])
+    pair.update(dirty[0][20:], dirty[1][20:])
+    assert pair.compute().isnan()  # the README's promise: NaN in, NaN out (not 0)
+    clean, acc = LinearCKAMatrix(debiased=debiased), LinearCKAMatrix(debiased=debiased)
+    for part in (slice(0, 20), slice(20, 40)):
+        clean.update(*(r[part] for r in reps))
+        acc.update(*(r[part] for r in dirty))
+    m, want = acc.compute(), clean.compute()
+    assert m[1].isnan().all() and m[:, 1].isnan().all()
+    keep = torch.tensor([0, 2])
+    torch.testing.assert_close(m[keep][:, keep], want[keep][:, keep], rtol=1e-12, atol=1e-14)
+    mb, mb_clean = MinibatchCKAMatrix(), MinibatchCKAMatrix()
+    mb.update(*dirty)
+    mb_clean.update(*reps)
+    h = mb.compute()
+    assert h[1].isnan().all() and h[:, 1].isnan().all()
+    torch.testing.assert_close(h[keep][:, keep], mb_clean.compute()[keep][:, keep], rtol=1e-12, atol=1e-14)
+
+
+def test_minibatch_rbf_takes_the_fused_op_and_rejects_integers(monkeypatch):
+    import fastcka.functional as F
+
+    calls = []
+    op = F.ops.kernel_hsic
+    monkeypatch.setattr(F.ops, "kernel_hsic", lambda *a: (calls.append(a[2]), op(*a))[1])
+    x, y = stream_data(60, seed=22, offset=0.0)
+    acc = MinibatchCKA(kernel="rbf", sigma=(2.0, 3.0))  # different σ per side: still the fused pass
+    acc.update(x, y)
+    assert len(calls) == 1 and torch.allclose(calls[0], torch.tensor([0.5 / 4.0, 0.5 / 9.0], dtype=F64))
+    with pytest.raises(TypeError, match="floating-point"):
+        MinibatchCKA(kernel="rbf").update(torch.ones(8, 2, dtype=torch.int64), torch.ones(8, 2, dtype=torch.int64))

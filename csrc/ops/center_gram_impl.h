@@ -11,7 +11,8 @@ Tensor center_gram(const Tensor& k_, int64_t mode) {
   STD_TORCH_CHECK(k_.dim() == 2 && k_.size(0) == k_.size(1), "fastcka::center_gram: k must be square");
   STD_TORCH_CHECK(mode >= 0 && mode <= 2, "fastcka::center_gram: bad mode");
   const int64_t n = k_.size(0);
-  STD_TORCH_CHECK(n >= (mode == kCenterBiased ? 1 : 3), "fastcka::center_gram: unbiased centring needs n >= 3");
+  STD_TORCH_CHECK(n >= 1, "fastcka::center_gram: k is empty (n = 0)");
+  STD_TORCH_CHECK(mode == kCenterBiased || n >= 3, "fastcka::center_gram: unbiased centring needs n >= 3");
   const Tensor k = as_contiguous(k_);
   return D::center_apply(k, static_cast<int>(mode));
 }

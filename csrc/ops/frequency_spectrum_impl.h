@@ -48,6 +48,8 @@ inline Tensor spectrum_project_fft(const Tensor& x, const SpectrumParams& s) {
 
 template <class D>
 Tensor frequency_spectrum(const Tensor& x_, int64_t method) {
+  STD_TORCH_CHECK(method >= kSpectrumAuto && method <= kSpectrumFft,
+                  "fastcka::frequency_spectrum: method must be 0 (auto), 1 (matmul) or 2 (fft)");
   const Tensor x = as_contiguous(x_);
   const SpectrumParams s = spectrum_params(x, "fastcka::frequency_spectrum");
   const bool use_fft = method == kSpectrumFft || (method == kSpectrumAuto && s.p > kSpectrumMatmulMaxP);

@@ -78,9 +78,19 @@ inline void check_kernel_inputs(const Tensor& x, const Tensor& y, bool unbiased,
   STD_TORCH_CHECK(x.size(0) >= (unbiased ? 4 : 2), op, ": too few examples (n >= 2, n >= 4 unbiased)");
 }
 
+// gamma is read per side (gamma[0] for x, gamma[1] for y): anything else would read out of bounds.
+inline void check_kernel_args(const Tensor& x, const Tensor& gamma, int64_t kx, int64_t ky, const char* op) {
+  STD_TORCH_CHECK(gamma.dim() == 1 && gamma.numel() == 2 && gamma.scalar_type() == ScalarType::Double, op,
+                  ": gamma must be a float64 tensor of shape (2,): (gamma_x, gamma_y)");
+  STD_TORCH_CHECK(gamma.get_device_index() == x.get_device_index(), op, ": gamma must be on x's device");
+  STD_TORCH_CHECK(kx >= kKernelLinear && kx <= kKernelRbf && ky >= kKernelLinear && ky <= kKernelRbf, op,
+                  ": kernel codes must be 0 (linear) or 1 (rbf)");
+}
+
 template <class D>
 Tensor kernel_hsic(const Tensor& x_, const Tensor& y_, const Tensor& gamma_, int64_t kx, int64_t ky, bool unbiased) {
   check_kernel_inputs(x_, y_, unbiased, "fastcka::kernel_hsic");
+  check_kernel_args(x_, gamma_, kx, ky, "fastcka::kernel_hsic");
   const Tensor gamma = as_contiguous(gamma_);
   const ScaledRows a = D::scale_rows(as_contiguous(x_)), b = D::scale_rows(as_contiguous(y_));
   PassOutput o = D::hsic_pass(a, b, kx, ky, gamma);
@@ -107,6 +117,7 @@ template <class D>
 std::tuple<Tensor, Tensor> kernel_hsic_backward(const Tensor& grad, const Tensor& x_, const Tensor& y_,
                                                 const Tensor& gamma_, int64_t kx, int64_t ky, bool unbiased) {
   check_kernel_inputs(x_, y_, unbiased, "fastcka::_kernel_hsic_backward");
+  check_kernel_args(x_, gamma_, kx, ky, "fastcka::_kernel_hsic_backward");
   const Tensor gamma = as_contiguous(gamma_);
   const ScaledRows a = D::scale_rows(as_contiguous(x_)), b = D::scale_rows(as_contiguous(y_));
   PassOutput o = D::hsic_pass(a, b, kx, ky, gamma);  // row sums and diagonals the gradient weights need

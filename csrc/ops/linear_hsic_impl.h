@@ -26,6 +26,8 @@ inline void check_linear_inputs(const Tensor& x, const Tensor& y, bool unbiased,
 // Centre and normalise both sides, fill the row-norm moments the unbiased estimator needs.
 template <class D>
 LinearPrepared linear_prepare(const Tensor& x_, const Tensor& y_, bool unbiased, int64_t method) {
+  STD_TORCH_CHECK(method >= kPathAuto && method <= kPathSample, "fastcka::linear_hsic: method must be 0 (auto), "
+                  "1 (feature) or 2 (sample)");
   LinearPrepared s;
   const Tensor x = as_contiguous(x_), y = as_contiguous(y_);
   s.m = zeros_f64(x, kNumLinearMoments);
@@ -109,6 +111,8 @@ template <class D>
 Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tensor>& ys_in, bool unbiased,
                           int64_t method) {
   STD_TORCH_CHECK(!xs.empty(), "fastcka::linear_hsic_matrix: xs is empty");
+  STD_TORCH_CHECK(method >= kPathAuto && method <= kPathSample, "fastcka::linear_hsic_matrix: method must be 0 "
+                  "(auto), 1 (feature) or 2 (sample)");
   const bool symmetric = ys_in.empty();
   const std::vector<Tensor>& ys = symmetric ? xs : ys_in;
   const int64_t L = static_cast<int64_t>(xs.size()), M = static_cast<int64_t>(ys.size()), n = xs[0].size(0);
