@@ -24,12 +24,21 @@ def test_unbiased_inner_product_is_hsic1():
     torch.testing.assert_close((kc * lc).sum() / (30 * 27), R.hsic1(k, l), rtol=1e-10, atol=0)
 
 
-def test_float32_and_half():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_float32_and_half(dtype, unbiased):
     x, _ = correlated_pair(50, 4, 1, seed=2)
-    k = R.gram_linear(x)
-    out = fastcka.center_gram(k.half())
+    k = R.gram_linear(x).to(dtype)
+    out = fastcka.center_gram(k, unbiased)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), R.center_gram(k.half().double()), rtol=1e-4, atol=1e-3)
+    scale = k.double().abs().max().item()  # float32 output: a few float32 ulps of max|K| (the sums are float64)
+    torch.testing.assert_close(out.double(), R.center_gram(k.double(), unbiased), rtol=1e-6, atol=1e-6 * scale)
+
+
+def test_gram_of_uncentred_data_with_a_huge_mean():
+    x, _ = correlated_pair(60, 5, 1, seed=4)
+    k = R.gram_linear(x + 1e4)  # entries ~1e9 around a spread of ~1e4: centring cancels 5 digits
+    torch.testing.assert_close(fastcka.center_gram(k), R.center_gram(k), rtol=1e-9, atol=1e-12 * k.abs().max().item())
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2])

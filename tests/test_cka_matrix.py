@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fastcka
+import fastcka.reference as R
 from conftest import correlated_pair, randn
 
 
@@ -52,10 +53,41 @@ def test_bad_input():
         fastcka.cka_matrix([torch.randn(5, 2), torch.randn(6, 2)])
 
 
-def test_opcheck():
-    xs = layers(12, [3, 4], seed=5)
-    torch.library.opcheck(torch.ops.fastcka.linear_hsic_matrix, (xs, [], False, 0),
-                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("method", [0, 1, 2])
+def test_opcheck(unbiased, method):
+    xs, ys = layers(12, [3, 40], seed=5), layers(12, [2], seed=6)
+    for args in ((xs, [], unbiased, method), ([t.float() for t in xs], [t.float() for t in ys], unbiased, method)):
+        torch.library.opcheck(torch.ops.fastcka.linear_hsic_matrix, args,
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("method", [0, 1, 2])
+def test_raw_matrix_op_equals_reference_hsic(unbiased, method):
+    """The HSIC values themselves, not only their CKA ratios (a wrong overall scale would cancel out of those)."""
+    xs, ys = layers(30, [3, 45, 5], seed=9), layers(30, [2, 7], seed=10)
+    for h, cols in ((torch.ops.fastcka.linear_hsic_matrix(xs, ys, unbiased, method), ys),
+                    (torch.ops.fastcka.linear_hsic_matrix(xs, [], unbiased, method), xs)):
+        want = torch.stack([torch.stack([R.hsic(R.gram_linear(a), R.gram_linear(b), unbiased) for b in cols]) for a in xs])
+        torch.testing.assert_close(h, want, rtol=1e-10, atol=1e-12 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_matrix_equals_reference_on_hard_inputs(unbiased):
+    """float32 layers whose means are 10⁴ times their spread, one p ≫ n and one rank-deficient, against the float64
+    reference CKA of the same (rounded) inputs."""
+    xs = layers(40, [3, 300, 6], seed=11)
+    xs[2] = xs[2][:, :1] @ randn(1, 6, seed=12)  # rank 1
+    xs = [(t + 1e4 * t.std(0)).float() for t in xs]
+    m = fastcka.cka_matrix(xs, unbiased=unbiased)
+    # the reference centres the same float32 values in float64 first: its explicit Gram of the uncentred data would
+    # itself lose 1e-5 here, in float64
+    cd = [t.double() - t.double().mean(0) for t in xs]
+    for i in range(3):
+        for j in range(3):
+            want = R.linear_cka(cd[i], cd[j], unbiased)
+            assert abs(m[i, j].item() - want.item()) < 1e-6, (i, j, m[i, j].item(), want.item())
 
 
 @pytest.mark.parametrize("kernel,method", [("rbf", "auto"), ("linear", "tiled")])

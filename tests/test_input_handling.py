@@ -82,6 +82,8 @@ def test_mixed_dtypes_promote():
     x, y = correlated_pair(30, 4, 3, seed=5)
     out = fastcka.cka(x.float(), y)
     assert out.dtype == torch.float64
+    # computed in float64 (the rounded float32 x against the float64 y), not in float32
+    assert out.item() == pytest.approx(R.linear_cka(x.float().double(), y).item(), rel=1e-12)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
@@ -170,3 +172,12 @@ def test_raw_ops_reject_bad_codes_and_gamma():
         ops.frequency_spectrum(randn(7, 3, seed=5), 9)
     with pytest.raises(RuntimeError, match="k is empty"):
         ops.center_gram(torch.empty(0, 0), 0)
+
+
+def test_cka_from_terms_rules():
+    h = torch.tensor([[2.0, 4.0, 1.0], [1.0, 0.0, 3.0], [1.0, -1.0, 2.0], [math.nan, 1.0, 1.0], [1.0, math.inf, 1.0]],
+                     dtype=torch.float64)
+    out = fastcka.cka_from_terms(h)  # batched over the leading dims
+    assert out[0].item() == 1.0 and out[1].item() == 0.0 and out[2].item() == 0.0
+    assert out[3].isnan() and out[4].item() == 0.0  # a NaN term is NaN; an infinite self-HSIC makes the ratio 0
+    assert fastcka.cka_from_terms(h.reshape(5, 1, 3)).shape == (5, 1)
