@@ -59,6 +59,8 @@ import difflib
 import math
 import os
 import re
+import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -76,36 +78,18 @@ _REDUCTIONS = ("mean", "max", "flatten")
 # The one indirection to the CKA math (fastcka's ops; never written here).
 # ---------------------------------------------------------------------------------------------------------------
 
-def _cka(x: Tensor, y: Tensor, kernel: str, unbiased: bool) -> Tensor:
-    """0-d CKA tensor on x's device, no host sync: ``fastcka.cka``."""
+def _cka(x: Tensor, y: Tensor, kernel: str, unbiased: bool, **kernel_args: Any) -> Tensor:
+    """0-d CKA tensor on x's device, no host sync (RBF: with σ given): ``fastcka.cka``."""
     import fastcka
 
-    return fastcka.cka(x, y, kernel=kernel, unbiased=unbiased)
+    return fastcka.cka(x, y, kernel=kernel, unbiased=unbiased, **kernel_args)
 
 
-def _cka_matrix(xs: Sequence[Tensor], kernel: str, unbiased: bool) -> Tensor:
-    """(L, L) CKA matrix on the device: ``fastcka.cka_matrix`` when it exists, else pairs of ``fastcka.cka``."""
+def _cka_matrix(xs: Sequence[Tensor], kernel: str, unbiased: bool, **kernel_args: Any) -> Tensor:
+    """(L, L) CKA matrix on the device: ``fastcka.cka_matrix``."""
     import fastcka
 
-    fn = getattr(fastcka, "cka_matrix", None)
-    if fn is not None:
-        return fn(list(xs), kernel=kernel, unbiased=unbiased)
-    L = len(xs)
-    vals = []
-    for i in range(L):
-        for j in range(L):
-            if i == j:
-                vals.append(None)
-            elif j < i:
-                vals.append(vals[j * L + i])
-            else:
-                vals.append(_cka(xs[i], xs[j], kernel, unbiased))
-    ref = next((v for v in vals if v is not None), None)
-    if ref is None:
-        one = torch.ones((), dtype=torch.float32, device=xs[0].device)
-    else:
-        one = torch.ones((), dtype=ref.dtype, device=ref.device)
-    return torch.stack([one if v is None else v for v in vals]).reshape(L, L)
+    return fastcka.cka_matrix(list(xs), kernel=kernel, unbiased=unbiased, **kernel_args)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -368,6 +352,17 @@ def _first_tensor(out: Any, name: str) -> Tensor:
     )
 
 
+def _dist_rank() -> int:
+    """This process's rank under an initialised torch.distributed group, else 0."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _remove_handles(handles: List[Any]) -> None:
+    for h in handles:
+        h.remove()  # idempotent: a handle already removed by close() is skipped
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The monitor
 # ---------------------------------------------------------------------------------------------------------------
@@ -387,12 +382,16 @@ class CKAMonitor:
         reduce: None, "mean", "max", "flatten" or a callable (see the module doc); replaces ``position``.
         logger: SummaryWriter, ".csv" path / CSVLogger, callable ``(step, dict)``, a list of them, or None.
         flush_every: read the buffered values back and log them on steps where ``step % flush_every == 0``.
-        kernel, unbiased: passed to ``fastcka.cka``.
+        kernel, unbiased, sigma, threshold: passed to ``fastcka.cka``. With ``kernel="rbf"`` and ``sigma=None`` each
+            measurement takes the exact median heuristic, which reads a few counts back to the host on CUDA; pass
+            ``sigma`` (a float, or a pair) to keep the step path free of host syncs.
         batch_rows: with ``probe=None``, keep only these rows (example indices) of each training batch.
         probe_eval: run the probe with every module in eval mode (restored afterwards).
         stop_early: end the probe forward as soon as every hooked layer has fired.
         keep_history: keep the flushed values in ``history`` (default: only when no logger is given).
         prefix: metric-name prefix.
+        rank_zero_only: under ``torch.distributed``, only rank 0 reads the values back and logs them (the other
+            ranks still compute, so collectives in the model stay matched).
 
     The step path (``step()`` on non-flush steps, and the hooks) makes no host sync. Use it as a context manager or
     call :meth:`close` to flush and remove the hooks.
@@ -412,11 +411,14 @@ class CKAMonitor:
         *,
         kernel: str = "linear",
         unbiased: bool = False,
+        sigma: Any = None,
+        threshold: float = 1.0,
         batch_rows: Optional[Tensor] = None,
         probe_eval: bool = True,
         stop_early: bool = True,
         keep_history: Optional[bool] = None,
         prefix: str = "cka",
+        rank_zero_only: bool = True,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -429,6 +431,10 @@ class CKAMonitor:
                 raise ValueError(f"position must be an int or a 1-D integer tensor (n,), got {_describe(position)}")
         elif not isinstance(position, int) or isinstance(position, bool):
             raise TypeError(f"position must be an int or a 1-D integer tensor, got {type(position).__name__}")
+        if kernel not in ("linear", "rbf"):  # here, not at the first measured step (maybe thousands of steps in)
+            raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
+        if kernel == "linear" and sigma is not None:
+            raise ValueError("sigma is the RBF kernel's bandwidth: it needs kernel='rbf'")
         if reduce is not None and not callable(reduce) and reduce not in _REDUCTIONS:
             raise ValueError(f"reduce must be None, one of {', '.join(map(repr, _REDUCTIONS))} or a callable, got {reduce!r}")
         if batch_rows is not None:
@@ -447,6 +453,7 @@ class CKAMonitor:
         self.reduce = reduce
         self.kernel = kernel
         self.unbiased = bool(unbiased)
+        self._kernel_args = {} if kernel == "linear" else {"sigma": sigma, "threshold": threshold}
         self.batch_rows = batch_rows
         self.probe_eval = probe_eval
         self.stop_early = stop_early
@@ -469,10 +476,14 @@ class CKAMonitor:
         self._restored: List[Tuple[int, List[float]]] = []
         self._last: Optional[Tensor] = None
         self._device_cache: Dict[str, Any] = {}
-        self._discard = False  # integrations: ranks other than zero compute but never read or log
+        # ranks other than zero compute but never read or log (the integrations set it from their trainer)
+        self._discard = bool(rank_zero_only) and _dist_rank() > 0
         self._closed = False
         modules = dict(model.named_modules())
         self._handles = [modules[nm].register_forward_hook(self._make_hook(nm)) for nm in self.layers]
+        # The hooks hold the monitor weakly, and a monitor that is dropped without close() (a notebook cell run
+        # again) takes its hooks with it instead of staying alive through them.
+        weakref.finalize(self, _remove_handles, list(self._handles))
 
     # -- setup ---------------------------------------------------------------------------------------------------
     def _resolve_pairs(self, pairs: Any) -> List[Tuple[str, str]]:
@@ -515,13 +526,22 @@ class CKAMonitor:
         return out
 
     def _make_hook(self, name: str):
+        ref = weakref.ref(self)
+
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if self._in_probe:
-                self._captured[name] = self._features(output, name)
-                if self.stop_early and len(self._captured) == len(self.layers):
+            mon = ref()
+            if mon is None:
+                return
+            if mon._in_probe:
+                mon._captured[name] = mon._features(output, name)
+                if mon.stop_early and len(mon._captured) == len(mon.layers):
                     raise _StopForward()
-            elif self._armed and self.probe is None and self.model.training:
-                self._captured[name] = self._features(output, name)
+            elif mon._armed and mon.probe is None and mon.model.training:
+                if getattr(module, "_is_replica", False):  # nn.DataParallel: each replica sees one chunk
+                    raise RuntimeError("CKAMonitor with probe=None cannot watch an nn.DataParallel model: every "
+                                       "replica would overwrite the captured batch with its own chunk; pass a "
+                                       "probe, or use DistributedDataParallel")
+                mon._captured[name] = mon._features(output, name)
 
         return hook
 
@@ -536,33 +556,37 @@ class CKAMonitor:
     def _features(self, output: Any, name: str) -> Tensor:
         t = _first_tensor(output, name).detach()
         r = self.reduce
+        fresh = False  # True where f is a new tensor, not the output (or a view of it)
         if callable(r):
             f = r(t)
         elif t.dim() <= 2:
             f = t
         elif t.dim() == 3:
             if r == "mean":
-                f = t.mean(1)
+                f, fresh = t.mean(1), True
             elif r == "max":
-                f = t.amax(1)
+                f, fresh = t.amax(1), True
             elif r == "flatten":
                 f = t
             elif isinstance(self.position, torch.Tensor):
                 pos = self._cached("position", self.position, t.device)
-                f = t[torch.arange(t.shape[0], device=t.device), pos]
+                f, fresh = t[torch.arange(t.shape[0], device=t.device), pos], True
             else:
                 f = t[:, self.position]
         else:
             if r == "mean":
-                f = t.mean(tuple(range(2, t.dim())))
+                f, fresh = t.mean(tuple(range(2, t.dim()))), True
             elif r == "max":
-                f = t.amax(tuple(range(2, t.dim())))
+                f, fresh = t.amax(tuple(range(2, t.dim()))), True
             else:
                 f = t
         if self.batch_rows is not None and not self._in_probe:
             f = f.index_select(0, self._cached("batch_rows", self.batch_rows, f.device))
-        elif f._is_view() and f.numel() < t.numel():
-            f = f.clone()  # do not keep the layer's whole output alive through a view
+        elif not fresh:
+            # A copy: detach() shares storage, so an in-place op after this layer (ReLU(inplace=True), x += ...)
+            # would rewrite the kept activation before the CKA is computed; a view would also keep the whole
+            # output alive. (A callable reduction may return its input or a view: copied too.)
+            f = f.clone()
         return f
 
     # -- the step path (no host sync) ----------------------------------------------------------------------------
@@ -571,14 +595,15 @@ class CKAMonitor:
         steps where ``step % flush_every == 0``. ``step`` sets the global step (integrations pass theirs)."""
         if self._closed:
             raise RuntimeError("CKAMonitor.step() after close(): the hooks are gone")
+        prev = self._step
         self._step = self._step + 1 if step is None else int(step)
-        s = self._step
+        s, armed = self._step, self._armed
         try:
             if s % self.every == 0:
-                self._measure(s)
+                self._measure(s, armed)
         finally:
             self._captured = {}
-            self._armed = (s + 1) % self.every == 0
+            self._arm_after(s, prev)
         if s % self.flush_every == 0:
             self.flush()
 
@@ -592,12 +617,28 @@ class CKAMonitor:
         s = self._step if step is None else int(step)
         self._write(s, self._compute(self._run_probe(self.probe, s)))
 
-    def _measure(self, s: int) -> None:
+    def _arm_after(self, s: int, prev: int) -> None:
+        """With probe=None, capture the next training forward if the next step may be measured: s + 1, or s plus the
+        last stride (a trainer whose step counts two optimizers moves by 2)."""
+        stride = max(1, s - prev)
+        self._armed = (s + 1) % self.every == 0 or (s + stride) % self.every == 0
+
+    def _resume_at(self, step: int) -> None:
+        """Continue from a trainer's step (a resumed run)."""
+        self._step = int(step)
+        self._armed = (self._step + 1) % self.every == 0
+
+    def _measure(self, s: int, armed: bool = True) -> None:
         if self.probe is not None:
             acts = self._run_probe(self.probe, s)
         else:
             acts = self._captured
             missing = [nm for nm in self.layers if nm not in acts]
+            if missing and not armed:  # the step jumped past the one the capture was armed for: skip, do not crash
+                warnings.warn(f"CKAMonitor (probe=None): step {s} came after a jump in the step count, so its training "
+                              "forward was not captured and it is not measured; pass a probe to measure on any step",
+                              RuntimeWarning, stacklevel=3)
+                return
             if missing:
                 raise RuntimeError(
                     f"CKAMonitor (step {s}, probe=None): no training-mode forward reached layers {missing} since "
@@ -657,12 +698,18 @@ class CKAMonitor:
 
     def _compute(self, acts: Dict[str, Tensor]) -> Tensor:
         feats = [acts[nm] for nm in self.layers]
+        rows = {nm: f.shape[0] if f.dim() else None for nm, f in zip(self.layers, feats)}
+        if len(set(rows.values())) > 1:
+            raise ValueError(f"CKAMonitor: the monitored layers gave different numbers of examples (first dim): {rows}; "
+                             "CKA pairs example i of one layer with example i of the other (use reduce= or position= "
+                             "to map per-token outputs to one row per example)")
         if self._use_matrix:
-            m = _cka_matrix(feats, self.kernel, self.unbiased)
+            m = _cka_matrix(feats, self.kernel, self.unbiased, **self._kernel_args)
             ii, jj = self._cached("triu", (torch.tensor([i for i, _ in self._pair_idx]),
                                           torch.tensor([j for _, j in self._pair_idx])), m.device)
             return m[ii, jj]
-        return torch.stack([_cka(feats[i], feats[j], self.kernel, self.unbiased) for i, j in self._pair_idx])
+        return torch.stack([_cka(feats[i], feats[j], self.kernel, self.unbiased, **self._kernel_args)
+                            for i, j in self._pair_idx])
 
     def _write(self, s: int, values: Tensor) -> None:
         buf = self._buffer
@@ -784,8 +831,7 @@ class CKAMonitor:
             raise ValueError(
                 f"load_state_dict: the saved monitor measured {state.get('names')}, this one measures {self.names}"
             )
-        self._step = int(state["step"])
-        self._armed = (self._step + 1) % self.every == 0
+        self._resume_at(int(state["step"]))
         self._rows = 0
         self._row_steps = []
         self._restored = [(int(s), [float(x) for x in v]) for s, v in state.get("pending", [])]

@@ -111,6 +111,57 @@ def test_lightning_callback_writes_the_metric_to_csvlogger(tmp_path):
     assert cb2.monitor.step_count == 30
 
 
+def test_lightning_resume_without_state_exception_flush_and_true_precision(tmp_path):
+    pl = _lightning()
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fastcka.integrations.lightning import CKACallback
+
+    class Net(pl.LightningModule):
+        def __init__(self, fail_at=None):
+            super().__init__()
+            self.l1, self.l2, self.l3 = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 2)
+            self.fail_at = fail_at
+
+        def forward(self, x):
+            return self.l3(torch.tanh(self.l2(torch.tanh(self.l1(x)))))
+
+        def training_step(self, batch, _):
+            if self.global_step == self.fail_at:
+                raise FloatingPointError("diverged")
+            x, y = batch
+            return nn.functional.mse_loss(self(x), y.to(self.l3.weight.dtype))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    g = torch.Generator().manual_seed(1)
+    data = DataLoader(TensorDataset(torch.randn(80, 6, generator=g), torch.randn(80, 2, generator=g)), batch_size=8)
+    kw = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+
+    # 1. a checkpoint taken without this callback, resumed with probe=None: the series starts at the Trainer's step
+    trainer = pl.Trainer(max_steps=4, enable_checkpointing=False, **kw)
+    trainer.fit(Net(), data)
+    ckpt = str(tmp_path / "no-cb.ckpt")
+    trainer.save_checkpoint(ckpt)
+    cb = CKACallback(["l1", "l2"], every=5, keep_history=True)
+    pl.Trainer(max_steps=12, enable_checkpointing=False, callbacks=[cb], **kw).fit(Net(), data, ckpt_path=ckpt)
+    assert cb.monitor.history["step"] == [5, 10]
+
+    # 2. an exception mid-training: the values up to it are flushed, the hooks removed
+    cb = CKACallback(["l1", "l2"], probe=torch.randn(16, 6), every=1, flush_every=1000, keep_history=True)
+    net = Net(fail_at=3)
+    with pytest.raises(FloatingPointError):
+        pl.Trainer(max_steps=10, enable_checkpointing=False, callbacks=[cb], **kw).fit(net, data)
+    assert cb.monitor.history["step"] == [1, 2, 3]
+    assert all(not m._forward_hooks for m in net.modules())
+
+    # 3. true precision: the float32 probe gets the conversion the batches get
+    cb = CKACallback(["l1", "l2"], probe=torch.randn(16, 6), every=2, keep_history=True)
+    pl.Trainer(max_steps=4, precision="bf16-true", enable_checkpointing=False, callbacks=[cb], **kw).fit(Net(), data)
+    assert cb.monitor.history["step"] == [2, 4] and all(0 <= v <= 1.01 for v in cb.monitor.history["cka/l1/l2"])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Hugging Face Trainer
 # ---------------------------------------------------------------------------------------------------------------

@@ -491,3 +491,103 @@ def test_state_dict_resume_continues_the_series(tmp_path):
     assert mon2.history["step"] == list(range(1, 16))
     with pytest.raises(ValueError, match="measured"):
         CKAMonitor(m2, ["blocks.0", "blocks.2"]).load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fixes from a review: in-place ops, step jumps, RBF σ, early validation, mismatched rows
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("probe", [False, True])
+def test_in_place_op_after_a_hooked_layer_does_not_change_the_value(probe):
+    torch.manual_seed(7)
+    m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 2))
+    x = torch.randn(50, 6)
+    with torch.no_grad():  # the true outputs of layers 0 and 2, before ReLU(inplace) rewrites them
+        a = m[0](x)
+        b = m[2](torch.relu(a))
+        want = fastcka.cka(a, b).item()
+    mon = CKAMonitor(m, ["0", "2"], flush_every=1000, **({"probe": x} if probe else {}))
+    if not probe:
+        m(x).sum().backward()
+    mon.step()
+    mon.close()
+    assert mon.history["cka/0/2"][0] == pytest.approx(want, rel=1e-6)
+    assert want != pytest.approx(fastcka.cka(torch.relu(a), b).item(), rel=1e-3)  # the test can tell them apart
+
+
+def test_step_jumps_skip_with_a_warning_and_follow_a_stride_of_two():
+    m = Blocks()
+    x = torch.randn(20, 6)
+    mon = CKAMonitor(m, "blocks.*", every=4, flush_every=1000)
+    m(x)
+    mon.step(step=1)
+    with pytest.warns(RuntimeWarning, match="jump in the step count"):
+        m(x)
+        mon.step(step=4)  # armed for 2 (and a stride of 1), not 4: skipped, not a crash
+    for s in (6, 8, 10, 12):  # two optimizers per batch: the step moves by 2, and 8 and 12 are measured
+        m(x)
+        mon.step(step=s)
+    mon.close()
+    assert mon.history["step"] == [8, 12]
+
+
+def test_rbf_sigma_reaches_cka_and_bad_kernel_fails_at_construction():
+    m = Blocks()
+    probe = torch.randn(30, 6)
+    mon = CKAMonitor(m, ["blocks.0", "blocks.1"], probe=probe, kernel="rbf", sigma=2.0, flush_every=1000)
+    mon.measure()
+    mon.close()
+    acts = capture(m, ["blocks.0", "blocks.1"], lambda: m(probe))
+    want = fastcka.cka(acts["blocks.0"].detach(), acts["blocks.1"].detach(), kernel="rbf", sigma=2.0).item()
+    assert mon.history["cka/blocks.0/blocks.1"][0] == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="kernel must be"):
+        CKAMonitor(m, "blocks.*", kernel="rbff")
+    with pytest.raises(ValueError, match="needs kernel='rbf'"):
+        CKAMonitor(m, "blocks.*", sigma=1.0)
+    assert all(not mod._forward_hooks for mod in m.modules())
+
+
+def test_layers_with_different_rows_are_named():
+    class TwoShapes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):  # b sees the tokens flattened: (n·T, d) rows against a's (n, d)
+            return self.b(x.reshape(-1, 8)).sum() + self.a(x[:, 0]).sum()
+
+    m = TwoShapes()
+    mon = CKAMonitor(m, ["a", "b"], probe=torch.randn(4, 5, 8))
+    with pytest.raises(ValueError, match=r"different numbers of examples.*'a': 4, 'b': 20"):
+        mon.measure()
+    mon.close()
+
+
+def test_a_dropped_monitor_takes_its_hooks_with_it():
+    m = Blocks()
+    probe = torch.randn(10, 6)
+    for _ in range(3):  # a notebook cell run three times, the monitor never closed
+        CKAMonitor(m, "blocks.*", probe=probe)
+    gc.collect()
+    assert all(not mod._forward_hooks for mod in m.modules())
+    kept = CKAMonitor(m, "blocks.*", probe=probe)  # one that is held keeps its hooks
+    gc.collect()
+    assert sum(len(mod._forward_hooks) for mod in m.modules()) == 3
+    kept.close()
+
+
+def test_other_ranks_compute_but_do_not_log(monkeypatch):
+    import fastcka.monitor as M
+
+    monkeypatch.setattr(M, "_dist_rank", lambda: 1)
+    logged = []
+    m = Blocks()
+    mon = CKAMonitor(m, "blocks.*", probe=torch.randn(10, 6), logger=lambda s, d: logged.append(s), flush_every=1)
+    mon.step()
+    assert mon.last is not None and logged == []  # computed, never logged
+    mon.close()
+    everyone = CKAMonitor(m, "blocks.*", probe=torch.randn(10, 6), logger=lambda s, d: logged.append(s), flush_every=1,
+                          rank_zero_only=False)
+    everyone.step()
+    everyone.close()
+    assert logged == [1]

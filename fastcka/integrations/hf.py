@@ -124,8 +124,7 @@ class CKATrainerCallback(_TrainerCallback):
             **kwargs_m,
         )
         self.monitor._discard = not state.is_world_process_zero
-        self.monitor._step = int(state.global_step)  # resumed runs continue from the Trainer's step
-        self.monitor._armed = (self.monitor._step + 1) % self.every == 0
+        self.monitor._resume_at(int(state.global_step))  # resumed runs continue from the Trainer's step
         if self._pending_state is not None:
             self.monitor.load_state_dict(self._pending_state)
             self._pending_state = None
@@ -150,8 +149,21 @@ class CKATrainerCallback(_TrainerCallback):
             hist[-1].update(latest)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.monitor is not None:
-            self.monitor.close()  # kept (closed) so that monitor.history stays readable
+        self.close()
+
+    def close(self) -> None:
+        """Flush what is buffered and remove the hooks. The Trainer has no exception event, so a run that may raise
+        should use the callback as a context manager (``with CKATrainerCallback(...) as cb: trainer.train()``) or
+        call this in a ``finally``; on_train_end calls it on a normal finish. The monitor is kept (closed) so that
+        ``monitor.history`` stays readable."""
+        if self.monitor is not None and not self.monitor.closed:
+            self.monitor.close()
+
+    def __enter__(self) -> "CKATrainerCallback":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # -- manual checkpointing ------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

@@ -21,6 +21,7 @@ Built on ``lightning.pytorch.Callback`` when the ``lightning`` package is instal
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 try:
@@ -111,6 +112,19 @@ class CKACallback(_Callback):
             self.monitor.load_state_dict(self._pending_state)
             self._pending_state = None
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # After a checkpoint is restored: continue from the Trainer's step (a resume without this callback's state,
+        # or with another state_key, would otherwise count from 0). A true-precision run (bf16-true, 64-true ...)
+        # has its weights in that dtype: the probe gets the conversion the training batches get.
+        mon = self.monitor
+        if mon is None or mon.closed:
+            return
+        if int(trainer.global_step) > mon.step_count:
+            mon._resume_at(int(trainer.global_step))
+        if mon.probe is not None and not callable(mon.probe):
+            mon.probe = trainer.precision_plugin.convert_input(mon.probe)
+            mon._device_cache.pop("probe", None)
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         mon = self.monitor
         if mon is None or mon.closed:
@@ -141,7 +155,15 @@ class CKACallback(_Callback):
             self._close()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if self.monitor is not None:
+        # Flush first: the values just before a failure are the ones worth having. A failure to log must not hide
+        # the exception that ended training.
+        if self.monitor is None or self.monitor.closed:
+            return
+        try:
+            self.monitor.flush()
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"CKACallback: could not flush the CKA values after the training error: {e!r}", RuntimeWarning)
+        finally:
             self.monitor.remove_hooks()
             self.monitor._closed = True
 
