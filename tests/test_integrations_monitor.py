@@ -144,7 +144,7 @@ def test_lightning_resume_without_state_exception_flush_and_true_precision(tmp_p
     trainer.fit(Net(), data)
     ckpt = str(tmp_path / "no-cb.ckpt")
     trainer.save_checkpoint(ckpt)
-    cb = CKACallback(["l1", "l2"], every=5, keep_history=True)
+    cb = CKACallback(["l1", "l2"], every=5)  # logger=False: the history is kept by default, not dropped
     pl.Trainer(max_steps=12, enable_checkpointing=False, callbacks=[cb], **kw).fit(Net(), data, ckpt_path=ckpt)
     assert cb.monitor.history["step"] == [5, 10]
 

@@ -217,6 +217,19 @@ def test_gradcheck(kernel, unbiased):
     assert torch.autograd.gradcheck(lambda a, b: torch.ops.fastcka.kernel_hsic(a, b, g, 1, 1, unbiased), (x, y))
 
 
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_mixed_kernels_match_reference(unbiased):
+    """RBF on one side and linear on the other (codes 1 and 0), with gradients."""
+    x, y = correlated_pair(40, 5, 3, seed=15)
+    g = torch.tensor([0.5 / 1.7 ** 2, 0.0], dtype=torch.float64)
+    h = torch.ops.fastcka.kernel_hsic(x, y, g, 1, 0, unbiased)
+    k, l = R.gram_rbf(x, 1.7), R.gram_linear(y)
+    want = torch.stack([R.hsic(k, l, unbiased), R.hsic(k, k, unbiased), R.hsic(l, l, unbiased)])
+    torch.testing.assert_close(h, want, rtol=1e-10, atol=1e-13 * want.abs().max().item())
+    xs, ys = x[:9].clone().requires_grad_(), y[:9].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: torch.ops.fastcka.kernel_hsic(a, b, g, 1, 0, unbiased), (xs, ys))
+
+
 def test_opcheck():
     x, y = correlated_pair(12, 4, 3, seed=9)
     g = torch.tensor([0.3, 0.1], dtype=torch.float64)

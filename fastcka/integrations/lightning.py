@@ -94,7 +94,7 @@ class CKACallback(_Callback):
         self._trainer = trainer
         flush_every = self.flush_every if self.flush_every is not None else max(1, int(trainer.log_every_n_steps))
         kwargs = dict(self.monitor_kwargs)
-        kwargs.setdefault("keep_history", False)
+        kwargs.setdefault("keep_history", not trainer.loggers)  # with logger=False, keep them where they can be read
         self.monitor = CKAMonitor(
             pl_module,
             self.layers,
