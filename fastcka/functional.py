@@ -248,12 +248,12 @@ def cka_matrix(
     layers = list(xs) + ([] if ys is None else list(ys))
     names = [f"xs[{i}]" for i in range(len(xs))] + [f"ys[{j}]" for j in range(len(ys or []))]
     mats = [_as_matrix(t, name) for t, name in zip(layers, names)]
-    for t, name in zip(mats, names):  # same n and device as xs[0], enough examples
+    for t, name, given in zip(mats, names, layers):  # same n and device as xs[0], enough examples
         if t.device != mats[0].device:
             raise ValueError(f"every layer must be on one device: {name} is on {t.device}, xs[0] on {mats[0].device}")
         if t.shape[0] != mats[0].shape[0]:
             raise ValueError(f"every layer needs the same number of examples (first dim): {name} has shape "
-                             f"{tuple(layers[names.index(name)].shape)}, xs[0] has shape {tuple(layers[0].shape)}")
+                             f"{tuple(given.shape)}, xs[0] has shape {tuple(layers[0].shape)}")
     _prepare_pair(mats[0], mats[0], unbiased)
     dt = functools.reduce(_compute_dtype, [t.dtype for t in mats])
     mats = [t.to(dt) for t in mats]
