@@ -90,10 +90,10 @@ def _block_indicator(widths: Sequence[int], dtype: torch.dtype, device: torch.de
 def _cka_from_hsic_matrix(h: Tensor) -> Tensor:
     """CKA_lm = h_lm / √(h_ll h_mm), 0 where h_ll h_mm ≤ 0 (the reference convention), NaN where a term is NaN
     (as in :func:`fastcka.cka_from_terms`: 0·(sum) is 0 for finite terms, NaN otherwise). No host sync."""
+    from .functional import cka_from_terms  # the one place the ratio rule lives
+
     d = torch.diagonal(h)
-    den = torch.outer(d, d)
-    pos = den > 0
-    return torch.where(pos, h / torch.sqrt(torch.where(pos, den, torch.ones_like(den))), 0.0 * (den + h))
+    return cka_from_terms(torch.stack(torch.broadcast_tensors(h, d[:, None], d[None, :]), -1))
 
 
 def _dist_active() -> bool:
