@@ -30,11 +30,14 @@ def o01_curve(step, rise_at):
     return 0.5 + 0.2 * min(1.0, (step - rise_at) / 200)
 
 
-def make_run(root, name, role, grok, rise_at, steps=3000, seed=0, test_creep=None, o01=None, **config):
-    """A synthetic finished run (fast regime unless ``config`` says otherwise); ``o01(step)`` overrides the curve."""
+def make_run(root, name, role, grok, rise_at, steps=3000, seed=0, test_creep=None, o01=None, relapse_at=None,
+             **config):
+    """A synthetic finished run (fast regime unless ``config`` says otherwise); ``o01(step)`` overrides the curve;
+    from ``relapse_at`` on, test accuracy falls back to 0.5."""
     rows = []
     for step in range(0, steps + 1, 25):
         test = 1.0 if grok is not None and step >= grok else (0.2 if test_creep and step >= test_creep else 0.01)
+        test = 0.5 if relapse_at is not None and step >= relapse_at else test
         rows.append({"step": step, "train_loss": 0.01, "train_loss_max": 0.01, "train_acc": 1.0 if step >= 200 else 0.5,
                      "test_loss": 4.0, "test_acc": test, "o01": o01(step) if o01 else o01_curve(step, rise_at),
                      "fourier": 0.2, "weight_norm": 50.0, "spec_entropy": 3.0})
@@ -207,8 +210,10 @@ def test_pilot_regime_verdicts_partly_and_false_alarm(tmp_path):
     assert "provisional: 4 grokking runs, fewer than the pilot's 16" in v1 and "no verdict): 1/1" in v1
     v3 = _verdict(text, "No alarm in runs")
     assert v3.startswith("not: the Ô01 alarm fired in 1/1 pilot-regime runs that did not grok") and "pc-s0" in v3
+    assert "provisional" not in v3.split(" Rule:")[0]  # one false alarm refutes "0/5" however few controls there are
     v6 = _verdict(text, "Runs with no re-rise")
-    assert v6.startswith("partly") and "3/4 pilot-regime grokking runs had no rise by step 1,000 (pa-s1, pa-s2, pc-s1)" in v6
+    # 3 of the 5 tested runs contradict the implication: more than half, so "not"
+    assert v6.startswith("not") and "3/4 pilot-regime grokking runs had no rise by step 1,000 (pa-s1, pa-s2, pc-s1)" in v6
     assert "0/1 that did not grok had one by step 1,000" in v6  # pc-s0 rises from 2000
 
 
@@ -364,7 +369,8 @@ def test_parity_that_generalises_at_memorisation_cannot_test_the_claim(tmp_path)
     runs = tmp_path / "runs"
     make_run(runs, "par-s0", "parity", grok=200, rise_at=None, task="parity", p=2, lr=1e-3)  # memorised at 200 too
     verdict = _verdict(_report(tmp_path, runs), "On k-sparse parity")
-    assert verdict.startswith("not tested: 1/1 parity runs generalised by the step they memorised (par-s0 at step 200)")
+    assert verdict.startswith("not tested: 1/1 parity runs generalised by the step they memorised or within the "
+                              "detector's persistence after it (par-s0 memorised at 200, generalised at 200)"), verdict
 
 
 def test_layernorm_line_counts_alarms_per_guard_and_the_frozen_share(tmp_path):
@@ -397,7 +403,7 @@ def test_frozen_share_counts_the_hold_window_after_a_spike():
 
 def test_brief_table_keeps_the_verdict_word_and_drops_numbers_only_lines():
     lines = ["- **Claim A (pilot: 16/16).** reproduced: 9/9 runs (provisional: 9 grokking runs, fewer than the pilot's 16).",
-             "- **Claim B.** not: 2/2 false alarms.",
+             "- **Claim B.** not: 2/2 false alarms. Rule: reproduced = none (provisional below the pilot's 5).",
              "- **Test acc?** (the issue's question) pilot regime: yes — x; fast regime: no — y. Rule: ...",
              "- **Architecture** (numbers only). lr 0.003: 3/3 grokked."]
     assert study.verdicts.brief_table(lines) == [
@@ -405,3 +411,65 @@ def test_brief_table_keeps_the_verdict_word_and_drops_numbers_only_lines():
         "| Claim A (pilot: 16/16) | reproduced (provisional: fewer runs than the pilot) |",
         "| Claim B | not |",
         "| Test acc? | pilot regime: yes; fast regime: no |"]
+
+
+def test_lead_outside_in_steps_but_inside_as_a_share_of_the_grok_step_is_partly(tmp_path):
+    runs = tmp_path / "runs"
+    for s in range(2):  # the jump at 8,000 (twice the pilot's ~4,000) and the rise near 1,400: lead ~0.8 of the grok step
+        make_run(runs, f"pa-s{s}", "grok", grok=8000, rise_at=1400, steps=9000, seed=s, **PILOT_CFG)
+    lead = _verdict(_report(tmp_path, runs), "The lead is")
+    assert lead.startswith("partly: median lead"), lead
+    assert "outside 3,297 ± 922 in steps" in lead and "these runs jumped at steps 8000–8000" in lead
+    assert "is inside the pilot's (3,297 ± 922) / 4,000 = 0.59–1.05" in lead
+
+
+def test_watching_test_accuracy_must_be_beaten_both_ways(tmp_path):
+    runs = tmp_path / "runs"
+    for s in range(2):  # test accuracy creeps (0.01 → 0.2) at 1,000, before the Ô01 rise at 1,400: both watchers win
+        make_run(runs, f"pa-s{s}", "grok", grok=2800, rise_at=1400, seed=s, test_creep=1000, **PILOT_CFG)
+    v = _verdict(_report(tmp_path, runs), "Does the Ô01 alarm beat")
+    assert v.startswith("(the issue's question, not a pilot claim) pilot regime: no — "), v
+    assert "before both in 0/2" in v
+    runs2 = tmp_path / "runs2"
+    for s in range(2):  # no creep: test accuracy moves only at the jump, long after the Ô01 alarm
+        make_run(runs2, f"pa-s{s}", "grok", grok=2800, rise_at=1000, seed=s, **PILOT_CFG)
+    v = _verdict(_report(tmp_path, runs2), "Does the Ô01 alarm beat")
+    assert "pilot regime: yes — " in v and "before both in 2/2" in v, v
+
+
+def test_parity_verdict_needs_both_guards_leaves_out_short_delays_and_reports_relapses(tmp_path):
+    import copy
+
+    runs = tmp_path / "runs"
+    for s in range(2):  # Ô01 drops and stays down; the run groks at 2,500 and relapses at 2,700
+        make_run(runs, f"par-s{s}", "parity", grok=2500, rise_at=None, seed=s, task="parity", p=2, lr=1e-3,
+                 relapse_at=2700)
+    make_run(runs, "par-s2", "parity", grok=275, rise_at=None, seed=2, task="parity", p=2, lr=1e-3)  # 75-step delay
+    loaded = study.load_runs(runs)
+    facts = [study.analyse_run(r) for r in loaded]
+    assert [f["relapse"] for f in facts] == [2700, 2700, None]
+    by_guard = {g: [study.analyse_run(r, g) for r in loaded] for g in study.verdicts.GUARDS}
+    par = lambda bg: next(l for l in study.verdicts.claim_verdicts(facts, bg) if "k-sparse parity" in l)  # noqa: E731
+    v = par(by_guard).split("**", 2)[2].strip()
+    assert v.startswith("reproduced: Ô01 dropped by ≥ 0.05 after memorisation in 2/2 parity runs"), v
+    assert "with the spike guard off in 0/2" in v and "(par-s2: 75 steps)" in v
+    assert "2/3 parity runs relapsed: test accuracy fell below 0.70 after their grok step (par-s0 at 2700" in v
+    off = copy.deepcopy(by_guard)
+    for f in off["off"]:  # as if, with the guard off, Ô01 had re-risen at 900 in every run
+        f["alarms"]["o01"] = 900
+    v = par(off).split("**", 2)[2].strip()
+    assert v.startswith("partly: ") and "with the spike guard off in 2/2 (par-s0 at 900, par-s1 at 900)" in v, v
+
+
+def test_rise_by_1000_reports_where_the_first_rises_fell(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "pa-s0", "grok", grok=2800, rise_at=1200, **PILOT_CFG)
+    make_run(runs, "pa-s1", "grok", grok=2800, rise_at=1300, seed=1, **PILOT_CFG)
+    make_run(runs, "pc-s0", "control", grok=None, rise_at=2000, **PILOT_CFG)
+    facts = {f["name"]: f for f in (study.analyse_run(r) for r in study.load_runs(runs))}
+    v = _verdict(_report(tmp_path, runs), "Runs with no re-rise")
+    lo, hi, ctrl = facts["pa-s0"]["first_rise"], facts["pa-s1"]["first_rise"], facts["pc-s0"]["first_rise"]
+    assert 1200 < lo < hi < 2000 < ctrl
+    assert v.startswith("not: 2/2 pilot-regime grokking runs had no rise by step 1,000"), v
+    assert f"First rises: steps {lo}–{hi} in 2/2 grokking runs, {ctrl}–{ctrl} in 1/1 runs that did not grok" in v
+    assert f"a mark after step {hi} would have separated them" in v

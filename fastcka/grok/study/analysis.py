@@ -41,6 +41,9 @@ SIGNALS = [
 # p = 59, train fraction 0.4), and an absolute threshold below it fires at memorisation in every run.
 TEST_ACC_GAIN = 0.10
 TEST_ACC_LABEL = "test acc +0.10"
+# A run "relapses" when test accuracy falls this far below the grok threshold after the grok step (parity runs at
+# lr 1e-3 fell back to chance after generalising): the grok step still counts, and the report says so.
+RELAPSE_DROP = 0.25
 
 
 def regime(c: dict) -> str:
@@ -110,6 +113,8 @@ def analyse_run(run: dict, spike_guard: Optional[str] = None) -> dict:
     if spike_guard is not None:
         det = dataclasses.replace(det, spike_guard=spike_guard)
     grok = next((r["step"] for r in rows if r["test_acc"] >= c["grok_acc"]), None)
+    relapse = next((r["step"] for r in rows if grok is not None and r["step"] > grok
+                    and r["test_acc"] < c["grok_acc"] - RELAPSE_DROP), None)
     alarms = {sig.name: signal_alarm(rows, sig, det) for sig in SIGNALS}
     alarms["test_acc"] = test_acc_alarm(rows, det.memorised_acc)
     o = Detector(det)
@@ -118,7 +123,7 @@ def analyse_run(run: dict, spike_guard: Optional[str] = None) -> dict:
     onset_after_window = any(0 < o.result.rise_onset_step - (sp + det.spike_window) <= 2 * c.get("every", 25)
                              for sp in o.result.spike_steps) if o.result.rise_onset_step is not None else False
     return {"name": run["name"], "group": s["study"]["group"], "role": s["study"]["role"], "seed": c["seed"],
-            "task": c["task"], "p": c["p"], "regime": regime(c), "grok": grok,
+            "task": c["task"], "p": c["p"], "regime": regime(c), "grok": grok, "relapse": relapse,
             "onset_after_window": onset_after_window, "first_rise": o.result.first_rise_step,
             "recorded_alarm": s.get("alarm_step"), "detector_version": s.get("detector_version", 1),  # unversioned summaries predate v2
             "device": s.get("device"), "threads": s.get("threads"), "steps": rows[-1]["step"] if rows else 0,

@@ -59,6 +59,9 @@ def plot_runs(runs: Sequence[dict], facts: Sequence[dict], path: Path) -> None:
     plt.close(fig)
 
 
+SHARE_FLOOR = -1.5  # the lead/grok-step panel's lower edge
+
+
 def plot_leads(facts: Sequence[dict], path: Path) -> None:
     """Lead time (grok − alarm) of every signal in every grokking run, in steps and as a fraction of the grok step;
     alarms after the jump are negative, runs with no alarm are not drawn."""
@@ -69,9 +72,9 @@ def plot_leads(facts: Sequence[dict], path: Path) -> None:
 
     names = [s.name for s in SIGNALS] + ["test_acc"]
     grokked = [f for f in facts if f["grok"] is not None and f["grok"] > 0]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 3.8))
     groups = sorted({f["group"] for f in grokked})
-    colors = {g: plt.cm.tab10(i % 10) for i, g in enumerate(groups)}
+    colors = {g: plt.cm.tab20(i % 20) for i, g in enumerate(groups)}  # tab10 repeats colours past 10 groups
     for i, sig in enumerate(names):
         for j, f in enumerate(grokked):
             lead = f["leads"][sig]
@@ -79,17 +82,22 @@ def plot_leads(facts: Sequence[dict], path: Path) -> None:
                 continue
             x = i + (j - len(grokked) / 2) * 0.6 / max(len(grokked), 1)
             a1.scatter(x, lead, color=colors[f["group"]], s=18)
-            a2.scatter(x, lead / f["grok"], color=colors[f["group"]], s=18)
+            share = lead / f["grok"]  # an alarm long after an early jump is many grok steps late: clip, mark ▼
+            a2.scatter(x, max(share, SHARE_FLOOR), color=colors[f["group"]], s=18,
+                       marker="v" if share < SHARE_FLOOR else "o")
     for ax, yl in ((a1, "lead (steps)"), (a2, "lead / grok step")):
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, fontsize=8, rotation=20)
         ax.set_ylabel(yl)
+    a2.set_ylim(SHARE_FLOOR - 0.1, None)
+    a2.text(0.01, 0.02, f"▼ below {SHARE_FLOOR:g}, clipped", transform=a2.transAxes, fontsize=7)
     a1.axhspan(PILOT["lead"] - PILOT["lead_sd"], PILOT["lead"] + PILOT["lead_sd"], color="tab:red", alpha=0.12,
                label="pilot: 3,297 ± 461")
     handles = [plt.Line2D([], [], marker="o", ls="", color=colors[g]) for g in groups]
-    a1.legend(handles + [plt.Rectangle((0, 0), 1, 1, color="tab:red", alpha=0.12)], groups + ["pilot 3,297 ± 461"],
-              fontsize=7)
-    fig.tight_layout()
+    # beside the axes, not on them: inside, it covered the pilot regime's Ô01 leads
+    fig.legend(handles + [plt.Rectangle((0, 0), 1, 1, color="tab:red", alpha=0.12)], groups + ["pilot 3,297 ± 461"],
+               fontsize=7, loc="center left", bbox_to_anchor=(0.86, 0.5), frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

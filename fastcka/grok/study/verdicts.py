@@ -7,12 +7,13 @@ import re
 from typing import Optional, Sequence
 
 from ..detect import DetectorConfig
-from .analysis import TEST_ACC_LABEL
+from .analysis import RELAPSE_DROP, TEST_ACC_LABEL
 from .fmt import fmt_ci, fmt_num
 from .stats import quantile, wilson
 
 GUARDS = ("hold", "off", "rebase")
-PILOT = {"lead": 3297, "lead_sd": 461, "mul_lead": 3083, "mul_lead_sd": 186}
+# the pilot's abstract: lead 3,297 ± 461 (addition), 3,083 ± 186 (multiplication), the jump near step 4,000
+PILOT = {"lead": 3297, "lead_sd": 461, "mul_lead": 3083, "mul_lead_sd": 186, "grok": 4000}
 
 
 def _split(fs: Sequence[dict], signal: str = "o01") -> tuple[list, list, list, list]:
@@ -35,9 +36,10 @@ def _provisional(n: int, pilot_n: int, what: str) -> str:
 
 
 def _lead_verdict(fs: Sequence[dict], mean: float, sd: float, pilot_n: int, what: str, verdict: bool = True) -> str:
-    """Reproduced = an alarm in every grokking run and a median lead within 2 SD of the pilot's mean; not = no alarm,
-    or a median lead outside that band; partly = alarms in some runs with a median lead inside it. With
-    ``verdict=False`` only the numbers (for a regime that is not the pilot's)."""
+    """Reproduced = an alarm in every grokking run and a median lead within 2 SD of the pilot's mean; partly = alarms
+    in only some runs with a median inside that band, or a median outside it in steps but inside it as a share of the
+    grok step (the pilot's band over its jump near step 4,000: our runs may jump later than the pilot's); not
+    otherwise. With ``verdict=False`` only the numbers (for a regime that is not the pilot's)."""
     g, h, _, _ = _split(fs)
     if not g:
         return "not yet tested (no such run has finished and grokked)" if verdict else "no grokking run yet"
@@ -46,14 +48,22 @@ def _lead_verdict(fs: Sequence[dict], mean: float, sd: float, pilot_n: int, what
                 else f"no alarm before the jump in 0/{len(g)} {what}")
     leads = [f["leads"]["o01"] for f in h]
     med = quantile(leads, 0.5)
+    share = quantile([f["leads"]["o01"] / f["grok"] for f in h], 0.5)
+    lo, hi = (mean - 2 * sd) / PILOT["grok"], (mean + 2 * sd) / PILOT["grok"]
     inside = abs(med - mean) <= 2 * sd
-    v = ("reproduced" if inside and len(h) == len(g) else "partly" if inside else "not")
+    share_inside = lo <= share <= hi
+    v = ("reproduced" if inside and len(h) == len(g) else "partly" if inside or share_inside else "not")
     if not verdict:
-        return (f"median lead {fmt_num(med)} steps ({fmt_num(quantile([f['leads']['o01'] / f['grok'] for f in h], 0.5), 2)} "
-                f"of the grok step) in {len(h)}/{len(g)} {what}")
+        return f"median lead {fmt_num(med)} steps ({fmt_num(share, 2)} of the grok step) in {len(h)}/{len(g)} {what}"
+    groks = [f["grok"] for f in g]
+    where = ("" if inside else
+             f", outside {mean:,.0f} ± {2 * sd:,.0f} in steps; these runs jumped at steps {fmt_num(min(groks))}–"
+             f"{fmt_num(max(groks))} (median {fmt_num(quantile(groks, 0.5))}), the pilot's near {PILOT['grok']:,}; as a "
+             f"share of the grok step the median lead {fmt_num(share, 2)} is {'inside' if share_inside else 'outside'} "
+             f"the pilot's ({mean:,.0f} ± {2 * sd:,.0f}) / {PILOT['grok']:,} = {lo:.2f}–{hi:.2f}")
     return (f"{v}: median lead {fmt_num(med)} steps (IQR {fmt_num(quantile(leads, 0.25))}–{fmt_num(quantile(leads, 0.75))}; "
-            f"{fmt_num(quantile([f['leads']['o01'] / f['grok'] for f in h], 0.5), 2)} of the grok step) in {len(h)}/{len(g)} "
-            f"{what}{'' if inside else f', outside {mean:,.0f} ± {2 * sd:,.0f}'}{_provisional(len(g), pilot_n, what)}")
+            f"{fmt_num(share, 2)} of the grok step) in {len(h)}/{len(g)} {what}{where}"
+            f"{_provisional(len(g), pilot_n, what)}")
 
 
 def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[str]:
@@ -92,60 +102,86 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
                f"{_lead_verdict(modular_runs(facts, 'pilot', 'add'), PILOT['lead'], PILOT['lead_sd'], 10, 'pilot-regime addition runs')}."
                f" Fast regime (numbers only): {_lead_verdict(modular_runs(facts, 'fast', 'add'), PILOT['lead'], PILOT['lead_sd'], 0, 'fast-regime runs', verdict=False)}."
                " Rule: reproduced = an alarm in every grokking run and a median lead within 2 SD (±922) of 3,297; "
-               "not = no alarm, or a median outside that band; partly = alarms in some runs, median inside. (The pilot "
-               "gives a mean ± SD over its addition runs; we compare our median with it.)")
+               "partly = alarms in only some runs with the median inside that band, or the median outside it in steps "
+               "but inside it as a share of the grok step (the band divided by the pilot's jump near step 4,000); not "
+               "otherwise. (The pilot gives a mean ± SD over its addition runs; we compare our median with it, and "
+               "read its 3,297 ± 461 as the addition runs' figure, since it quotes multiplication separately.)")
     out.append(f"- **Multiplication: 6/6, lead 3,083 ± 186.** "
                f"{_lead_verdict(modular_runs(facts, 'pilot', 'mul'), PILOT['mul_lead'], PILOT['mul_lead_sd'], 6, 'pilot-regime multiplication runs')}."
-               " Rule: as for addition, with 3,083 ± 372.")
+               " Rule: as for addition, with 3,083 ± 372 (a share of 0.68–0.86).")
     # 3. no alarm in runs that do not grok
     _, _, nev, fa = _split(pilot)
     _, _, nevf, faf = _split(fast)
     if not nev:
         v = "not yet tested in the pilot's regime (no pilot-regime run has finished without grokking)"
     else:
-        v = ("not" if fa else "reproduced" if len(nev) >= 5 else "partly (no false alarm") + \
-            ("" if fa or len(nev) >= 5 else f", but {len(nev)} runs, fewer than the pilot's 5)") + \
+        v = ("not" if fa else "reproduced") + \
             f": the Ô01 alarm fired in {len(fa)}/{len(nev)} pilot-regime runs that did not grok (Wilson 95% " \
-            f"{fmt_ci(wilson(len(fa), len(nev)), True)})" + (f": {', '.join(f['name'] for f in fa)}" if fa else "")
+            f"{fmt_ci(wilson(len(fa), len(nev)), True)})" + (f": {', '.join(f['name'] for f in fa)}" if fa else "") + \
+            ("" if fa else _provisional(len(nev), 5, "pilot-regime runs that did not grok"))  # one false alarm refutes
     out.append(f"- **No alarm in runs that do not grok (pilot: 0/5).** {v}. Fast regime: false alarms in "
                f"{len(faf)}/{len(nevf)} runs that did not grok" + (f" ({', '.join(f['name'] for f in faf)})" if faf
                                                                     else "")
-               + ". Rule: reproduced = no alarm in ≥ 5 pilot-regime runs that did not grok; partly = none in fewer; not = "
-               "any. \"Did not grok\" means not within the run's max steps (censored).")
+               + ". Rule: reproduced = no alarm in any pilot-regime run that did not grok (provisional below the "
+               "pilot's 5); not = any (one false alarm refutes \"0/5\" at any count). \"Did not grok\" means not "
+               "within the run's max steps (censored).")
     # 5. parity
     parity = [f for f in facts if f["regime"] == "parity"]
-    # grokking is generalisation *after* memorisation: a run that generalised by the time it memorised has no delay
+    # grokking is generalisation *after* memorisation: a run that generalised by the time it memorised has no delay,
+    # and one whose delay is not longer than the detector's persistence cannot show an alarm before the jump
+    persist = lambda f: DetectorConfig(**f["config"]["detector"]).persist  # noqa: E731
     instant = [f for f in parity if f["grok"] is not None and f["memorised"] is not None and f["grok"] <= f["memorised"]]
-    measured = [f for f in parity if f["o01_peak"] is not None and f["o01_min"] is not None and f not in instant]
-    unmeasured = len(parity) - len(measured) - len(instant)
+    short = [f for f in parity if f["grok"] is not None and f["memorised"] is not None and f not in instant
+             and f["grok"] - f["memorised"] <= persist(f)]
+    measured = [f for f in parity if f["o01_peak"] is not None and f["o01_min"] is not None
+                and f not in instant and f not in short]
+    unmeasured = len(parity) - len(measured) - len(instant) - len(short)
     if not parity:
         v = "not yet tested (no parity run finished)"
-    elif instant and not measured:
-        where = ", ".join(f"{f['name']} at step {f['grok']}" for f in instant)
-        v = (f"not tested: {len(instant)}/{len(parity)} parity runs generalised by the step they memorised ({where}): "
-             "no grokking delay, so this parity setting cannot test the claim; a harder one (more bits, less data) is "
-             "needed")
+    elif (instant or short) and not measured:
+        where = ", ".join(f"{f['name']} memorised at {f['memorised']}, generalised at {f['grok']}" for f in instant + short)
+        v = (f"not tested: {len(instant) + len(short)}/{len(parity)} parity runs generalised by the step they memorised "
+             f"or within the detector's persistence after it ({where}): no grokking delay the detector could see, so "
+             "this parity setting cannot test the claim; a harder one (more bits, less data) is needed")
     elif not measured:
         v = f"inconclusive: none of the {len(parity)} parity runs has a measurable Ô01 drop (no memorisation or no finite Ô01)"
     else:
         min_drop = DetectorConfig(**measured[0]["config"]["detector"]).min_drop
         dropped = [f for f in measured if f["o01_peak"] - f["o01_min"] >= min_drop]
-        rose = [f for f in measured if f["alarms"]["o01"] is not None
-                and (f["grok"] is None or f["alarms"]["o01"] < f["grok"])]
+
+        def rose_in(fs):  # an alarm before the jump, or at all in a run that did not grok
+            return [f for f in fs if f["alarms"]["o01"] is not None and (f["grok"] is None or f["alarms"]["o01"] < f["grok"])]
+
+        rose = rose_in(measured)
+        names = {f["name"] for f in measured}
+        rose_off = rose_in([f for f in by_guard["off"] if f["name"] in names]) if by_guard else rose
         grokked = [f for f in measured if f["grok"] is not None]
+        relapsed = [f for f in parity if f["relapse"] is not None]
+        off_where = ", ".join(f"{f['name']} at {fmt_num(f['alarms']['o01'])}" for f in rose_off)
+        short_where = ", ".join(f"{f['name']}: {f['grok'] - f['memorised']} steps" for f in short)
+        relapse_where = ", ".join(f"{f['name']} at {fmt_num(f['relapse'])}" for f in relapsed)
         counts = (f"Ô01 dropped by ≥ {min_drop:g} after memorisation in {len(dropped)}/{len(measured)} parity runs and "
-                  f"re-rose (an alarm before the jump, or at all if there was none) in {len(rose)}/{len(measured)}; "
-                  f"{len(grokked)}/{len(measured)} grokked"
+                  f"re-rose (an alarm before the jump, or at all if there was none) in {len(rose)}/{len(measured)}"
+                  + (f", with the spike guard off in {len(rose_off)}/{len(measured)}"
+                     + (f" ({off_where})" if rose_off else "") if by_guard else "")
+                  + f"; {len(grokked)}/{len(measured)} grokked"
                   + (f"; {unmeasured} run(s) without a measurable Ô01 left out" if unmeasured else "")
-                  + (f"; {len(instant)} run(s) with no grokking delay left out" if instant else ""))
+                  + (f"; {len(instant)} run(s) with no grokking delay left out" if instant else "")
+                  + (f"; {len(short)} run(s) whose delay was not longer than the detector's persistence left out "
+                     f"({short_where})" if short else "")
+                  + (f". {len(relapsed)}/{len(parity)} parity runs relapsed: test accuracy fell below "
+                     f"{measured[0]['config']['grok_acc'] - RELAPSE_DROP:.2f} after their grok step ({relapse_where}); "
+                     "their grok step still counts" if relapsed else ""))
         if not grokked:
             v = (f"not tested: none of the {len(measured)} parity runs generalised within its max steps (the claim is "
                  f"about runs that do); {counts}")
         else:
-            v = ("reproduced" if len(dropped) == len(measured) and not rose else "not" if len(rose) == len(measured)
-                 else "partly") + f": {counts}"
+            clean = len(dropped) == len(measured) and not rose and not rose_off
+            v = ("reproduced" if clean else "not" if len(rose) == len(rose_off) == len(measured) else "partly") + \
+                f": {counts}"
     out.append(f"- **On k-sparse parity the signal blurs / Ô01 drops instead of rising.** {v}. Rule: reproduced = "
-               "a drop and no re-rise alarm in every parity run; not = a re-rise alarm in every one; partly otherwise.")
+               "a drop and no re-rise alarm in every parity run, with the spike guard on and off; not = a re-rise "
+               "alarm in every one under both; partly otherwise.")
     # 6. no rise by step 1,000 → no grok (the pilot's regime: rise near 750, jump near 4,000). A "rise" here is the
     # first step at which the detector's rise condition held at all (first_rise), persistent or not.
     def rise_1000(fs):
@@ -159,7 +195,7 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
     if not g and not nev:
         v = "not yet tested in the pilot's regime"
     else:
-        if counter and counter == len(g) + len(nev):
+        if counter and 2 * counter > len(g) + len(nev):  # the claim is an implication: most runs contradict it
             v = "not"
         elif counter:
             v = "partly"
@@ -172,36 +208,41 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
             f": {len(late)}/{len(g)} pilot-regime grokking runs had no rise by step 1,000" + \
             (f" ({', '.join(f['name'] for f in late)})" if late else "") + \
             f"; {len(early_nev)}/{len(nev)} that did not grok had one by step 1,000" + \
-            (f" ({', '.join(f['name'] for f in early_nev)})" if early_nev else "")
+            (f" ({', '.join(f['name'] for f in early_nev)})" if early_nev else "") + _rise_ranges(g, nev)
     gf, nevf, latef, earlyf = rise_1000(fast)
     out.append(f"- **Runs with no re-rise by step 1,000 do not grok (rise begins near step 750, only in runs that "
                f"will grok).** {v}. Fast regime: {len(latef)}/{len(gf)} grokking runs without a rise by 1,000, "
                f"{len(earlyf)}/{len(nevf)} non-grokking runs with one. A rise is the first step where smoothed Ô01 "
                f"stood `rise` above its post-memorisation minimum after a real drop, whether or not it persisted. "
-               f"Rule: reproduced = both kinds of run tested and no counterexample of either kind; not = every tested "
-               f"run a counterexample; partly = some. The step-1,000 mark is the pilot's regime's; it cannot "
+               f"Rule: reproduced = both kinds of run tested and no counterexample of either kind; not = more than half "
+               f"of the tested runs counterexamples; partly = some. The step-1,000 mark is the pilot's regime's; it cannot "
                f"transfer to runs that memorise later or grok earlier.")
-    # the issue's question: does Ô01 beat watching test accuracy?
+    # the issue's question: does Ô01 beat watching test accuracy? Two ways to watch it: test acc +0.10 over its value
+    # at memorisation, and the same detector on test accuracy (`test_acc_rise`); Ô01 must beat both
     parts = []
     for label, fs in (("pilot regime", pilot), ("fast regime", fast)):
         g, h, nev, fa = _split(fs)
         if not g:
             continue
-        earlier = [f for f in h if f["alarms"]["test_acc"] is None or f["alarms"]["o01"] < f["alarms"]["test_acc"]]
-        earlier_rise = [f for f in h if f["alarms"]["test_acc_rise"] is None
-                        or f["alarms"]["o01"] < f["alarms"]["test_acc_rise"]]
-        _, ht, _, fat = _split(fs, "test_acc")
-        if len(earlier) == len(g):
-            v = "yes" if len(fa) <= len(fat) else "earlier, but with more false alarms"
+        before = lambda f, key: f["alarms"][key] is None or f["alarms"]["o01"] < f["alarms"][key]  # noqa: E731
+        earlier = [f for f in h if before(f, "test_acc")]
+        earlier_rise = [f for f in h if before(f, "test_acc_rise")]
+        earlier_both = [f for f in h if before(f, "test_acc") and before(f, "test_acc_rise")]
+        fat, far = _split(fs, "test_acc")[3], _split(fs, "test_acc_rise")[3]
+        if len(earlier_both) == len(g):
+            v = "yes" if len(fa) <= min(len(fat), len(far)) else "earlier, but with more false alarms"
         else:
-            v = "in some runs" if earlier else "no"
+            v = "no" if 2 * len(earlier_both) < len(g) else "in some runs"
         parts.append(f"{label}: {v} — the Ô01 alarm came before {TEST_ACC_LABEL} in {len(earlier)}/{len(g)} grokking "
-                     f"runs and before the test-accuracy detector (`test_acc_rise`) in {len(earlier_rise)}/{len(g)}; "
-                     f"false alarms in runs that did not grok: Ô01 {len(fa)}/{len(nev)}, {TEST_ACC_LABEL} "
-                     f"{len(fat)}/{len(nev)}")
+                     f"runs, before the test-accuracy detector (`test_acc_rise`) in {len(earlier_rise)}/{len(g)}, "
+                     f"before both in {len(earlier_both)}/{len(g)}; false alarms in runs that did not grok: Ô01 "
+                     f"{len(fa)}/{len(nev)}, {TEST_ACC_LABEL} {len(fat)}/{len(nev)}, `test_acc_rise` "
+                     f"{len(far)}/{len(nev)}")
     out.append("- **Does the Ô01 alarm beat simply watching test accuracy?** (the issue's question, not a pilot claim) "
-               + ("; ".join(parts) if parts else "not yet tested") + f". Rule: yes = earlier than {TEST_ACC_LABEL} "
-               "in every grokking run with no more false alarms.")
+               + ("; ".join(parts) if parts else "not yet tested") + f". Rule: yes = earlier than both ways of "
+               f"watching test accuracy ({TEST_ACC_LABEL}, and the detector on test accuracy) in every grokking run "
+               "with no more false alarms than either; no = earlier than both in fewer than half the grokking runs; "
+               "in some runs otherwise.")
     out.append(layernorm_line(facts, by_guard))
     # 7. forcing
     forced = [f for f in facts if f["regime"] == "forcing"]
@@ -230,6 +271,20 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
     out.append(f"- **Forcing Ô01 → 1 does not stop grokking (pilot: 2/3 at 20k steps).** {v}. Rule: among runs where "
                "the term held the median post-memorisation Ô01 ≥ 0.9, reproduced = ≥ 2/3 grokked, not = none did "
                "(within our max steps, shorter than the pilot's 20k: a run that did not grok may grok later).")
+    return out
+
+
+def _rise_ranges(grokked: Sequence[dict], never: Sequence[dict]) -> str:
+    """Where the first rises fell in runs that grokked and in runs that did not, and whether some step separates
+    them here (found after the fact on these runs: a description, not a tested prediction)."""
+    rg = [f["first_rise"] for f in grokked if f["first_rise"] is not None]
+    rn = [f["first_rise"] for f in never if f["first_rise"] is not None]
+    span = lambda xs: f"{fmt_num(min(xs))}–{fmt_num(max(xs))}" if xs else "none"
+    out = (f". First rises: steps {span(rg)} in {len(rg)}/{len(grokked)} grokking runs, {span(rn)} in "
+           f"{len(rn)}/{len(never)} runs that did not grok")
+    if rg and never and len(rg) == len(grokked) and (not rn or max(rg) < min(rn)):
+        out += (f"; here a mark after step {fmt_num(max(rg))} would have separated them (chosen after the fact on "
+                "these runs, so a description, not a tested prediction)")
     return out
 
 
@@ -277,7 +332,8 @@ def brief_table(claims: Sequence[str]) -> list[str]:
         rest = rest.strip()
         m = _VERDICT.match(rest)
         if m:
-            verdict = m.group(1) + (" (provisional: fewer runs than the pilot)" if "provisional" in rest else "")
+            evidence = rest.split(" Rule:")[0]  # a rule may mention "provisional" itself
+            verdict = m.group(1) + (" (provisional: fewer runs than the pilot)" if "provisional" in evidence else "")
         elif _PER_REGIME.search(rest):
             verdict = "; ".join(f"{reg}: {v}" for reg, v in _PER_REGIME.findall(rest))
         else:
