@@ -188,3 +188,15 @@ def test_first_rise_step_sees_a_rise_that_broke_off():
     o = [v + (0.2 if 900 <= s < 950 else 0.0) for v, s in zip(o, STEPS)]  # a 50-step blip: no alarm
     d = _alarm(o, acc, halflife=1.0, persist=100)
     assert d.alarm_step is None and d.rise_onset_step is None and d.first_rise_step == 900
+
+
+def test_back_to_back_frozen_spans_are_all_taken_off_the_smoothing_gap():
+    # used point at 1000 (value 0); a spike at 1025 freezes to 1225, a second one lands on the next point (1250) and
+    # freezes to 1450; the first point used after them (1475) must count 1475 − 1000 − 2·200 = 75 steps, not 275
+    cfg = DetectorConfig(halflife=50.0, spike_guard="hold", spike_window=200)
+    d = Detector(cfg)
+    for step in range(0, 1476, 25):
+        loss = 1.0 if step in (1025, 1250) else 0.001
+        d.update(step, 1.0 if step == 1475 else 0.0, 1.0, loss)
+    assert d.result.spike_steps == [1025, 1250] and d.result.ignored[-2] and not d.result.ignored[-1]
+    assert d.result.smoothed[-1] == pytest.approx(1.0 - 0.5 ** (75 / 50))

@@ -473,3 +473,31 @@ def test_rise_by_1000_reports_where_the_first_rises_fell(tmp_path):
     assert v.startswith("not: 2/2 pilot-regime grokking runs had no rise by step 1,000"), v
     assert f"First rises: steps {lo}–{hi} in 2/2 grokking runs, {ctrl}–{ctrl} in 1/1 runs that did not grok" in v
     assert f"a mark after step {hi} would have separated them" in v
+
+
+def test_a_rise_set_at_a_spike_is_told_apart_from_a_gradual_one():
+    from fastcka.grok.detect import Detector
+    from fastcka.grok.study.analysis import _rise_made_at_spike
+
+    det = DetectorConfig(**DET)
+
+    def rows_of(o01, spike):
+        return [{"step": s, "train_acc": 1.0 if s >= 200 else 0.5, "train_loss_max": 1.0 if s == spike else 0.001,
+                 "o01": o01(s)} for s in range(0, 3001, 25)]
+
+    def result(rows):
+        d = Detector(det)
+        for r in rows:
+            d.update(r["step"], r["o01"], r["train_acc"], r["train_loss_max"])
+        return d.result
+
+    jump = rows_of(lambda s: 0.65 if s >= 1500 else o01_curve(s, None), spike=1500)  # the level jumps at the spike
+    res = result(jump)
+    assert res.spike_steps == [1500] and res.rise_onset_step == 1725  # the average catches up after the window
+    assert _rise_made_at_spike(jump, res, det, 25) is True
+    slow = rows_of(lambda s: o01_curve(s, 2000), spike=1500)  # a spike, then a gradual rise 500 steps later
+    res = result(slow)
+    assert res.rise_onset_step is not None and res.rise_onset_step > 2000
+    assert _rise_made_at_spike(slow, res, det, 25) is False
+    flat = rows_of(lambda s: o01_curve(s, None), spike=1500)
+    assert _rise_made_at_spike(flat, result(flat), det, 25) is None

@@ -9,8 +9,10 @@ normalise a series first (divide by its first value, say) to use one threshold a
 The rule, every threshold a field of :class:`DetectorConfig`:
 
 1. **Smooth** causally: an exponential moving average with a half-life of ``halflife`` steps (irregular step gaps
-   are handled: the weight of the new point is 1 − 0.5^(Δstep / halflife); the span frozen by the spike guard, from
-   the spike to the end of its window, is not counted in Δstep). NaN points are skipped: they neither move the average nor count towards ``persist``.
+   are handled: the weight of the new point is 1 − 0.5^(Δstep / halflife); the spans frozen by the spike guard since
+   the last point used, each from its spike to the end of its window, are not counted in Δstep, so the first point
+   after a window has the weight of two logging intervals: the one before the spike and the one after the window).
+   NaN points are skipped: they neither move the average nor count towards ``persist``.
 2. **Gate on memorisation**: nothing happens before the first point with train accuracy ≥ ``memorised_acc``. The
    peak is the largest smoothed value up to and including that point (or the first finite one after it).
 3. **A real drop**: after the gate the detector tracks the running minimum of the smoothed series. The drop is
@@ -40,7 +42,7 @@ from typing import Optional, Sequence
 SPIKE_GUARDS = ("off", "hold", "rebase")
 # Bumped whenever a change can move an alarm on the same log; written into every run's summary, so that a report can
 # tell which rule produced an alarm recorded during training (it recomputes every alarm with the current rule).
-DETECTOR_VERSION = 2
+DETECTOR_VERSION = 3  # 3: back-to-back frozen spans are all taken off the smoothing gap (v2 took off only the last)
 
 
 @dataclass
@@ -98,6 +100,8 @@ class Detector:
         self._prev_loss = math.inf
         self._frozen_until = -math.inf
         self._freeze_start: Optional[int] = None  # the spike that began the current (or last) frozen span
+        self._frozen_closed = 0  # steps frozen by the spans that have ended before the current one began
+        self._frozen_at_last = 0  # the frozen total when the last point was used
         self._rebase_pending = False
 
     def update(self, step: int, value: float, train_acc: float, train_loss: Optional[float] = None) -> bool:
@@ -113,14 +117,12 @@ class Detector:
             if self._s is None or self._rebase_pending:  # rebase restarts the average too, at the window's end
                 self._s, rebased, self._rebase_pending = x, self._rebase_pending, False
             else:
-                # the frozen span (spike → end of its window) counts as absent time, so the first point after a
-                # window is smoothed like any other instead of nearly replacing the average
-                gap = step - self._last_step
-                if self._freeze_start is not None and self._freeze_start > self._last_step:
-                    gap -= self._frozen_until - self._freeze_start
+                # the frozen spans (spike → end of its window) since the last point used count as absent time, so
+                # the first point after a window does not nearly replace the average
+                gap = step - self._last_step - (self._frozen_total() - self._frozen_at_last)
                 w = 1.0 - 0.5 ** (gap / c.halflife)
                 self._s += w * (x - self._s)
-            self._last_step = step
+            self._last_step, self._frozen_at_last = step, self._frozen_total()
         r.smoothed.append(c.direction * self._s if self._s is not None else math.nan)
         r.ignored.append(frozen)
         if frozen or self._s is None or not finite:
@@ -156,6 +158,11 @@ class Detector:
             self._rise_since, self._rise_held, self._rise_last = None, 0, None
         return False
 
+    def _frozen_total(self) -> int:
+        """Steps frozen by the spike guard so far: every ended span plus the current (or last) one."""
+        current = self._frozen_until - self._freeze_start if self._freeze_start is not None else 0
+        return self._frozen_closed + current
+
     def _spike_check(self, step: int, loss: Optional[float]) -> bool:
         """Record a spike at this point if there is one; True while the guard freezes the series."""
         c = self.cfg
@@ -166,6 +173,7 @@ class Detector:
             if loss >= c.spike_min_loss and loss >= c.spike_ratio * prev:
                 self.result.spike_steps.append(step)
                 if step > self._frozen_until:  # a new frozen span (a spike inside a window only extends it)
+                    self._frozen_closed = self._frozen_total()
                     self._freeze_start = step
                 self._frozen_until = step + c.spike_window
         if step <= self._frozen_until:

@@ -122,9 +122,11 @@ def analyse_run(run: dict, spike_guard: Optional[str] = None) -> dict:
         o.update(r["step"], r["o01"], r["train_acc"], r["train_loss_max"])
     onset_after_window = any(0 < o.result.rise_onset_step - (sp + det.spike_window) <= 2 * c.get("every", 25)
                              for sp in o.result.spike_steps) if o.result.rise_onset_step is not None else False
+    rise_at_spike = _rise_made_at_spike(rows, o.result, det, c.get("every", 25))
     return {"name": run["name"], "group": s["study"]["group"], "role": s["study"]["role"], "seed": c["seed"],
             "task": c["task"], "p": c["p"], "regime": regime(c), "grok": grok, "relapse": relapse,
-            "onset_after_window": onset_after_window, "first_rise": o.result.first_rise_step,
+            "onset_after_window": onset_after_window, "rise_at_spike": rise_at_spike,
+            "first_rise": o.result.first_rise_step,
             "recorded_alarm": s.get("alarm_step"), "detector_version": s.get("detector_version", 1),  # unversioned summaries predate v2
             "device": s.get("device"), "threads": s.get("threads"), "steps": rows[-1]["step"] if rows else 0,
             "memorised": o.result.memorised_step, "rise_onset": o.result.rise_onset_step, "alarms": alarms,
@@ -135,6 +137,26 @@ def analyse_run(run: dict, spike_guard: Optional[str] = None) -> dict:
                                          and r["step"] >= o.result.memorised_step and math.isfinite(r["o01"])], 0.5),
             "wall_s": s.get("study", {}).get("wall_s_total", s.get("wall_s")), "config": c}
 
+
+
+def _rise_made_at_spike(rows: list[dict], res, det: DetectorConfig, every: int) -> Optional[bool]:
+    """Was the rise that raised the Ô01 alarm a level set at a train-loss spike? True when raw Ô01 on the row just
+    before the last spike preceding the rise onset was still less than ``rise`` above the running minimum of the
+    smoothed series, and the onset came within two logging intervals after that spike's window: the average only
+    caught up, after the guard's window, with a level the spike had made. None without an onset."""
+    onset = res.rise_onset_step
+    if onset is None:
+        return None
+    before = [sp for sp in res.spike_steps if sp <= onset]
+    if not before or res.memorised_step is None:
+        return False
+    sp = before[-1]
+    i = next(k for k, r in enumerate(rows) if r["step"] == sp)
+    seen = [s for r, s in zip(rows[:i], res.smoothed[:i]) if r["step"] >= res.memorised_step and math.isfinite(s)]
+    if i == 0 or not seen or not math.isfinite(rows[i - 1]["o01"]):
+        return False
+    near_window = 0 < onset - (sp + det.spike_window) <= 2 * every
+    return near_window and rows[i - 1]["o01"] - min(seen) < det.rise
 
 
 def _frozen_fraction(rows: list[dict], res) -> Optional[float]:

@@ -16,7 +16,7 @@ from .fmt import fmt_num
 from .grid import RunSpec
 from .stats import quantile
 from .tables import sensitivity_table, stats_table
-from .verdicts import GUARDS, brief_table, claim_verdicts, modular_runs
+from .verdicts import GUARDS, brief_table, claim_verdicts, modular_runs, spike_made_line
 
 
 def _machine(facts: Sequence[dict]) -> str:
@@ -211,7 +211,7 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
           f"spike's row and the row before it {fmt_num(quantile(at, 0.5), 3)} ({len(at)} spikes), between all other "
           f"adjacent rows {fmt_num(quantile(other, 0.5), 3)} ({len(other)} pairs). Ô01 rise onsets (guard hold) within "
           f"two logging intervals after the end of a spike window: {sum(f['onset_after_window'] for f in facts)} of "
-          f"{sum(f['rise_onset'] is not None for f in facts)}.", ""]
+          f"{sum(f['rise_onset'] is not None for f in facts)}. " + spike_made_line(facts), ""]
     L += ["### How much do the detector's thresholds matter?", "",
           "The Ô01 detector (each run's own settings, as above) re-run on the same logs with each combination of "
           "its rise threshold and persistence. A setting that separates the runs would fire before the jump in every "

@@ -96,7 +96,7 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
             "rebase alone does not show that the rise is made of spikes.)")
     out.append(f"- **Ô01 re-rises before the jump in every grokking run (pilot: 16/16).** {v}. Fast regime (p 59, "
                f"lr 3e-3; not the pilot's regime, no verdict): {len(hf)}/{len(gf)}. Rule: reproduced = all, partly = "
-               f"some, not = none." + guards)
+               f"some, not = none." + guards + _spike_made_clause(h))
     # 2. the lead (addition) and 4. multiplication
     out.append(f"- **The lead is ~3,000 steps (3,297 ± 461) in the pilot's regime.** "
                f"{_lead_verdict(modular_runs(facts, 'pilot', 'add'), PILOT['lead'], PILOT['lead_sd'], 10, 'pilot-regime addition runs')}."
@@ -272,6 +272,28 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
                "the term held the median post-memorisation Ô01 ≥ 0.9, reproduced = ≥ 2/3 grokked, not = none did "
                "(within our max steps, shorter than the pilot's 20k: a run that did not grok may grok later).")
     return out
+
+
+def _spike_made_clause(hits: Sequence[dict]) -> str:
+    made = [f for f in hits if f["rise_at_spike"]]
+    return (f" In {len(made)}/{len(hits)} of these alarms the rise was a level set at a train-loss spike (defined under "
+            "*The spike guard*)." if hits else "")
+
+
+def spike_made_line(facts: Sequence[dict]) -> str:
+    """How many Ô01 alarms (guard hold) measured a level that a train-loss spike had set, per regime."""
+    parts = []
+    for label, fs in (("pilot regime", modular_runs(facts, "pilot")), ("fast regime", modular_runs(facts, "fast")),
+                      ("all runs", list(facts))):
+        alarmed = [f for f in fs if f["rise_at_spike"] is not None]
+        if alarmed:
+            parts.append(f"{label} {sum(bool(f['rise_at_spike']) for f in alarmed)}/{len(alarmed)}")
+    if not parts:
+        return ""
+    return ("Alarms (guard hold) whose rise was a level set at a spike — raw Ô01 on the row before the last spike "
+            "preceding the onset still less than `rise` above the running minimum, and the onset within two logging "
+            "intervals after that spike's window, so the average only caught up with a jump the spike made: "
+            + ", ".join(parts) + ". The hold guard delays such an alarm by about a window; only `rebase` removes it.")
 
 
 def _rise_ranges(grokked: Sequence[dict], never: Sequence[dict]) -> str:
