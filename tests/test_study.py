@@ -501,3 +501,35 @@ def test_a_rise_set_at_a_spike_is_told_apart_from_a_gradual_one():
     assert _rise_made_at_spike(slow, res, det, 25) is False
     flat = rows_of(lambda s: o01_curve(s, None), spike=1500)
     assert _rise_made_at_spike(flat, result(flat), det, 25) is None
+
+
+def test_a_share_that_rounds_to_the_band_edge_is_printed_with_three_digits():
+    from fastcka.grok.study.verdicts import _lead_verdict
+
+    def fact(lead, grok):
+        return {"grok": grok, "leads": {"o01": lead}, "alarms": {"o01": grok - lead}}
+
+    # multiplication band: (3,083 ± 372) / 4,000 = 0.678–0.864; a median share of 0.861 prints as 0.86 at two digits
+    fs = [fact(8610, 10000), fact(8610, 10000)]
+    v = _lead_verdict(fs, 3083, 186, 6, "runs")
+    assert v.startswith("partly") and "median lead 0.861 is inside" in v and "= 0.678–0.864" in v, v
+    fs = [fact(8000, 10000), fact(8000, 10000)]  # 0.80: clear of both edges, two digits
+    assert "median lead 0.80 is inside" in _lead_verdict(fs, 3083, 186, 6, "runs")
+    fs = [fact(8660, 10000), fact(8660, 10000)]  # 0.866 > 0.864: outside, and 0.87 against 0.86 already reads so
+    v = _lead_verdict(fs, 3083, 186, 6, "runs")
+    assert v.startswith("not") and "0.87 is outside" in v and "= 0.68–0.86" in v, v
+
+
+def test_control_lengths_name_a_control_shorter_than_the_slowest_grok():
+    from fastcka.grok.study.verdicts import _control_lengths
+
+    def fact(name, grok, steps, alarm):
+        return {"name": name, "grok": grok, "steps": steps, "leads": {"o01": None}, "alarms": {"o01": alarm}}
+
+    fs = [fact("g1", 9000, 10000, 1000), fact("g2", 14400, 15400, 1500),
+          fact("c-long", None, 20000, None), fact("c-alarm", None, 13000, 7700), fact("c-quiet", None, 12000, None)]
+    line = _control_lengths(fs, "pilot regime")
+    assert "ran 20000, 13000, 12000 steps, against the slowest grok at 14400 (g2)" in line, line
+    assert "c-alarm (its false alarm at 7700 stands whatever came later)" in line
+    assert "c-quiet (no alarm within its steps: censored)" in line and "c-long (" not in line
+    assert _control_lengths(fs[:2], "pilot regime") == ""  # no control: nothing to say

@@ -83,7 +83,7 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
     total_wall = sum(f["wall_s"] or 0 for f in facts)
     L += ["## Status of the grid", "",
           f"{len(runs)} of {len(specs) if specs else '?'} runs of `{grid_path or 'the grid'}` have finished; their "
-          f"training took {total_wall / 60:.0f} min of wall time in all ({_machine(facts)}). That total counts "
+          f"training took {total_wall / 60:.0f} min ({total_wall / 3600:.1f} h) of wall time in all ({_machine(facts)}). That total counts "
           f"only the sessions that ended with a checkpoint (a session killed outright is not recorded, so it is a "
           f"lower bound on the compute spent), while the runs shared the machine with other work (so each recorded "
           f"session is slower than the run alone would be). "
@@ -91,7 +91,7 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
              "`fastcka study docs/study/grid.toml --jobs 2` resumes it (finished runs are skipped, a killed run "
              "resumes from its checkpoint in `runs/study-ckpt/`, which is not committed: on another machine an unfinished "
              "run starts over), and `fastcka study --report` regenerates this "
-             "file." if missing else "The whole grid has run."), ""]
+             "file." if missing else "The whole grid has run; `fastcka study --report` regenerates this file."), ""]
     # setup
     from ..train import TrainConfig
 

@@ -56,11 +56,13 @@ def _lead_verdict(fs: Sequence[dict], mean: float, sd: float, pilot_n: int, what
     if not verdict:
         return f"median lead {fmt_num(med)} steps ({fmt_num(share, 2)} of the grok step) in {len(h)}/{len(g)} {what}"
     groks = [f["grok"] for f in g]
+    # one more digit where two would print the share equal to the band's edge (then "inside" would read as a tie)
+    nd = 3 if f"{share:.2f}" in (f"{lo:.2f}", f"{hi:.2f}") else 2
     where = ("" if inside else
              f", outside {mean:,.0f} ± {2 * sd:,.0f} in steps; these runs jumped at steps {fmt_num(min(groks))}–"
              f"{fmt_num(max(groks))} (median {fmt_num(quantile(groks, 0.5))}), the pilot's near {PILOT['grok']:,}; as a "
-             f"share of the grok step the median lead {fmt_num(share, 2)} is {'inside' if share_inside else 'outside'} "
-             f"the pilot's ({mean:,.0f} ± {2 * sd:,.0f}) / {PILOT['grok']:,} = {lo:.2f}–{hi:.2f}")
+             f"share of the grok step the median lead {fmt_num(share, nd)} is {'inside' if share_inside else 'outside'} "
+             f"the pilot's ({mean:,.0f} ± {2 * sd:,.0f}) / {PILOT['grok']:,} = {lo:.{nd}f}–{hi:.{nd}f}")
     return (f"{v}: median lead {fmt_num(med)} steps (IQR {fmt_num(quantile(leads, 0.25))}–{fmt_num(quantile(leads, 0.75))}; "
             f"{fmt_num(share, 2)} of the grok step) in {len(h)}/{len(g)} {what}{where}"
             f"{_provisional(len(g), pilot_n, what)}")
@@ -122,6 +124,7 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
     out.append(f"- **No alarm in runs that do not grok (pilot: 0/5).** {v}. Fast regime: false alarms in "
                f"{len(faf)}/{len(nevf)} runs that did not grok" + (f" ({', '.join(f['name'] for f in faf)})" if faf
                                                                     else "")
+               + _control_lengths(pilot, "pilot regime") + _control_lengths(fast, "fast regime")
                + ". Rule: reproduced = no alarm in any pilot-regime run that did not grok (provisional below the "
                "pilot's 5); not = any (one false alarm refutes \"0/5\" at any count). \"Did not grok\" means not "
                "within the run's max steps (censored).")
@@ -274,6 +277,23 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
     return out
 
 
+def _control_lengths(fs: Sequence[dict], label: str) -> str:
+    """How long the runs that did not grok ran against the slowest grok of their regime (the issue asks for controls
+    at least that long; a control that alarmed earlier stays a false alarm whatever it would have done later)."""
+    g, _, nev, _ = _split(fs)
+    if not g or not nev:
+        return ""
+    slow = max(g, key=lambda f: f["grok"])
+    short = [f for f in nev if f["steps"] < slow["grok"]]
+    alarm = lambda f: f["alarms"]["o01"]  # noqa: E731
+    return (f". {label.capitalize()}: the runs that did not grok ran {', '.join(fmt_num(f['steps']) for f in nev)} "
+            f"steps, against the slowest grok at {fmt_num(slow['grok'])} ({slow['name']})"
+            + ("" if not short else "; shorter: " + ", ".join(
+                f"{f['name']}" + (f" (its false alarm at {fmt_num(alarm(f))} stands whatever came later)"
+                                  if alarm(f) is not None else " (no alarm within its steps: censored)")
+                for f in short)))
+
+
 def _spike_made_clause(hits: Sequence[dict]) -> str:
     made = [f for f in hits if f["rise_at_spike"]]
     return (f" In {len(made)}/{len(hits)} of these alarms the rise was a level set at a train-loss spike (defined under "
@@ -293,7 +313,7 @@ def spike_made_line(facts: Sequence[dict]) -> str:
     return ("Alarms (guard hold) whose rise was a level set at a spike — raw Ô01 on the row before the last spike "
             "preceding the onset still less than `rise` above the running minimum, and the onset within two logging "
             "intervals after that spike's window, so the average only caught up with a jump the spike made: "
-            + ", ".join(parts) + ". The hold guard delays such an alarm by about a window; only `rebase` removes it.")
+            + ", ".join(parts) + " (each of all the alarms in those runs, controls included). The hold guard delays such an alarm by about a window; only `rebase` removes it.")
 
 
 def _rise_ranges(grokked: Sequence[dict], never: Sequence[dict]) -> str:
