@@ -215,6 +215,9 @@ def test_pilot_regime_verdicts_partly_and_false_alarm(tmp_path):
     # 3 of the 5 tested runs contradict the implication: more than half, so "not"
     assert v6.startswith("not") and "3/4 pilot-regime grokking runs had no rise by step 1,000 (pa-s1, pa-s2, pc-s1)" in v6
     assert "0/1 that did not grok had one by step 1,000" in v6  # pc-s0 rises from 2000
+    short = next(line for line in text.splitlines() if line.startswith("In short"))
+    assert "before the jump in 2/4 grokking runs" in short and "It also fired in 1/1 runs that did not grok" in short
+    assert "did not tell the runs that would grok" in short and "its timing did here" in short, short
 
 
 def test_lead_verdicts_reproduced_and_not(tmp_path):
@@ -533,3 +536,24 @@ def test_control_lengths_name_a_control_shorter_than_the_slowest_grok():
     assert "c-alarm (its false alarm at 7700 stands whatever came later)" in line
     assert "c-quiet (no alarm within its steps: censored)" in line and "c-long (" not in line
     assert _control_lengths(fs[:2], "pilot regime") == ""  # no control: nothing to say
+
+
+def test_in_short_claims_a_timing_separation_only_when_there_is_one():
+    from fastcka.grok.study.verdicts import in_short
+
+    def fact(name, grok, alarm, acc_alarm=None, role="grok"):
+        return {"name": name, "grok": grok, "regime": "pilot", "role": role, "task": "add", "rise_at_spike": False,
+                "alarms": {"o01": alarm, "test_acc_rise": acc_alarm},
+                "leads": {"o01": None if grok is None or alarm is None else grok - alarm,
+                          "test_acc_rise": None if grok is None or acc_alarm is None else grok - acc_alarm}}
+
+    fs = [fact("g1", 8000, 1500, acc_alarm=1000), fact("g2", 9000, 3000, acc_alarm=4000),
+          fact("c1", None, 2000, role="control")]
+    s = in_short(fs)
+    assert "fired at steps 1500–3000, before the jump in 2/2 grokking runs" in s, s
+    assert "did not tell the runs that would grok" in s and "its timing did here" not in s  # 2,000 < 3,000
+    assert "fired no later than Ô01 in 1/2 of these runs, with 0/1 false alarms" in s
+    fs[2]["alarms"]["o01"] = None  # the control stays quiet: no false alarm, nothing to tell apart
+    s = in_short(fs)
+    assert "It also fired in 0/1 runs that did not grok." in s and "did not tell" not in s, s
+    assert in_short([fact("c1", None, 2000, role="control")]) == ""  # nothing grokked yet

@@ -16,7 +16,7 @@ from .fmt import fmt_num
 from .grid import RunSpec
 from .stats import quantile
 from .tables import sensitivity_table, stats_table
-from .verdicts import GUARDS, brief_table, claim_verdicts, modular_runs, spike_made_line
+from .verdicts import GUARDS, brief_table, claim_verdicts, in_short, modular_runs, spike_made_line
 
 
 def _machine(facts: Sequence[dict]) -> str:
@@ -75,7 +75,9 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
          "faster demo regime, with non-grokking controls, and runs the other progress measures through the same "
          "detector as baselines. Its result is whatever the finished runs show.", ""]
     if runs:
+        short = in_short(facts)
         L += ["## The answer in brief", "", *brief_table(claim_verdicts(facts, by_guard)), "",
+              *([short, ""] if short else []),
               "Each verdict, its evidence and the rule that decides it are under *The pilot's claims* at the end.", ""]
     # status
     done = {r["name"] for r in runs}

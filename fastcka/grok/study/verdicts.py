@@ -361,6 +361,36 @@ def layernorm_line(facts: Sequence[dict], by_guard: Optional[dict] = None) -> st
     return head + " " + "; ".join(parts) + "."
 
 
+def in_short(facts: Sequence[dict]) -> str:
+    """The pilot regime in plain words, from the same counts as the verdicts (empty before a pilot-regime run has
+    grokked with an alarm)."""
+    g, h, nev, fa = _split(modular_runs(facts, "pilot"))
+    if not h:
+        return ""
+    span = lambda xs: f"{fmt_num(min(xs))}–{fmt_num(max(xs))}"  # noqa: E731
+    share = quantile([f["leads"]["o01"] / f["grok"] for f in h], 0.5)
+    out = (f"In short, in the pilot's regime (p 97/113, lr 1e-3): the Ô01 alarm fired at steps "
+           f"{span([f['alarms']['o01'] for f in h])}, before the jump in {len(h)}/{len(g)} grokking runs, which "
+           f"jumped at steps {span([f['grok'] for f in g])} (median lead {fmt_num(share, 2)} of the grok step).")
+    made = [f for f in h if f["rise_at_spike"]]
+    if made:
+        out += f" In {len(made)}/{len(h)} of these alarms the rise was a level set at a train-loss spike."
+    if nev:
+        out += (f" It also fired in {len(fa)}/{len(nev)} runs that did not grok"
+                + (" (at steps " + ", ".join(fmt_num(f["alarms"]["o01"]) for f in fa) + ")" if fa else "")
+                + ("; so the alarm alone did not tell the runs that would grok from those that would not" if fa
+                   and len(fa) == len(nev) else "")
+                + ("; its timing did here (every grokking run's alarm came before every such run's: a separation found "
+                   "after the fact, not a tested rule)" if fa and max(f["alarms"]["o01"] for f in h)
+                   < min(f["alarms"]["o01"] for f in fa) else "") + ".")
+    first = [f for f in h if f["alarms"]["test_acc_rise"] is not None
+             and f["alarms"]["test_acc_rise"] <= f["alarms"]["o01"]]
+    far = _split(modular_runs(facts, "pilot"), "test_acc_rise")[3]
+    out += (f" The same detector watching test accuracy (`test_acc_rise`) fired no later than Ô01 in {len(first)}/"
+            f"{len(h)} of these runs" + (f", with {len(far)}/{len(nev)} false alarms" if nev else "") + ".")
+    return out
+
+
 _VERDICT = re.compile(r"^(reproduced|partly|not yet tested|not tested|not|inconclusive)\b")
 _PER_REGIME = re.compile(r"(pilot regime|fast regime): (.*?) — ")
 
