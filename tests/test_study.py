@@ -217,7 +217,8 @@ def test_pilot_regime_verdicts_partly_and_false_alarm(tmp_path):
     assert "0/1 that did not grok had one by step 1,000" in v6  # pc-s0 rises from 2000
     short = next(line for line in text.splitlines() if line.startswith("In short"))
     assert "before the jump in 2/4 grokking runs" in short and "It also fired in 1/1 runs that did not grok" in short
-    assert "did not tell the runs that would grok" in short and "its timing did here" in short, short
+    # two grokking runs had no alarm before their jump, so no timing separation is claimed
+    assert "did not tell the runs that would grok" in short and "Its timing did here" not in short, short
 
 
 def test_lead_verdicts_reproduced_and_not(tmp_path):
@@ -423,7 +424,7 @@ def test_lead_outside_in_steps_but_inside_as_a_share_of_the_grok_step_is_partly(
     lead = _verdict(_report(tmp_path, runs), "The lead is")
     assert lead.startswith("partly: median lead"), lead
     assert "outside 3,297 ± 922 in steps" in lead and "these runs jumped at steps 8000–8000" in lead
-    assert "is inside the pilot's (3,297 ± 922) / 4,000 = 0.59–1.05" in lead
+    assert "is inside the pilot's (3,297 ± 922) / 4,000 = 0.59–1.00 (capped at 1: a lead cannot exceed its grok step)" in lead
 
 
 def test_watching_test_accuracy_must_be_beaten_both_ways(tmp_path):
@@ -475,7 +476,7 @@ def test_rise_by_1000_reports_where_the_first_rises_fell(tmp_path):
     assert 1200 < lo < hi < 2000 < ctrl
     assert v.startswith("not: 2/2 pilot-regime grokking runs had no rise by step 1,000"), v
     assert f"First rises: steps {lo}–{hi} in 2/2 grokking runs, {ctrl}–{ctrl} in 1/1 runs that did not grok" in v
-    assert f"a mark after step {hi} would have separated them" in v
+    assert f"a mark between steps {hi} and {ctrl} would have separated them" in v
 
 
 def test_a_rise_set_at_a_spike_is_told_apart_from_a_gradual_one():
@@ -533,7 +534,7 @@ def test_control_lengths_name_a_control_shorter_than_the_slowest_grok():
           fact("c-long", None, 20000, None), fact("c-alarm", None, 13000, 7700), fact("c-quiet", None, 12000, None)]
     line = _control_lengths(fs, "pilot regime")
     assert "ran 20000, 13000, 12000 steps, against the slowest grok at 14400 (g2)" in line, line
-    assert "c-alarm (its false alarm at 7700 stands whatever came later)" in line
+    assert "c-alarm (its alarm at 7700 is false only within its 13000 steps: censored)" in line
     assert "c-quiet (no alarm within its steps: censored)" in line and "c-long (" not in line
     assert _control_lengths(fs[:2], "pilot regime") == ""  # no control: nothing to say
 
@@ -543,6 +544,7 @@ def test_in_short_claims_a_timing_separation_only_when_there_is_one():
 
     def fact(name, grok, alarm, acc_alarm=None, role="grok"):
         return {"name": name, "grok": grok, "regime": "pilot", "role": role, "task": "add", "rise_at_spike": False,
+                "steps": 20000,
                 "alarms": {"o01": alarm, "test_acc_rise": acc_alarm},
                 "leads": {"o01": None if grok is None or alarm is None else grok - alarm,
                           "test_acc_rise": None if grok is None or acc_alarm is None else grok - acc_alarm}}
@@ -551,9 +553,23 @@ def test_in_short_claims_a_timing_separation_only_when_there_is_one():
           fact("c1", None, 2000, role="control")]
     s = in_short(fs)
     assert "fired at steps 1500–3000, before the jump in 2/2 grokking runs" in s, s
-    assert "did not tell the runs that would grok" in s and "its timing did here" not in s  # 2,000 < 3,000
+    assert "did not tell the runs that would grok" in s and "Its timing did here" not in s  # 2,000 < 3,000
+    fs[2]["alarms"]["o01"] = 3500  # now every grokking alarm came before the control's
+    assert "Its timing did here: grokking runs alarmed by step 3000, the others from step 3500" in in_short(fs)
     assert "fired no later than Ô01 in 1/2 of these runs, with 0/1 false alarms" in s
     fs[2]["alarms"]["o01"] = None  # the control stays quiet: no false alarm, nothing to tell apart
     s = in_short(fs)
     assert "It also fired in 0/1 runs that did not grok." in s and "did not tell" not in s, s
     assert in_short([fact("c1", None, 2000, role="control")]) == ""  # nothing grokked yet
+
+
+def test_config_drift_lists_runs_that_ran_with_other_settings_than_the_grid():
+    from fastcka.grok.study.grid import RunSpec
+    from fastcka.grok.study.report import _config_drift
+
+    facts = [{"name": "a-s0", "config": {"max_steps": 12000, "lr": 1e-3, "detector": {"rise": 0.05}}},
+             {"name": "a-s1", "config": {"max_steps": 20000, "lr": 1e-3, "detector": {"rise": 0.05}}},
+             {"name": "extra", "config": {"max_steps": 5}}]  # not in the grid: nothing to compare
+    specs = [RunSpec(n, "a", "grok", i, {"max_steps": 20000, "lr": 0.001, "detector": {"rise": 0.1}})
+             for i, n in enumerate(["a-s0", "a-s1"])]
+    assert _config_drift(facts, specs) == ["a-s0: max_steps 12000 (grid: 20000)"]  # the detector settings are stated on their own

@@ -19,6 +19,21 @@ from .tables import sensitivity_table, stats_table
 from .verdicts import GUARDS, brief_table, claim_verdicts, in_short, modular_runs, spike_made_line
 
 
+def _config_drift(facts: Sequence[dict], specs: Sequence[RunSpec]) -> list[str]:
+    """'run: key value (grid: value)' for each finished run whose saved config differs from its grid entry."""
+    by_name = {s.name: s for s in specs}
+    out = []
+    for f in facts:
+        s = by_name.get(f["name"])
+        if s is None:
+            continue
+        diffs = [f"{k} {f['config'][k]} (grid: {v})" for k, v in s.config.items()
+                 if k != "detector" and k in f["config"] and f["config"][k] != v]
+        if diffs:
+            out.append(f"{f['name']}: " + ", ".join(diffs))
+    return out
+
+
 def _machine(facts: Sequence[dict]) -> str:
     """Where the runs trained, from their summaries (device, torch threads)."""
     kinds = sorted({f"{f.get('device') or '?'}, {f.get('threads') or '?'} thread(s) per run" for f in facts})
@@ -140,6 +155,10 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
                  f"{c['train_frac']} | {c['lr']:g} | {c['weight_decay']:g} | {'on' if c['layer_norm'] else 'off'} | "
                  f"{c['force_cka']:g} | {c['max_steps']} | {c['stop_after_grok']} | {c['every']} | "
                  f"{','.join(map(str, gi['seeds'])) or '–'} | {','.join(map(str, sorted(gi['done']))) or 'none'} |")
+    drift = _config_drift(facts, specs or [])
+    if drift:
+        L += ["", "Finished runs whose config differs from the grid's (the grid was edited after they ran; every "
+              "number in this report comes from what ran): " + "; ".join(drift) + "."]
     dets = sorted({json.dumps(f["config"]["detector"], sort_keys=True) for f in facts}) or [json.dumps({})]
     det = DetectorConfig(**json.loads(dets[0]))
     L += ["", "Detector (DESIGN §2, `fastcka/grok/detect.py`, rule version "

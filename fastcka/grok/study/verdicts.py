@@ -1,9 +1,11 @@
-"""A plain verdict on each of the pilot's claims, judged only from the finished runs of the pilot's own regime, with
-the rule that decides it stated next to it."""
+"""A plain verdict on each of the pilot's claims, with the rule that decides it stated next to it. The modular-arithmetic
+claims are judged only from the pilot's own regime (p 97/113, lr 1e-3); parity and forcing from their own groups
+(the pilot gives no regime for them: ours are parity runs and the fast regime, p 59, lr 3e-3)."""
 
 from __future__ import annotations
 
 import re
+import statistics
 from typing import Optional, Sequence
 
 from ..detect import DetectorConfig
@@ -49,7 +51,7 @@ def _lead_verdict(fs: Sequence[dict], mean: float, sd: float, pilot_n: int, what
     leads = [f["leads"]["o01"] for f in h]
     med = quantile(leads, 0.5)
     share = quantile([f["leads"]["o01"] / f["grok"] for f in h], 0.5)
-    lo, hi = (mean - 2 * sd) / PILOT["grok"], (mean + 2 * sd) / PILOT["grok"]
+    lo, hi = (mean - 2 * sd) / PILOT["grok"], min(1.0, (mean + 2 * sd) / PILOT["grok"])  # a lead < its grok step
     inside = abs(med - mean) <= 2 * sd
     share_inside = lo <= share <= hi
     v = ("reproduced" if inside and len(h) == len(g) else "partly" if inside or share_inside else "not")
@@ -62,15 +64,20 @@ def _lead_verdict(fs: Sequence[dict], mean: float, sd: float, pilot_n: int, what
              f", outside {mean:,.0f} ± {2 * sd:,.0f} in steps; these runs jumped at steps {fmt_num(min(groks))}–"
              f"{fmt_num(max(groks))} (median {fmt_num(quantile(groks, 0.5))}), the pilot's near {PILOT['grok']:,}; as a "
              f"share of the grok step the median lead {fmt_num(share, nd)} is {'inside' if share_inside else 'outside'} "
-             f"the pilot's ({mean:,.0f} ± {2 * sd:,.0f}) / {PILOT['grok']:,} = {lo:.{nd}f}–{hi:.{nd}f}")
+             f"the pilot's ({mean:,.0f} ± {2 * sd:,.0f}) / {PILOT['grok']:,} = {lo:.{nd}f}–{hi:.{nd}f}"
+             + (" (capped at 1: a lead cannot exceed its grok step)" if (mean + 2 * sd) / PILOT["grok"] > 1 else "")
+             + (" — at the band's edge" if share_inside and min(share - lo, hi - share) < 0.01 else "")
+             + (f"; the leads' SD is {statistics.stdev(leads):,.0f} steps, the pilot's {sd:,.0f}" if len(leads) > 1
+                else ""))
     return (f"{v}: median lead {fmt_num(med)} steps (IQR {fmt_num(quantile(leads, 0.25))}–{fmt_num(quantile(leads, 0.75))}; "
             f"{fmt_num(share, 2)} of the grok step) in {len(h)}/{len(g)} {what}{where}"
             f"{_provisional(len(g), pilot_n, what)}")
 
 
 def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[str]:
-    """The pilot's claims, each judged from the finished runs of the pilot's own regime (p 97/113, lr 1e-3); the fast
-    regime is reported beside it but never decides a verdict. Rules are stated next to each verdict."""
+    """The pilot's claims, the modular-arithmetic ones judged from the finished runs of the pilot's own regime (p 97/113,
+    lr 1e-3), parity and forcing from their own groups; the fast regime is reported beside the modular ones but never
+    decides their verdicts. Rules are stated next to each verdict."""
     pilot, fast = modular_runs(facts, "pilot"), modular_runs(facts, "fast")
     out = []
 
@@ -164,7 +171,7 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
         short_where = ", ".join(f"{f['name']}: {f['grok'] - f['memorised']} steps" for f in short)
         relapse_where = ", ".join(f"{f['name']} at {fmt_num(f['relapse'])}" for f in relapsed)
         counts = (f"Ô01 dropped by ≥ {min_drop:g} after memorisation in {len(dropped)}/{len(measured)} parity runs and "
-                  f"re-rose (an alarm before the jump, or at all if there was none) in {len(rose)}/{len(measured)}"
+                  f"re-rose (an alarm before the jump, or at all in a run with no jump) in {len(rose)}/{len(measured)}"
                   + (f", with the spike guard off in {len(rose_off)}/{len(measured)}"
                      + (f" ({off_where})" if rose_off else "") if by_guard else "")
                   + f"; {len(grokked)}/{len(measured)} grokked"
@@ -271,7 +278,8 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
                 _provisional(len(effective), 3, "effectively forced runs")
         v += ". " + "; ".join(per) + (f". Unforced fast-regime grok steps for comparison: median {fmt_num(quantile(gf_steps, 0.5))}"
                                       if gf_steps else "")
-    out.append(f"- **Forcing Ô01 → 1 does not stop grokking (pilot: 2/3 at 20k steps).** {v}. Rule: among runs where "
+    out.append(f"- **Forcing Ô01 → 1 does not stop grokking (pilot: 2/3 at 20k steps).** {v}. (Forced runs are in the "
+               "fast regime, p 59, lr 3e-3: the pilot does not say which regime it forced.) Rule: among runs where "
                "the term held the median post-memorisation Ô01 ≥ 0.9, reproduced = ≥ 2/3 grokked, not = none did "
                "(within our max steps, shorter than the pilot's 20k: a run that did not grok may grok later).")
     return out
@@ -289,7 +297,7 @@ def _control_lengths(fs: Sequence[dict], label: str) -> str:
     return (f". {label.capitalize()}: the runs that did not grok ran {', '.join(fmt_num(f['steps']) for f in nev)} "
             f"steps, against the slowest grok at {fmt_num(slow['grok'])} ({slow['name']})"
             + ("" if not short else "; shorter: " + ", ".join(
-                f"{f['name']}" + (f" (its false alarm at {fmt_num(alarm(f))} stands whatever came later)"
+                f"{f['name']}" + (f" (its alarm at {fmt_num(alarm(f))} is false only within its {fmt_num(f['steps'])} steps: censored)"
                                   if alarm(f) is not None else " (no alarm within its steps: censored)")
                 for f in short)))
 
@@ -313,7 +321,7 @@ def spike_made_line(facts: Sequence[dict]) -> str:
     return ("Alarms (guard hold) whose rise was a level set at a spike — raw Ô01 on the row before the last spike "
             "preceding the onset still less than `rise` above the running minimum, and the onset within two logging "
             "intervals after that spike's window, so the average only caught up with a jump the spike made: "
-            + ", ".join(parts) + " (each of all the alarms in those runs, controls included). The hold guard delays such an alarm by about a window; only `rebase` removes it.")
+            + ", ".join(parts) + " (denominator: every run with an alarm, controls included). The hold guard delays such an alarm by about a window; only `rebase` removes it.")
 
 
 def _rise_ranges(grokked: Sequence[dict], never: Sequence[dict]) -> str:
@@ -325,7 +333,8 @@ def _rise_ranges(grokked: Sequence[dict], never: Sequence[dict]) -> str:
     out = (f". First rises: steps {span(rg)} in {len(rg)}/{len(grokked)} grokking runs, {span(rn)} in "
            f"{len(rn)}/{len(never)} runs that did not grok")
     if rg and never and len(rg) == len(grokked) and (not rn or max(rg) < min(rn)):
-        out += (f"; here a mark after step {fmt_num(max(rg))} would have separated them (chosen after the fact on "
+        out += (f"; here a mark between steps {fmt_num(max(rg))} and {fmt_num(min(rn)) if rn else 'the end'} would "
+                "have separated them (chosen after the fact on "
                 "these runs, so a description, not a tested prediction)")
     return out
 
@@ -357,7 +366,8 @@ def layernorm_line(facts: Sequence[dict], by_guard: Optional[dict] = None) -> st
              for lr in sorted({f["config"]["lr"] for f in ln}, reverse=True)]
     fast = modular_runs(facts, "fast")
     if fast:
-        parts.append(describe(fast, "no LayerNorm for comparison (fast regime, lr 3e-3, with its controls)"))
+        parts.append(describe([f for f in fast if f["role"] == "grok"],
+                              "no LayerNorm for comparison (fast regime, lr 3e-3, its grok-role runs)"))
     return head + " " + "; ".join(parts) + "."
 
 
@@ -371,18 +381,25 @@ def in_short(facts: Sequence[dict]) -> str:
     share = quantile([f["leads"]["o01"] / f["grok"] for f in h], 0.5)
     out = (f"In short, in the pilot's regime (p 97/113, lr 1e-3): the Ô01 alarm fired at steps "
            f"{span([f['alarms']['o01'] for f in h])}, before the jump in {len(h)}/{len(g)} grokking runs, which "
-           f"jumped at steps {span([f['grok'] for f in g])} (median lead {fmt_num(share, 2)} of the grok step).")
+           f"jumped at steps {span([f['grok'] for f in g])} (median lead "
+           f"{fmt_num(quantile([f['leads']['o01'] for f in h], 0.5))} steps — the pilot's {PILOT['lead']:,} — or "
+           f"{fmt_num(share, 2)} of the grok step).")
     made = [f for f in h if f["rise_at_spike"]]
     if made:
         out += f" In {len(made)}/{len(h)} of these alarms the rise was a level set at a train-loss spike."
     if nev:
-        out += (f" It also fired in {len(fa)}/{len(nev)} runs that did not grok"
-                + (" (at steps " + ", ".join(fmt_num(f["alarms"]["o01"]) for f in fa) + ")" if fa else "")
-                + ("; so the alarm alone did not tell the runs that would grok from those that would not" if fa
-                   and len(fa) == len(nev) else "")
-                + ("; its timing did here (every grokking run's alarm came before every such run's: a separation found "
-                   "after the fact, not a tested rule)" if fa and max(f["alarms"]["o01"] for f in h)
-                   < min(f["alarms"]["o01"] for f in fa) else "") + ".")
+        short = [f for f in nev if f["steps"] < max(f["grok"] for f in g)]
+        at = [fmt_num(f["alarms"]["o01"]) for f in fa] + (
+            [f"{len(short)} of the {len(nev)} stopped before the slowest grok step, so for "
+             f"{'it' if len(short) == 1 else 'them'} 'did not grok' is censored"] if short else [])
+        out += f" It also fired in {len(fa)}/{len(nev)} runs that did not grok" + (
+            f" (at steps {'; '.join([', '.join(at[:len(fa)])] + at[len(fa):])})" if at else "") + "."
+        if fa and len(fa) == len(nev):
+            out += " So the alarm alone did not tell the runs that would grok from those that would not."
+        if fa and len(h) == len(g) and max(f["alarms"]["o01"] for f in h) < min(f["alarms"]["o01"] for f in fa):
+            out += (f" Its timing did here: grokking runs alarmed by step {fmt_num(max(f['alarms']['o01'] for f in h))}, "
+                    f"the others from step {fmt_num(min(f['alarms']['o01'] for f in fa))} (a separation found after "
+                    "the fact, not a tested rule).")
     first = [f for f in h if f["alarms"]["test_acc_rise"] is not None
              and f["alarms"]["test_acc_rise"] <= f["alarms"]["o01"]]
     far = _split(modular_runs(facts, "pilot"), "test_acc_rise")[3]
@@ -392,6 +409,7 @@ def in_short(facts: Sequence[dict]) -> str:
 
 
 _VERDICT = re.compile(r"^(reproduced|partly|not yet tested|not tested|not|inconclusive)\b")
+_SPIKE_MADE = re.compile(r"In (\d+)/(\d+) of these alarms the rise was a level set")
 _PER_REGIME = re.compile(r"(pilot regime|fast regime): (.*?) — ")
 
 
@@ -406,6 +424,9 @@ def brief_table(claims: Sequence[str]) -> list[str]:
         if m:
             evidence = rest.split(" Rule:")[0]  # a rule may mention "provisional" itself
             verdict = m.group(1) + (" (provisional: fewer runs than the pilot)" if "provisional" in evidence else "")
+            spike = _SPIKE_MADE.search(rest)
+            if spike and spike.group(1) != "0":
+                verdict += f"; in {spike.group(1)}/{spike.group(2)} the rise was a level set at a train-loss spike"
         elif _PER_REGIME.search(rest):
             verdict = "; ".join(f"{reg}: {v}" for reg, v in _PER_REGIME.findall(rest))
         else:
