@@ -409,7 +409,9 @@ def test_brief_table_keeps_the_verdict_word_and_drops_numbers_only_lines():
     lines = ["- **Claim A (pilot: 16/16).** reproduced: 9/9 runs (provisional: 9 grokking runs, fewer than the pilot's 16).",
              "- **Claim B.** not: 2/2 false alarms. Rule: reproduced = none (provisional below the pilot's 5).",
              "- **Test acc?** (the issue's question) pilot regime: yes — x; fast regime: no — y. Rule: ...",
-             "- **Architecture** (numbers only). lr 0.003: 3/3 grokked."]
+             "- **Architecture** (numbers only). lr 0.003: 3/3 grokked.",
+             # a numbers-only line is dropped even where its text reads like a per-regime answer
+             "- **Architecture 2** (the issue's question; numbers only). fast regime: 4/4 — pilot regime: 1/1 — z."]
     assert study.verdicts.brief_table(lines) == [
         "| claim | verdict |", "|---|---|",
         "| Claim A (pilot: 16/16) | reproduced (provisional: fewer runs than the pilot) |",

@@ -420,6 +420,8 @@ def brief_table(claims: Sequence[str]) -> list[str]:
     for line in claims:
         _, claim, rest = line.split("**", 2)
         rest = rest.strip()
+        if rest.split(")", 1)[0].endswith("numbers only"):  # "(…; numbers only)": no verdict, whatever follows
+            continue
         m = _VERDICT.match(rest)
         if m:
             evidence = rest.split(" Rule:")[0]  # a rule may mention "provisional" itself
