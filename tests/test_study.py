@@ -575,3 +575,13 @@ def test_config_drift_lists_runs_that_ran_with_other_settings_than_the_grid():
     specs = [RunSpec(n, "a", "grok", i, {"max_steps": 20000, "lr": 0.001, "detector": {"rise": 0.1}})
              for i, n in enumerate(["a-s0", "a-s1"])]
     assert _config_drift(facts, specs) == ["a-s0: max_steps 12000 (grid: 20000)"]  # the detector settings are stated on their own
+
+
+def test_setup_table_shows_each_seeds_value_where_a_groups_seeds_differ(tmp_path):
+    specs = study.load_grid('[[group]]\nname = "g"\nseeds = [0]\nconfig = { max_steps = 100 }\n'
+                            '[[group]]\nname = "g"\nseeds = [1]\nconfig = { max_steps = 200 }\n')
+    runs = tmp_path / "runs"
+    make_run(runs, "g-s0", "grok", grok=2000, rise_at=700)
+    text = study.write_report(runs, tmp_path / "docs" / "STUDY.md", specs).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| g |"))
+    assert "| 100 (s0), 200 (s1) |" in row and "| 0.4 |" in row, row  # differing: per seed; shared: once

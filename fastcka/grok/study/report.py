@@ -119,8 +119,9 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
         vs = sorted({str(c[key]) for c in configs}) if configs else [str(tdef[key])]
         return vs[0] if len(vs) == 1 else "/".join(vs) + " (varies by group)"
 
-    mem_accs = sorted({str(c["detector"]["memorised_acc"] if isinstance(c["detector"], dict)
-                           else c["detector"].memorised_acc) for c in configs}) or ["0.99"]
+    # a grid may give the detector only some settings (or none): the rest are DetectorConfig's defaults
+    mem_accs = sorted({str((DetectorConfig(**c["detector"]) if isinstance(c["detector"], dict) else c["detector"])
+                           .memorised_acc) for c in configs}) or ["0.99"]
     L += ["## Setup", "",
           "Model and optimiser, from the runs' configs (a value that differs between groups is listed with all its "
           f"values; the table below gives the per-group ones): a {val('n_layers')}-block transformer, d_model "
@@ -135,14 +136,15 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
           f"the run's seed; float32; {_machine(facts)}.", ""]
     seen_groups: dict[str, dict] = {}
     for s in specs or []:
-        seen_groups.setdefault(s.group, {"spec": s, "seeds": [], "done": []})
+        seen_groups.setdefault(s.group, {"spec": s, "seeds": [], "done": [], "specs": []})
         seen_groups[s.group]["seeds"].append(s.seed)
+        seen_groups[s.group]["specs"].append(s)
         if s.name in done:
             seen_groups[s.group]["done"].append(s.seed)
     for f in facts:  # run directories that are not in the grid given
         if f["group"] not in seen_groups:
-            seen_groups[f["group"]] = {"spec": RunSpec(f["name"], f["group"], f["role"], f["seed"], f["config"]),
-                                       "seeds": [], "done": []}
+            spec = RunSpec(f["name"], f["group"], f["role"], f["seed"], f["config"])
+            seen_groups[f["group"]] = {"spec": spec, "seeds": [], "done": [], "specs": [spec]}
         if f["seed"] not in seen_groups[f["group"]]["done"]:
             seen_groups[f["group"]]["done"].append(f["seed"])
     L += ["| group | role | task | p | train frac | lr | weight decay | LayerNorm | force_cka | max steps | stop after "
@@ -151,9 +153,16 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
         c = {**tdef, **gi["spec"].config}
         task = (c["task"] if c["task"] != "parity" else f"parity n={c['n_bits']} k={c['k']}"
                 + (f" ({c['n_samples']} strings)" if c.get("n_samples") else ""))
+        def cell(key: str, fmt=str) -> str:  # one value, or each seed's where the group's seeds differ
+            per = [(sp.seed, fmt({**tdef, **sp.config}[key])) for sp in gi["specs"]]
+            if len({v for _, v in per}) == 1:
+                return per[0][1]
+            return ", ".join(f"{v} (s{seed})" for seed, v in per)
+
         L.append(f"| {name} | {gi['spec'].role} | {task} | {c['p'] if c['task'] != 'parity' else '–'} | "
-                 f"{c['train_frac']} | {c['lr']:g} | {c['weight_decay']:g} | {'on' if c['layer_norm'] else 'off'} | "
-                 f"{c['force_cka']:g} | {c['max_steps']} | {c['stop_after_grok']} | {c['every']} | "
+                 f"{cell('train_frac')} | {cell('lr', '{:g}'.format)} | {cell('weight_decay', '{:g}'.format)} | "
+                 f"{'on' if c['layer_norm'] else 'off'} | {cell('force_cka', '{:g}'.format)} | {cell('max_steps')} | "
+                 f"{cell('stop_after_grok')} | {c['every']} | "
                  f"{','.join(map(str, gi['seeds'])) or '–'} | {','.join(map(str, sorted(gi['done']))) or 'none'} |")
     drift = _config_drift(facts, specs or [])
     if drift:
