@@ -322,7 +322,9 @@ def center_gram(k: Tensor, unbiased: bool = False, check_symmetric: bool = True)
         raise ValueError(f"{'unbiased' if unbiased else 'biased'} centring needs n >= {3 if unbiased else 1}, "
                          f"got n={n}")
     # one contiguous copy (of K.T, say) shared by the check and the centring, which would each make their own
-    kk = k.to(torch.float64 if k.dtype == torch.float64 else torch.float32).contiguous()
+    # (.to ignores memory_format when the dtype already matches, hence the .contiguous() as well)
+    kk = k.to(torch.float64 if k.dtype == torch.float64 else torch.float32,
+              memory_format=torch.contiguous_format).contiguous()
     if check_symmetric:
         tol = 1e-6 if kk.dtype == torch.float32 else 1e-12
         lo, hi = torch.aminmax(kk.detach())

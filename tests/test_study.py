@@ -411,12 +411,15 @@ def test_brief_table_keeps_the_verdict_word_and_drops_numbers_only_lines():
              "- **Test acc?** (the issue's question) pilot regime: yes — x; fast regime: no — y. Rule: ...",
              "- **Architecture** (numbers only). lr 0.003: 3/3 grokked.",
              # a numbers-only line is dropped even where its text reads like a per-regime answer
-             "- **Architecture 2** (the issue's question; numbers only). fast regime: 4/4 — pilot regime: 1/1 — z."]
+             "- **Architecture 2** (the issue's question; numbers only). fast regime: 4/4 — pilot regime: 1/1 — z.",
+             # a verdict with no parenthesis of its own, followed by a numbers-only clause, keeps its row
+             "- **Lead.** not: no alarm before the jump in 0/8 runs. Fast regime (numbers only): 2/4."]
     assert study.verdicts.brief_table(lines) == [
         "| claim | verdict |", "|---|---|",
         "| Claim A (pilot: 16/16) | reproduced (provisional: fewer runs than the pilot) |",
         "| Claim B | not |",
-        "| Test acc? | pilot regime: yes; fast regime: no |"]
+        "| Test acc? | pilot regime: yes; fast regime: no |",
+        "| Lead | not |"]
 
 
 def test_lead_outside_in_steps_but_inside_as_a_share_of_the_grok_step_is_partly(tmp_path):
@@ -585,3 +588,30 @@ def test_setup_table_shows_each_seeds_value_where_a_groups_seeds_differ(tmp_path
     text = study.write_report(runs, tmp_path / "docs" / "STUDY.md", specs).read_text()
     row = next(line for line in text.splitlines() if line.startswith("| g |"))
     assert "| 100 (s0), 200 (s1) |" in row and "| 0.4 |" in row, row  # differing: per seed; shared: once
+
+
+def test_in_short_with_quiet_or_short_controls_and_a_partial_separation():
+    from fastcka.grok.study.verdicts import in_short
+
+    def fact(name, grok, alarm, steps=20000, role="grok"):
+        return {"name": name, "grok": grok, "regime": "pilot", "role": role, "task": "add", "rise_at_spike": False,
+                "steps": steps, "alarms": {"o01": alarm, "test_acc_rise": None},
+                "leads": {"o01": None if grok is None or alarm is None else grok - alarm, "test_acc_rise": None}}
+
+    quiet_short = [fact("g1", 8000, 1500), fact("c1", None, None, steps=5000, role="control")]
+    s = in_short(quiet_short)
+    assert "It also fired in 0/1 runs that did not grok (1 of the 1 stopped before the slowest grok step" in s, s
+    assert "at steps ;" not in s and "(at steps" not in s
+    partial = [fact("g1", 8000, 1500), fact("c1", None, 5000, role="control"), fact("c2", None, None, role="control")]
+    s = in_short(partial)
+    assert "the 1 of 2 others that alarmed from step 5000" in s and "did not tell" not in s, s
+
+
+def test_a_false_alarm_only_in_a_censored_control_gives_partly(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "pa-s0", "grok", grok=2500, rise_at=700, **PILOT_CFG)
+    make_run(runs, "pc-s0", "control", grok=None, rise_at=1000, steps=2000, **PILOT_CFG)  # stopped before 2,500
+    v = _verdict(_report(tmp_path, runs), "No alarm in runs")
+    assert v.startswith("partly: the Ô01 alarm fired in 1/1 pilot-regime runs that did not grok"), v
+    make_run(runs, "pc-s1", "control", grok=None, rise_at=1000, steps=3000, seed=1, **PILOT_CFG)  # ran past it
+    assert _verdict(_report(tmp_path, runs), "No alarm in runs").startswith("not: ")

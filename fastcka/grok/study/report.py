@@ -166,8 +166,8 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
                  f"{','.join(map(str, gi['seeds'])) or '–'} | {','.join(map(str, sorted(gi['done']))) or 'none'} |")
     drift = _config_drift(facts, specs or [])
     if drift:
-        L += ["", "Finished runs whose config differs from the grid's (the grid was edited after they ran; every "
-              "number in this report comes from what ran): " + "; ".join(drift) + "."]
+        L += ["", "Finished runs whose config differs from the grid's (the grid was edited after they ran; the table "
+              "above gives the grid's values, every other number in this report comes from what ran): " + "; ".join(drift) + "."]
     dets = sorted({json.dumps(f["config"]["detector"], sort_keys=True) for f in facts}) or [json.dumps({})]
     det = DetectorConfig(**json.loads(dets[0]))
     L += ["", "Detector (DESIGN §2, `fastcka/grok/detect.py`, rule version "

@@ -119,12 +119,14 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
                f"{_lead_verdict(modular_runs(facts, 'pilot', 'mul'), PILOT['mul_lead'], PILOT['mul_lead_sd'], 6, 'pilot-regime multiplication runs')}."
                " Rule: as for addition, with 3,083 ± 372 (a share of 0.68–0.86).")
     # 3. no alarm in runs that do not grok
-    _, _, nev, fa = _split(pilot)
+    g, _, nev, fa = _split(pilot)
     _, _, nevf, faf = _split(fast)
+    slowest = max((f["grok"] for f in g), default=0)
+    fa_full = [f for f in fa if f["steps"] >= slowest]  # ran past every jump: not censored
     if not nev:
         v = "not yet tested in the pilot's regime (no pilot-regime run has finished without grokking)"
     else:
-        v = ("not" if fa else "reproduced") + \
+        v = ("not" if fa_full else "partly" if fa else "reproduced") + \
             f": the Ô01 alarm fired in {len(fa)}/{len(nev)} pilot-regime runs that did not grok (Wilson 95% " \
             f"{fmt_ci(wilson(len(fa), len(nev)), True)})" + (f": {', '.join(f['name'] for f in fa)}" if fa else "") + \
             ("" if fa else _provisional(len(nev), 5, "pilot-regime runs that did not grok"))  # one false alarm refutes
@@ -133,7 +135,9 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
                                                                     else "")
                + _control_lengths(pilot, "pilot regime") + _control_lengths(fast, "fast regime")
                + ". Rule: reproduced = no alarm in any pilot-regime run that did not grok (provisional below the "
-               "pilot's 5); not = any (one false alarm refutes \"0/5\" at any count). \"Did not grok\" means not "
+               "pilot's 5); not = an alarm in one that ran at least as long as the slowest grok (one false alarm "
+               "refutes \"0/5\" at any count); partly = alarms only in runs stopped earlier (censored: they might "
+               "have grokked later). \"Did not grok\" means not "
                "within the run's max steps (censored).")
     # 5. parity
     parity = [f for f in facts if f["regime"] == "parity"]
@@ -287,7 +291,7 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
 
 def _control_lengths(fs: Sequence[dict], label: str) -> str:
     """How long the runs that did not grok ran against the slowest grok of their regime (the issue asks for controls
-    at least that long; a control that alarmed earlier stays a false alarm whatever it would have done later)."""
+    at least that long; one stopped earlier is censored, so its alarm is false only within its steps)."""
     g, _, nev, _ = _split(fs)
     if not g or not nev:
         return ""
@@ -382,23 +386,25 @@ def in_short(facts: Sequence[dict]) -> str:
     out = (f"In short, in the pilot's regime (p 97/113, lr 1e-3): the Ô01 alarm fired at steps "
            f"{span([f['alarms']['o01'] for f in h])}, before the jump in {len(h)}/{len(g)} grokking runs, which "
            f"jumped at steps {span([f['grok'] for f in g])} (median lead "
-           f"{fmt_num(quantile([f['leads']['o01'] for f in h], 0.5))} steps — the pilot's {PILOT['lead']:,} — or "
+           f"{fmt_num(quantile([f['leads']['o01'] for f in h], 0.5))} steps — the pilot's {PILOT['lead']:,} for "
+           f"addition, {PILOT['mul_lead']:,} for multiplication — or "
            f"{fmt_num(share, 2)} of the grok step).")
     made = [f for f in h if f["rise_at_spike"]]
     if made:
         out += f" In {len(made)}/{len(h)} of these alarms the rise was a level set at a train-loss spike."
     if nev:
         short = [f for f in nev if f["steps"] < max(f["grok"] for f in g)]
-        at = [fmt_num(f["alarms"]["o01"]) for f in fa] + (
+        notes = ([f"at steps {', '.join(fmt_num(f['alarms']['o01']) for f in fa)}"] if fa else []) + (
             [f"{len(short)} of the {len(nev)} stopped before the slowest grok step, so for "
              f"{'it' if len(short) == 1 else 'them'} 'did not grok' is censored"] if short else [])
         out += f" It also fired in {len(fa)}/{len(nev)} runs that did not grok" + (
-            f" (at steps {'; '.join([', '.join(at[:len(fa)])] + at[len(fa):])})" if at else "") + "."
+            f" ({'; '.join(notes)})" if notes else "") + "."
         if fa and len(fa) == len(nev):
             out += " So the alarm alone did not tell the runs that would grok from those that would not."
         if fa and len(h) == len(g) and max(f["alarms"]["o01"] for f in h) < min(f["alarms"]["o01"] for f in fa):
             out += (f" Its timing did here: grokking runs alarmed by step {fmt_num(max(f['alarms']['o01'] for f in h))}, "
-                    f"the others from step {fmt_num(min(f['alarms']['o01'] for f in fa))} (a separation found after "
+                    + ("the others" if len(fa) == len(nev) else f"the {len(fa)} of {len(nev)} others that alarmed")
+                    + f" from step {fmt_num(min(f['alarms']['o01'] for f in fa))} (a separation found after "
                     "the fact, not a tested rule).")
     first = [f for f in h if f["alarms"]["test_acc_rise"] is not None
              and f["alarms"]["test_acc_rise"] <= f["alarms"]["o01"]]
@@ -420,7 +426,7 @@ def brief_table(claims: Sequence[str]) -> list[str]:
     for line in claims:
         _, claim, rest = line.split("**", 2)
         rest = rest.strip()
-        if rest.split(")", 1)[0].endswith("numbers only"):  # "(…; numbers only)": no verdict, whatever follows
+        if re.match(r"\([^)]*numbers only\)", rest):  # "(…; numbers only)" right after the claim: no verdict
             continue
         m = _VERDICT.match(rest)
         if m:
