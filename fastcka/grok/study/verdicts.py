@@ -121,8 +121,7 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
     # 3. no alarm in runs that do not grok
     g, _, nev, fa = _split(pilot)
     _, _, nevf, faf = _split(fast)
-    slowest = max((f["grok"] for f in g), default=0)
-    fa_full = [f for f in fa if f["steps"] >= slowest]  # ran past every jump: not censored
+    fa_full = [f for f in fa if f not in _stopped_early(nev, g)]  # ran past every jump: not censored
     if not nev:
         v = "not yet tested in the pilot's regime (no pilot-regime run has finished without grokking)"
     else:
@@ -289,6 +288,12 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
     return out
 
 
+def _stopped_early(never: Sequence[dict], grokked: Sequence[dict]) -> list[dict]:
+    """The runs that did not grok but stopped before the slowest grok step: censored."""
+    slowest = max((f["grok"] for f in grokked), default=0)
+    return [f for f in never if f["steps"] < slowest]
+
+
 def _control_lengths(fs: Sequence[dict], label: str) -> str:
     """How long the runs that did not grok ran against the slowest grok of their regime (the issue asks for controls
     at least that long; one stopped earlier is censored, so its alarm is false only within its steps)."""
@@ -296,7 +301,7 @@ def _control_lengths(fs: Sequence[dict], label: str) -> str:
     if not g or not nev:
         return ""
     slow = max(g, key=lambda f: f["grok"])
-    short = [f for f in nev if f["steps"] < slow["grok"]]
+    short = _stopped_early(nev, g)
     alarm = lambda f: f["alarms"]["o01"]  # noqa: E731
     return (f". {label.capitalize()}: the runs that did not grok ran {', '.join(fmt_num(f['steps']) for f in nev)} "
             f"steps, against the slowest grok at {fmt_num(slow['grok'])} ({slow['name']})"
@@ -378,7 +383,8 @@ def layernorm_line(facts: Sequence[dict], by_guard: Optional[dict] = None) -> st
 def in_short(facts: Sequence[dict]) -> str:
     """The pilot regime in plain words, from the same counts as the verdicts (empty before a pilot-regime run has
     grokked with an alarm)."""
-    g, h, nev, fa = _split(modular_runs(facts, "pilot"))
+    pilot = modular_runs(facts, "pilot")
+    g, h, nev, fa = _split(pilot)
     if not h:
         return ""
     span = lambda xs: f"{fmt_num(min(xs))}–{fmt_num(max(xs))}"  # noqa: E731
@@ -389,11 +395,10 @@ def in_short(facts: Sequence[dict]) -> str:
            f"{fmt_num(quantile([f['leads']['o01'] for f in h], 0.5))} steps — the pilot's {PILOT['lead']:,} for "
            f"addition, {PILOT['mul_lead']:,} for multiplication — or "
            f"{fmt_num(share, 2)} of the grok step).")
-    made = [f for f in h if f["rise_at_spike"]]
-    if made:
-        out += f" In {len(made)}/{len(h)} of these alarms the rise was a level set at a train-loss spike."
+    if any(f["rise_at_spike"] for f in h):
+        out += _spike_made_clause(h)
     if nev:
-        short = [f for f in nev if f["steps"] < max(f["grok"] for f in g)]
+        short = _stopped_early(nev, g)
         notes = ([f"at steps {', '.join(fmt_num(f['alarms']['o01']) for f in fa)}"] if fa else []) + (
             [f"{len(short)} of the {len(nev)} stopped before the slowest grok step, so for "
              f"{'it' if len(short) == 1 else 'them'} 'did not grok' is censored"] if short else [])
@@ -408,7 +413,7 @@ def in_short(facts: Sequence[dict]) -> str:
                     "the fact, not a tested rule).")
     first = [f for f in h if f["alarms"]["test_acc_rise"] is not None
              and f["alarms"]["test_acc_rise"] <= f["alarms"]["o01"]]
-    far = _split(modular_runs(facts, "pilot"), "test_acc_rise")[3]
+    far = _split(pilot, "test_acc_rise")[3]
     out += (f" The same detector watching test accuracy (`test_acc_rise`) fired no later than Ô01 in {len(first)}/"
             f"{len(h)} of these runs" + (f", with {len(far)}/{len(nev)} false alarms" if nev else "") + ".")
     return out
