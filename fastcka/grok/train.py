@@ -75,6 +75,8 @@ class TrainConfig:
     weight_decay: float = _f(1.0, "AdamW weight decay")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.98, "AdamW beta2")
+    adam_eps: float = _f(1e-8, "AdamW epsilon (torch's default 1e-8); a larger value damps the update when the gradients "
+                         "are tiny, which suppresses the slingshot train-loss spikes (issue 20)")
     warmup: int = _f(10, "linear warm-up steps")
     max_steps: int = _f(3000, "optimiser updates at most")
     # what is measured
@@ -114,6 +116,8 @@ class TrainConfig:
             raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("--beta1/--beta2: expected values in [0, 1)")
+        if not (self.adam_eps > 0 and math.isfinite(self.adam_eps)):
+            raise ValueError(f"--adam-eps: expected a positive finite epsilon, got {self.adam_eps}")
         if self.task == "parity":
             check_n_samples(self.n_bits, self.n_samples)
         elif self.n_samples:
@@ -185,7 +189,7 @@ def build(cfg: TrainConfig, device: torch.device):
                        cfg.layer_norm, cfg.pos_emb, cfg.act)
     model = Transformer(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            weight_decay=cfg.weight_decay)
+                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     n = ds.train_x.shape[0]
     if cfg.probe and cfg.probe < n:
         g = torch.Generator().manual_seed(cfg.seed + 1)
@@ -374,7 +378,8 @@ def format_report(s: dict) -> str:
             + (f" ({c['n_samples']} strings)" if c.get("n_samples") else ""))
     rate = f"{s['steps_per_s']:.1f} steps/s" if s.get("steps_per_s") else "-"
     lines = [f"fastcka grok: {what}, train {c['train_frac']:.0%}, seed {c['seed']}, lr {c['lr']:g}, wd "
-             f"{c['weight_decay']:g}{', force-cka ' + format(c['force_cka'], 'g') if c['force_cka'] else ''}",
+             f"{c['weight_decay']:g}{', force-cka ' + format(c['force_cka'], 'g') if c['force_cka'] else ''}"
+             f"{', adam-eps ' + format(c['adam_eps'], 'g') if c.get('adam_eps', TrainConfig.adam_eps) != TrainConfig.adam_eps else ''}",
              f"  {s['steps']} steps, {s['wall_s']:.0f} s this session ({rate}, {s['device']}, {s['threads']} threads)"]
     if not s["interrupted"] and s["grok_step"] is not None and 0 <= c["stop_after_grok"] and s["steps"] < c["max_steps"]:
         lines.append(f"  stopped {c['stop_after_grok']} steps after the grok step (--stop-after-grok)")
