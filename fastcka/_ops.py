@@ -175,3 +175,18 @@ def _center_gram_bwd(ctx, grad):
 
 
 torch.library.register_autograd("fastcka::center_gram", _center_gram_bwd, setup_context=_center_gram_setup)
+
+
+# --- autocast: every op computes in float32/float64 ---------------------------------------------------------------
+# Inside torch.autocast an op would otherwise run with autocast still active, so the ATen GEMMs it calls internally
+# would return bfloat16/float16 tensors its kernels reject. The rule below casts the op's float16/bfloat16/float32
+# inputs to float32 (float64 stays float64, integers untouched) and runs the op with autocast disabled, on every
+# device type autocast knows; gradients flow back through the cast to the caller's dtype.
+def _register_autocast() -> None:
+    for name in OP_NAMES:
+        for device_type in ("cpu", "cuda"):
+            if torch.amp.is_autocast_available(device_type):
+                torch.library.register_autocast(f"fastcka::{name}", device_type, torch.float32)
+
+
+_register_autocast()
