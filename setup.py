@@ -8,7 +8,11 @@ Knobs (environment):
 
 The CUDA decision never asks `torch.cuda.is_available()`: a GPU-less builder must still ship the CUDA kernels.
 Everything is written against the LibTorch stable ABI (torch >= 2.10), so one abi3 wheel serves torch >= 2.10 and
-Python >= 3.10.
+every Python the package supports (>= 3.11, see pyproject.toml; the code sticks to the 3.10 limited API).
+
+The wheel also carries the study's default grid, docs/study/grid.toml, as fastcka/grok/study/grid.toml (one copy in
+the repository, copied at build time; the sdist carries it through MANIFEST.in), so that `fastcka study` works after
+`pip install fastcka`.
 """
 
 import glob
@@ -17,12 +21,27 @@ import shutil
 
 import torch
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("csrc")
 TORCH_TARGET = "-DTORCH_TARGET_VERSION=0x020a000000000000"  # stable ABI of torch 2.10
 PY_LIMITED = "-DPy_LIMITED_API=0x030a0000"
+
+
+GRID_SRC = os.path.join("docs", "study", "grid.toml")
+GRID_DST = os.path.join("fastcka", "grok", "study", "grid.toml")
+
+
+class BuildPyWithGrid(build_py):
+    """build_py that also copies the study's default grid into the package (not for editable installs, which read
+    docs/study/grid.toml from the checkout)."""
+
+    def run(self) -> None:
+        super().run()
+        if not getattr(self, "editable_mode", False) and os.path.exists(os.path.join(ROOT, GRID_SRC)):
+            self.copy_file(os.path.join(ROOT, GRID_SRC), os.path.join(self.build_lib, GRID_DST))
 
 
 def want_cuda() -> bool:
@@ -90,6 +109,7 @@ def extensions():
 setup(
     packages=find_packages(include=["fastcka", "fastcka.*"]),
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
-    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None),
+              "build_py": BuildPyWithGrid},
+    options={"bdist_wheel": {"py_limited_api": "cp311"}},
 )

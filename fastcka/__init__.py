@@ -1,4 +1,11 @@
-"""fastcka: representation-similarity metrics (CKA, HSIC, Fourier progress measures) as PyTorch ops."""
+"""fastcka: representation-similarity metrics (CKA, HSIC, Fourier progress measures) as PyTorch ops.
+
+The submodules in ``_LAZY_SUBMODULES`` (``fastcka.streaming``, ``fastcka.plot``, ...) are attributes of the package
+too, imported on first access, so that ``import fastcka`` stays quick and never imports matplotlib.
+"""
+
+import importlib
+from typing import Any
 
 from . import reference
 from ._ops import ops
@@ -6,7 +13,21 @@ from .fourier import frequency_concentration, frequency_energy, frequency_spectr
 from .functional import center_gram, cka, cka_from_terms, cka_matrix, hsic, hsic_terms
 from .monitor import CKAMonitor
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
+
+# Submodules reachable as attributes of the package without an explicit import, imported on first access.
+_LAZY_SUBMODULES = ("streaming", "plot", "integrations", "grok")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 
 __all__ = [
     "CKAMonitor",
