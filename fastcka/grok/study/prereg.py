@@ -13,15 +13,15 @@ then the runs with ``fastcka study docs/study/prereg_grid.toml --runs-dir docs/s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
-import re
-import shutil
 import tomllib
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..detect import Detector, DetectorConfig
+from .records import Verdict, render_line
 
 GRID = Path("docs/study/prereg_grid.toml")
 RUNS_DIR = Path("docs/study/prereg/runs")
@@ -150,6 +150,132 @@ def write_calibrated(grid: Path, eps: float) -> None:
         raise ValueError(f"grid: {grid} has no '{PLACEHOLDER}' line left to fill")
     grid.write_text(text.replace(PLACEHOLDER, f"adam_eps = {eps:g} }}  # calibrated (PREREG §2; "
                                               f"docs/study/prereg/calibration/)"))
+
+
+# --- the verdicts (PREREG §4-§6) ----------------------------------------------------------------------------------
+
+def run_facts(run: dict) -> dict:
+    """What H1 and H2 need from one finished run (``{"name", "summary", "rows"}`` as :func:`load_runs` gives it)."""
+    from .analysis import SIGNALS, signal_alarm
+
+    rows, c = run["rows"], run["summary"]["config"]
+    det = DetectorConfig(**c["detector"])
+    grok = next((r["step"] for r in rows if r["step"] <= MAX_STEPS and r["test_acc"] >= c["grok_acc"]), None)
+    spikes = spike_steps(rows, det)
+    o01 = SIGNALS[0]
+    mem = next((r for r in rows if r["train_acc"] >= det.memorised_acc), None)
+    at_test_step = next((r for r in rows if r["step"] == H2_TEST_STEP), None)
+    gain = (at_test_step["test_acc"] - mem["test_acc"]
+            if mem is not None and mem["step"] <= H2_TEST_STEP and at_test_step is not None else None)
+    alarm_hold = signal_alarm(rows, o01, dataclasses.replace(det, spike_guard="hold"))
+    return {"name": run["name"], "arm": arm(run["name"]), "task": c["task"], "adam_eps": c.get("adam_eps", 1e-8),
+            "grok": grok, "spikes_before_grok": None if grok is None else sum(1 for x in spikes if x < grok),
+            "spikes": len(spikes), "alarm_off": signal_alarm(rows, o01, dataclasses.replace(det, spike_guard="off")),
+            "alarm_hold": alarm_hold, "memorised": None if mem is None else mem["step"], "test_gain_1000": gain,
+            "r_o": alarm_hold is not None and alarm_hold <= H2_ALARM_BY,
+            "r_t": gain is not None and gain >= H2_TEST_GAIN, "steps": rows[-1]["step"] if rows else 0}
+
+
+def h1_verdict(facts: Sequence[dict], planned_s: int, s_arm: bool = True) -> Verdict:
+    """H1 of PREREG §4 from the finished runs' facts (:func:`run_facts`); ``planned_s`` S runs are in the grid."""
+
+    claim = "H1: the Ô01 re-rise survives when the slingshot spikes are suppressed"
+    rule = (f"among the S runs that grok with at most {H1_MAX_SPIKES} spikes before the grok step (n eligible), k = "
+            f"those whose Ô01 alarm with the spike guard off fires before the grok step; survives if k ≥ "
+            f"{H1_SURVIVES:g} n, artefact if k ≤ {H1_ARTEFACT:g} n, inconclusive otherwise, not testable if n < "
+            f"{H1_MIN_ELIGIBLE} (docs/study/PREREG.md §4)")
+    if not s_arm:
+        return Verdict(claim, "not testable (no spike-free ε on the calibration ladder)", {}, (), "", rule)
+    s = [f for f in facts if f["arm"] == "S"]
+    if len(s) < planned_s:
+        return Verdict(claim, f"pending ({len(s)} of {planned_s} S runs finished)", {"finished": len(s),
+                                                                                     "planned": planned_s}, (), "", rule)
+    eligible = [f for f in s if f["grok"] is not None and f["spikes_before_grok"] <= H1_MAX_SPIKES]
+    hits = [f for f in eligible if f["alarm_off"] is not None and f["alarm_off"] < f["grok"]]
+    n, k = len(eligible), len(hits)
+    no_grok = [f["name"] for f in s if f["grok"] is None]
+    spiky = [f["name"] for f in s if f["grok"] is not None and f["spikes_before_grok"] > H1_MAX_SPIKES]
+    if n < H1_MIN_ELIGIBLE:
+        v = "not testable (suppressing the spikes changed grokking itself too much to compare)"
+    elif k >= H1_SURVIVES * n:
+        v = "the re-rise survives without spikes"
+    elif k <= H1_ARTEFACT * n:
+        v = "the re-rise is a slingshot artefact"
+    else:
+        v = "inconclusive"
+    evidence = (f"the Ô01 alarm (guard off) fired before the grok step in {k}/{n} eligible S runs"
+                + (f" ({', '.join(f['name'] for f in hits)})" if hits else "")
+                + f"; not eligible: {len(no_grok)} did not grok" + (f" ({', '.join(no_grok)})" if no_grok else "")
+                + f", {len(spiky)} had more than {H1_MAX_SPIKES} spikes before the grok" + (f" ({', '.join(spiky)})"
+                                                                                            if spiky else ""))
+    return Verdict(claim, v, {"k": k, "n": n, "s_runs": len(s), "no_grok": no_grok, "spiky": spiky}, (), evidence, rule)
+
+
+def h2_verdict(facts: Sequence[dict], planned: int) -> Verdict:
+    """H2 of PREREG §5 from the finished runs' facts; ``planned`` runs are in the grid (S, D and N)."""
+
+    claim = "H2: a timing rule on Ô01 beats watching test accuracy, prospectively"
+    rule = (f"R_O = Ô01 alarm (guard hold) by step {H2_ALARM_BY:,} ⇒ groks; R_T = memorised by step {H2_TEST_STEP:,} "
+            f"and test accuracy at step {H2_TEST_STEP:,} at least {H2_TEST_GAIN:g} above its value at memorisation ⇒ "
+            f"groks; an error is a prediction that differs from grokking within {MAX_STEPS:,} steps; Ô01 useful if R_O "
+            "makes no more errors than R_T and is right on every N run (docs/study/PREREG.md §5)")
+    if len(facts) < planned:
+        return Verdict(claim, f"pending ({len(facts)} of {planned} runs finished)",
+                       {"finished": len(facts), "planned": planned}, (), "", rule)
+    err_o = [f["name"] for f in facts if f["r_o"] != (f["grok"] is not None)]
+    err_t = [f["name"] for f in facts if f["r_t"] != (f["grok"] is not None)]
+    n_runs = [f for f in facts if f["arm"] == "N"]
+    n_wrong = [f["name"] for f in n_runs if f["r_o"] != (f["grok"] is not None)]
+    useful = len(err_o) <= len(err_t) and not n_wrong
+    evidence = (f"over {len(facts)} runs R_O made {len(err_o)} error(s)" + (f" ({', '.join(err_o)})" if err_o else "")
+                + f", R_T {len(err_t)}" + (f" ({', '.join(err_t)})" if err_t else "")
+                + f"; R_O was right on {len(n_runs) - len(n_wrong)}/{len(n_runs)} N runs; "
+                + f"{sum(f['grok'] is not None for f in facts)}/{len(facts)} runs grokked")
+    return Verdict(claim, "Ô01 useful" if useful else "Ô01 not useful",
+                   {"errors_r_o": err_o, "errors_r_t": err_t, "n_wrong": n_wrong, "runs": len(facts)}, (), evidence,
+                   rule)
+
+
+def prereg_section(runs_dir: Path, calibration_dir: Path, grid: Path) -> list[str]:
+    """The pre-registered verdicts as a markdown section of docs/STUDY.md (pending until the runs have finished)."""
+    from .analysis import load_runs
+    from .fmt import fmt_num
+    from .grid import load_grid
+
+    text = Path(grid).read_text()
+    specs = load_grid(text.replace(PLACEHOLDER, "adam_eps = 1.0 }")) if PLACEHOLDER in text else load_grid(text)
+    rec_path = Path(calibration_dir) / "calibration.json"
+    record = json.loads(rec_path.read_text()) if rec_path.exists() else None
+    calibrated = record is not None and "chosen" in record
+    s_arm = not calibrated or record["chosen"] is not None
+    planned = [sp for sp in specs if s_arm or arm(sp.name) != "S"]
+    facts = [run_facts(r) for r in load_runs(runs_dir) if r["name"] in {sp.name for sp in planned}]
+    L = ["## The pre-registered test (issue 20)", "",
+         "Rules fixed in `docs/study/PREREG.md` and committed before any of these runs; the verdicts below are "
+         "computed by `fastcka/grok/study/prereg.py` from the finished runs in "
+         f"`{runs_dir}/` and say *pending* until every run they need has finished.", ""]
+    if record is None:
+        L += ["Calibration (PREREG §2): not run yet.", ""]
+    else:
+        tried = "; ".join(f"ε {c['adam_eps']:g}: " + ("no spike in steps 100–3,000" if c["passed"] else
+                                                      f"first spike at step {fmt_num(c['first_spike'])}")
+                          for c in record["candidates"])
+        chosen = record.get("chosen", "pending")
+        L += [f"Calibration (PREREG §2, seed {record['seed']}, train loss only): {tried or 'no candidate decided yet'}"
+              + (f". Calibrated ε = {chosen:g}." if isinstance(chosen, float) else
+                 ". No candidate passed: no S arm." if calibrated else ". In progress."), ""]
+    L += [render_line(h1_verdict(facts, sum(arm(sp.name) == "S" for sp in planned), s_arm)),
+          render_line(h2_verdict(facts, len(planned))), ""]
+    if facts:
+        L += ["| run | arm | ε | grok step | spikes before grok | Ô01 alarm, guard off | Ô01 alarm, guard hold | R_O | "
+              "test acc gain at 1,000 | R_T |", "|---|---|---|---|---|---|---|---|---|---|"]
+        yn = lambda b: "groks" if b else "no grok"  # noqa: E731
+        for f in facts:
+            L.append(f"| {f['name']} | {f['arm']} | {f['adam_eps']:g} | {fmt_num(f['grok'])} | "
+                     f"{fmt_num(f['spikes_before_grok'])} | {fmt_num(f['alarm_off'])} | {fmt_num(f['alarm_hold'])} | "
+                     f"{yn(f['r_o'])} | {fmt_num(f['test_gain_1000'], 3)} | {yn(f['r_t'])} |")
+        L.append("")
+    return L
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,197 @@
+"""The pre-registered test of issue 20 (fastcka/grok/study/prereg.py): its constants are PREREG.md's, the blind
+calibration's rule and bookkeeping, the H1/H2 verdict records on made-up facts, and run facts on a real run."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fastcka.grok.detect import DetectorConfig
+from fastcka.grok.study import prereg
+from fastcka.grok.study.analysis import load_runs
+from fastcka.grok.study.grid import load_grid
+from fastcka.grok.study.records import Verdict, render_line, render_table
+
+ROOT = Path(__file__).resolve().parents[1]
+PREREG_MD = ROOT / "docs" / "study" / "PREREG.md"
+GRID = ROOT / "docs" / "study" / "prereg_grid.toml"
+
+
+def test_constants_are_the_preregistered_ones():
+    text = PREREG_MD.read_text()
+    assert "ε = 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2" in text
+    assert prereg.LADDER == (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+    assert f"seed {prereg.CALIBRATION_SEED}" in text and prereg.CALIBRATION_SEED == 1000
+    assert "[100, 3,000]" in text and (prereg.SPIKE_FREE_FROM, prereg.SPIKE_FREE_TO) == (100, 3000)
+    assert "at most 2 spikes" in text and prereg.H1_MAX_SPIKES == 2
+    assert "k ≥ 0.75 n" in text and "k ≤ 0.25 n" in text and "n < 4" in text
+    assert (prereg.H1_SURVIVES, prereg.H1_ARTEFACT, prereg.H1_MIN_ELIGIBLE) == (0.75, 0.25, 4)
+    assert "step ≤ 1,950" in text and prereg.H2_ALARM_BY == 1950
+    assert "at least 0.011 above" in text and "test accuracy at step 1,000" in text
+    assert (prereg.H2_TEST_STEP, prereg.H2_TEST_GAIN) == (1000, 0.011)
+    assert "20,000 steps" in text and prereg.MAX_STEPS == 20000
+
+
+def test_grid_is_the_preregistered_runs():
+    """16 runs on fresh seeds, the S arm refused until calibrated; calibration seed never used by a run."""
+    text = GRID.read_text()
+    filled = text.replace(prereg.PLACEHOLDER, "adam_eps = 1e-4 }") if prereg.PLACEHOLDER in text else text
+    specs = load_grid(filled)
+    arms = [prereg.arm(s.name) for s in specs]
+    assert (arms.count("S"), arms.count("D"), arms.count("N")) == (8, 4, 4)
+    assert {s.seed for s in specs if prereg.arm(s.name) == "S"} == {1001, 1002, 1003, 1004}
+    assert {s.seed for s in specs if prereg.arm(s.name) == "N"} == {1007, 1008, 1009, 1010}
+    assert prereg.CALIBRATION_SEED not in {s.seed for s in specs}
+    for s in specs:
+        c = s.config
+        assert (c["p"], c["lr"], c["weight_decay"], c["max_steps"]) == (97, 1e-3, 1.0, 20000)
+        assert c["train_frac"] == (0.2 if prereg.arm(s.name) == "N" else 0.3)
+        assert ("adam_eps" in c) == (prereg.arm(s.name) == "S")
+    if prereg.PLACEHOLDER in text:
+        with pytest.raises(ValueError, match="--adam-eps"):
+            load_grid(text)
+
+
+def rows_with_spikes(last: int, spikes=(), every=25):
+    """Train-loss rows only: a loss of 1e-4 with a jump to 1.0 at each spike step."""
+    return [{"step": s, "train_loss_max": 1.0 if s in spikes else 1e-4} for s in range(0, last + 1, every)]
+
+
+def test_calibration_outcome():
+    det = DetectorConfig()
+    assert prereg.calibration_outcome(rows_with_spikes(2000), det) is None  # undecided
+    assert prereg.calibration_outcome(rows_with_spikes(3000), det) == {"passed": True, "first_spike": None}
+    assert prereg.calibration_outcome(rows_with_spikes(3000, (75,)), det)["passed"]  # before the window
+    assert prereg.calibration_outcome(rows_with_spikes(1500, (1200, 1400)), det) == {"passed": False,
+                                                                                     "first_spike": 1200}
+    assert prereg.calibration_outcome(rows_with_spikes(3000, (100,)), det)["first_spike"] == 100  # inclusive
+    assert prereg.calibration_outcome(rows_with_spikes(3100, (3025,)), det)["passed"]  # after it
+
+
+def test_spike_steps_reads_train_loss_only_and_is_the_detectors_rule():
+    rows = rows_with_spikes(1000, (500,))
+    assert prereg.spike_steps(rows, DetectorConfig()) == [500]
+    # a jump below spike_min_loss or under spike_ratio is no spike
+    rows[8]["train_loss_max"] = 0.04
+    rows[30]["train_loss_max"] = 9e-4
+    assert prereg.spike_steps(rows, DetectorConfig()) == [500]
+
+
+TINY = dict(p=11, train_frac=0.5, d_model=32, n_heads=2, d_mlp=64, lr=1e-2)
+
+
+def test_calibrate_end_to_end_resumes_and_fills_the_grid(tmp_path, monkeypatch):
+    monkeypatch.setattr(prereg, "SPIKE_FREE_TO", 300)
+    grid = tmp_path / "grid.toml"
+    shutil.copyfile(GRID, grid)
+    if prereg.PLACEHOLDER not in grid.read_text():
+        pytest.skip("the grid is calibrated already")
+    ladder = (1e-8, 1e-4, 10.0)
+    chosen = prereg.calibrate(grid, tmp_path / "rec", tmp_path / "ck", ladder=ladder, chunk=100, log=lambda s: None,
+                              overrides=TINY)
+    record = json.loads((tmp_path / "rec" / "calibration.json").read_text())
+    tried = [c["adam_eps"] for c in record["candidates"]]
+    assert tried == list(ladder[: len(tried)])
+    passed = [c["adam_eps"] for c in record["candidates"] if c["passed"]]
+    assert chosen == (passed[0] if passed else None) and record["chosen"] == chosen
+    assert all(not c["passed"] for c in record["candidates"][:-1])  # stops at the first that passes
+    for c in record["candidates"]:
+        lines = (tmp_path / "rec" / f"eps-{c['adam_eps']:g}.csv").read_text().splitlines()
+        assert lines[0] == ",".join(prereg.CALIBRATION_COLUMNS)  # nothing but the train-loss columns is kept
+        assert int(lines[-1].split(",")[0]) == c["steps_run"]
+        if not c["passed"]:
+            assert c["steps_run"] - c["first_spike"] < 100  # stopped within the chunk of its first spike
+    if chosen is not None:
+        assert prereg.PLACEHOLDER not in grid.read_text()
+        specs = load_grid(grid.read_text())
+        assert {s.config["adam_eps"] for s in specs if prereg.arm(s.name) == "S"} == {chosen}
+    # a second call reads the decided candidates back and trains nothing
+    monkeypatch.setattr("fastcka.grok.train.train", lambda *a, **k: pytest.fail("trained again"))
+    shutil.copyfile(GRID, grid)
+    assert prereg.calibrate(grid, tmp_path / "rec", tmp_path / "ck", ladder=ladder, chunk=100, log=lambda s: None,
+                            overrides=TINY) == chosen
+
+
+def test_write_calibrated_refuses_a_grid_without_the_placeholder(tmp_path):
+    g = tmp_path / "g.toml"
+    g.write_text("[defaults]\n")
+    with pytest.raises(ValueError, match="grid"):
+        prereg.write_calibrated(g, 1e-4)
+
+
+def fact(name, grok, spikes=0, alarm_off=None, alarm_hold=None, r_t=False):
+    return {"name": name, "arm": prereg.arm(name), "grok": grok, "spikes_before_grok": None if grok is None else spikes,
+            "alarm_off": alarm_off, "alarm_hold": alarm_hold,
+            "r_o": alarm_hold is not None and alarm_hold <= prereg.H2_ALARM_BY, "r_t": r_t}
+
+
+@pytest.mark.parametrize("k, n, verdict", [(6, 8, "survives"), (8, 8, "survives"), (5, 8, "inconclusive"),
+                                           (3, 8, "inconclusive"), (2, 8, "artefact"), (0, 8, "artefact"),
+                                           (3, 4, "survives"), (1, 4, "artefact"), (2, 3, "not testable")])
+def test_h1_thresholds(k, n, verdict):
+    facts = [fact(f"S-add-p97-s{i}", 5000, alarm_off=1500 if i < k else None) for i in range(n)]
+    facts += [fact(f"S-mul-p97-s{i}", None) for i in range(8 - n)]  # not eligible: did not grok
+    v = prereg.h1_verdict(facts, 8)
+    assert verdict in v.verdict and (v.numbers["k"], v.numbers["n"]) == (k, n)
+
+
+def test_h1_eligibility_and_pending():
+    facts = [fact(f"S-add-p97-s{i}", 5000, spikes=2, alarm_off=1500) for i in range(6)]
+    facts += [fact("S-mul-p97-s1", 5000, spikes=3, alarm_off=1500), fact("S-mul-p97-s2", 5000, alarm_off=5000)]
+    v = prereg.h1_verdict(facts, 8)  # 2 spikes still eligible, 3 not; an alarm at the grok step is no hit
+    assert (v.numbers["k"], v.numbers["n"], v.numbers["spiky"]) == (6, 7, ["S-mul-p97-s1"])
+    assert "survives" in v.verdict
+    assert prereg.h1_verdict(facts[:5] + [fact("D-add-p97-s1005", 5000)], 8).verdict == "pending (5 of 8 S runs finished)"
+    assert "not testable" in prereg.h1_verdict([], 8, s_arm=False).verdict
+
+
+def test_h2():
+    base = [fact("S-add-p97-s1", 5000, alarm_hold=1500, r_t=True), fact("D-add-p97-s1", 9000, alarm_hold=2000, r_t=True),
+            fact("N-add-p97-f0.2-s1", None, alarm_hold=3000), fact("N-add-p97-f0.2-s2", None)]
+    v = prereg.h2_verdict(base, 4)  # R_O wrong once (alarm after 1,950), R_T never: more errors
+    assert v.verdict == "Ô01 not useful" and v.numbers["errors_r_o"] == ["D-add-p97-s1"] and not v.numbers["errors_r_t"]
+    base[1] = fact("D-add-p97-s1", 9000, alarm_hold=1900, r_t=False)
+    v = prereg.h2_verdict(base, 4)
+    assert v.verdict == "Ô01 useful" and v.numbers["errors_r_t"] == ["D-add-p97-s1"]
+    base[2] = fact("N-add-p97-f0.2-s1", None, alarm_hold=1200)  # wrong on an N run: never useful
+    base[1] = fact("D-add-p97-s1", 9000, alarm_hold=1900, r_t=False)
+    assert prereg.h2_verdict(base, 4).verdict == "Ô01 not useful"
+    assert prereg.h2_verdict(base[:3], 4).verdict == "pending (3 of 4 runs finished)"
+
+
+def test_run_facts_on_a_study_run(tmp_path):
+    """A finished pilot-regime run of the 47-run study, renamed as a D run: the facts agree with its summary."""
+    src = ROOT / "docs" / "study" / "runs" / "pilot-add-p97-s1"
+    dst = tmp_path / "D-add-p97-s1"
+    shutil.copytree(src, dst)
+    run = load_runs(tmp_path)[0]
+    f = prereg.run_facts(run)
+    s = run["summary"]
+    assert f["grok"] == s["grok_step"] and f["memorised"] == s["memorised_step"]
+    assert f["alarm_hold"] == s["alarm_step"] and f["r_o"] == (s["alarm_step"] <= 1950)
+    assert f["alarm_off"] == s["alarm_step_by_spike_guard"]["off"]
+    assert f["spikes_before_grok"] == sum(1 for x in s["spike_steps"] if x < s["grok_step"])
+    rows = {r["step"]: r for r in run["rows"]}
+    gain = rows[1000]["test_acc"] - rows[s["memorised_step"]]["test_acc"]
+    assert math.isclose(f["test_gain_1000"], gain) and f["r_t"] == (gain >= 0.011)
+
+
+def test_r_t_needs_memorisation_by_step_1000(tmp_path):
+    rows = [{"step": s, "train_acc": 1.0 if s >= 1025 else 0.5, "test_acc": 0.01 * s / 25, "o01": 0.5,
+             "train_loss_max": 1e-3} for s in range(0, 3001, 25)]
+    cfg = {"detector": {}, "grok_acc": 0.95, "task": "add"}
+    f = prereg.run_facts({"name": "N-add-p97-f0.2-s9", "summary": {"config": cfg}, "rows": rows})
+    assert f["memorised"] == 1025 and f["test_gain_1000"] is None and not f["r_t"]
+
+
+def test_records_render_prose_and_table_from_the_same_record():
+    v = Verdict("A claim.", "partly", {"k": 3}, ("provisional",), "3/4 runs", "reproduced = all")
+    assert render_line(v) == "- **A claim.** partly: 3/4 runs. Rule: reproduced = all."
+    numbers_only = Verdict("Numbers.", "numbers only", table=False)
+    assert render_table([v, numbers_only]) == ["| claim | verdict |", "|---|---|", "| A claim | partly; provisional |"]
+    with pytest.raises(TypeError, match="caveats"):
+        Verdict("c", "v", caveats="one string")
+    with pytest.raises(ValueError, match="claim"):
+        Verdict("", "v")
