@@ -30,19 +30,18 @@ What is measured
 
 Layer outputs
 -------------
-A layer's output is reduced to a tensor: a tuple or list gives its first tensor, a ``ModelOutput`` (or any
-mapping) its ``last_hidden_state`` if it has one, else its first tensor value. Then, with the batch dim first:
+The activations come from :class:`fastcka.capture.Capture` (shared with :func:`fastcka.compare`; its module doc
+has the details). A tuple or list output gives its first tensor, a ``ModelOutput`` (or any mapping) its
+``last_hidden_state`` if it has one, else its first tensor value. (n,) and (n, d) outputs are used as they are;
+(n, T, d) token outputs give the token at ``position`` (an int, default -1: the last; or a LongTensor (n,) with one
+position per example), unless ``reduce`` ("mean", "max" over the tokens, "flatten": all tokens as features)
+replaces the position pick; (n, C, H, W) maps are flattened, or pooled over the spatial dims with ``reduce="mean"``
+/ ``"max"``; a callable ``reduce`` maps the raw output tensor to (n, ...). Activations are detached copies.
 
-* (n,) and (n, d): used as they are;
-* (n, T, d) (batch-first sequences): ``position`` picks one token (an int, default -1: the last; or a LongTensor
-  of shape (n,) with one position per example, e.g. the last non-padding token); ``reduce`` ("mean", "max" over
-  the tokens, or "flatten": all tokens as features) replaces the position pick;
-* (n, C, H, W) and higher (feature maps): flattened per example (C·H·W features), or pooled over the spatial dims
-  with ``reduce="mean"`` / ``"max"`` (global average / max pooling: C features);
-* ``reduce`` may also be a callable mapping the raw output tensor to (n, ...), for layouts not covered above
-  (sequence-first models, for instance).
-
-Activations are detached; a selected slice is copied so the layer's full output is not kept alive.
+**A module called more than once in one forward is measured at its first call** (later calls in that forward are
+ignored), with and without ``stop_early``. With ``probe=None`` and several training forwards before ``step()``,
+each call of the model itself starts a new capture, so the last forward counts (code that calls submodules directly,
+never the model, keeps the first call since the last ``step()``).
 
 Loggers
 -------
@@ -58,20 +57,19 @@ import csv
 import difflib
 import math
 import os
-import re
 import warnings
 import weakref
-from collections.abc import Mapping
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+from .capture import Capture, add_note, check_reduce, describe, model_device, resolve_layers, to_device
 
 Tensor = torch.Tensor
 
 __all__ = ["CKAMonitor", "CSVLogger", "tensorboard_logger", "resolve_layers"]
 
-_REDUCTIONS = ("mean", "max", "flatten")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -90,80 +88,6 @@ def _cka_matrix(xs: Sequence[Tensor], kernel: str, unbiased: bool, **kernel_args
     import fastcka
 
     return fastcka.cka_matrix(list(xs), kernel=kernel, unbiased=unbiased, **kernel_args)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Layer names and glob patterns
-# ---------------------------------------------------------------------------------------------------------------
-
-def _glob_to_regex(pattern: str) -> "re.Pattern[str]":
-    """Glob over dotted module names: ``*`` matches within one name segment (no dot), ``**`` across segments,
-    ``?`` one character of a segment, ``[...]`` a character class."""
-    out, i, n = [], 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "*":
-            if pattern.startswith("**", i):
-                out.append(".*")
-                i += 2
-                continue
-            out.append(r"[^.]*")
-        elif c == "?":
-            out.append(r"[^.]")
-        elif c == "[":
-            j = pattern.find("]", i + 1)
-            if j == -1:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : j]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                i = j + 1
-                continue
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def _is_glob(s: str) -> bool:
-    return any(ch in s for ch in "*?[")
-
-
-def resolve_layers(model: nn.Module, layers: Union[str, Iterable[str]]) -> List[str]:
-    """Module names of ``model`` matching ``layers`` (names or glob patterns), in the order the patterns are given
-    and, within a pattern, in ``named_modules()`` order; duplicates dropped. A pattern matching nothing raises
-    ValueError listing the closest module names."""
-    if isinstance(layers, str):
-        layers = [layers]
-    layers = list(layers)
-    if not layers:
-        raise ValueError("layers must name at least one module (names or glob patterns such as 'blocks.*')")
-    names = [name for name, _ in model.named_modules() if name]
-    out: List[str] = []
-    for pat in layers:
-        if not isinstance(pat, str):
-            raise TypeError(f"layers must be module names or glob patterns (str), got {type(pat).__name__}")
-        if _is_glob(pat):
-            rx = _glob_to_regex(pat)
-            hits = [nm for nm in names if rx.match(nm)]
-        else:
-            hits = [pat] if pat in names else []
-        if not hits:
-            close = difflib.get_close_matches(pat, names, n=6, cutoff=0.5)
-            if close:
-                hint = "close names: " + ", ".join(repr(c) for c in close)
-            else:
-                shown = names[:12]
-                hint = "no close names; the model's modules include: " + ", ".join(repr(c) for c in shown)
-                if len(names) > len(shown):
-                    hint += f", ... ({len(names)} in all)"
-            raise ValueError(f"layers: {pat!r} matches no module of {type(model).__name__}; {hint}")
-        for h in hits:
-            if h not in out:
-                out.append(h)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,93 +198,45 @@ def _make_sinks(logger: Any) -> List[Any]:
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
 
-class _StopForward(Exception):
-    """Raised from the last hook of a probe forward to skip the rest of the model."""
-
-
-def _add_note(e: BaseException, note: str) -> None:
-    if hasattr(e, "add_note"):
-        e.add_note(note)
-    elif e.args and isinstance(e.args[0], str):  # Python 3.10
-        e.args = (e.args[0] + "\n" + note,) + tuple(e.args[1:])
-
-
-def _describe(obj: Any, depth: int = 0) -> str:
-    """Shapes and dtypes (host metadata only, no sync)."""
-    if isinstance(obj, torch.Tensor):
-        return f"Tensor{tuple(obj.shape)} {str(obj.dtype).replace('torch.', '')}"
-    if depth > 2:
-        return type(obj).__name__
-    if isinstance(obj, Mapping):
-        return "{" + ", ".join(f"{k!r}: {_describe(v, depth + 1)}" for k, v in list(obj.items())[:8]) + "}"
-    if isinstance(obj, (tuple, list)):
-        return "(" + ", ".join(_describe(v, depth + 1) for v in obj[:8]) + ")"
-    return type(obj).__name__
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        moved = {k: _to_device(v, device) for k, v in obj.items()}
-        try:
-            return type(obj)(moved)
-        except Exception:
-            return moved
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_to_device(v, device) for v in obj)
-    if isinstance(obj, list):
-        return [_to_device(v, device) for v in obj]
-    return obj
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-def _first_tensor(out: Any, name: str) -> Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, Mapping):
-        t = out.get("last_hidden_state", None) if hasattr(out, "get") else None
-        if isinstance(t, torch.Tensor):
-            return t
-        for v in out.values():
-            if isinstance(v, torch.Tensor):
-                return v
-            if isinstance(v, (tuple, list, Mapping)):
-                try:
-                    return _first_tensor(v, name)
-                except TypeError:
-                    pass
-    elif isinstance(out, (tuple, list)):
-        for v in out:
-            if isinstance(v, torch.Tensor):
-                return v
-            if isinstance(v, (tuple, list, Mapping)):
-                try:
-                    return _first_tensor(v, name)
-                except TypeError:
-                    pass
-    raise TypeError(
-        f"CKAMonitor: layer {name!r} returned {type(out).__name__}, which holds no tensor; hook a module whose output "
-        "is a tensor, a tuple/list starting with one, or a ModelOutput"
-    )
-
-
 def _dist_rank() -> int:
     """This process's rank under an initialised torch.distributed group, else 0."""
     dist = torch.distributed
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _remove_handles(handles: List[Any]) -> None:
-    for h in handles:
-        h.remove()  # idempotent: a handle already removed by close() is skipped
+def _check_monitor_kwargs(kwargs: Dict[str, Any], reserved: Sequence[str]) -> None:
+    """For callbacks that forward ``**monitor_kwargs`` to :class:`CKAMonitor`: a TypeError now (not when training
+    starts) for a keyword the monitor does not take, or one the callback sets itself."""
+    import inspect
+
+    params = inspect.signature(CKAMonitor.__init__).parameters
+    for k in kwargs:
+        if k in reserved:
+            raise TypeError(f"{k!r} is set by the callback itself; do not pass it")
+        if k not in params or k == "self":
+            close = difflib.get_close_matches(k, [p for p in params if p != "self"], n=3)
+            raise TypeError(f"unexpected keyword {k!r} for CKAMonitor" + (f"; did you mean {close}?" if close else ""))
+
+
+def _gate(ref: "weakref.ref[CKAMonitor]") -> Callable[[nn.Module], bool]:
+    """The Capture's ``when``: capture during the monitor's probe forwards, and training-mode forwards when the
+    next step is measured without a probe. Holds the monitor weakly."""
+
+    def when(module: nn.Module) -> bool:
+        mon = ref()
+        if mon is None:
+            return False
+        if mon._in_probe:
+            return True
+        if mon._armed and mon.probe is None and mon.model.training:
+            if getattr(module, "_is_replica", False):  # nn.DataParallel: each replica sees one chunk
+                raise RuntimeError("CKAMonitor with probe=None cannot watch an nn.DataParallel model: every "
+                                   "replica would overwrite the captured batch with its own chunk; pass a "
+                                   "probe, or use DistributedDataParallel")
+            return True
+        return False
+
+    return when
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -426,22 +302,22 @@ class CKAMonitor:
             raise ValueError(f"every must be a positive int, got {every!r}")
         if not isinstance(flush_every, int) or isinstance(flush_every, bool) or flush_every < 1:
             raise ValueError(f"flush_every must be a positive int, got {flush_every!r}")
-        if isinstance(position, torch.Tensor):
-            if position.dim() != 1 or position.is_floating_point() or position.is_complex():
-                raise ValueError(f"position must be an int or a 1-D integer tensor (n,), got {_describe(position)}")
-        elif not isinstance(position, int) or isinstance(position, bool):
+        if not isinstance(position, (int, torch.Tensor)) or isinstance(position, bool):
             raise TypeError(f"position must be an int or a 1-D integer tensor, got {type(position).__name__}")
+        check_reduce(position, "position")
         if kernel not in ("linear", "rbf"):  # here, not at the first measured step (maybe thousands of steps in)
             raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
         if kernel == "linear" and sigma is not None:
             raise ValueError("sigma is the RBF kernel's bandwidth: it needs kernel='rbf'")
-        if reduce is not None and not callable(reduce) and reduce not in _REDUCTIONS:
-            raise ValueError(f"reduce must be None, one of {', '.join(map(repr, _REDUCTIONS))} or a callable, got {reduce!r}")
+        if reduce is not None and not callable(reduce) and not isinstance(reduce, str):
+            raise TypeError(f"reduce must be None, 'mean', 'max', 'flatten' or a callable (a token index goes in "
+                            f"position=), got {type(reduce).__name__}")
+        check_reduce(reduce)
         if batch_rows is not None:
             if probe is not None:
                 raise ValueError("batch_rows selects rows of the training batch: it needs probe=None")
             if not isinstance(batch_rows, torch.Tensor) or batch_rows.dim() != 1 or batch_rows.is_floating_point():
-                raise ValueError(f"batch_rows must be a 1-D integer tensor of row indices, got {_describe(batch_rows)}")
+                raise ValueError(f"batch_rows must be a 1-D integer tensor of row indices, got {describe(batch_rows)}")
 
         self.model = model
         self.layers: List[str] = resolve_layers(model, layers)
@@ -467,7 +343,6 @@ class CKAMonitor:
         self._pair_idx = [(idx[a], idx[b]) for a, b in self.pairs]
         self._use_matrix = pairs == "all"
         self._step = 0
-        self._captured: Dict[str, Tensor] = {}
         self._in_probe = False
         self._armed = (1 % every) == 0
         self._buffer: Optional[Tensor] = None
@@ -479,11 +354,11 @@ class CKAMonitor:
         # ranks other than zero compute but never read or log (the integrations set it from their trainer)
         self._discard = bool(rank_zero_only) and _dist_rank() > 0
         self._closed = False
-        modules = dict(model.named_modules())
-        self._handles = [modules[nm].register_forward_hook(self._make_hook(nm)) for nm in self.layers]
-        # The hooks hold the monitor weakly, and a monitor that is dropped without close() (a notebook cell run
-        # again) takes its hooks with it instead of staying alive through them.
-        weakref.finalize(self, _remove_handles, list(self._handles))
+        # The activations come from one Capture (fastcka.capture: output kinds, reduce, copies, first call of a
+        # module per forward). Its hooks hold it weakly and its gate holds the monitor weakly, so a monitor that is
+        # dropped without close() (a notebook cell run again) takes its hooks with it.
+        self._capture = Capture(model, self.layers, reduce=position if reduce is None else reduce, rows=batch_rows,
+                                when=_gate(weakref.ref(self)))
 
     # -- setup ---------------------------------------------------------------------------------------------------
     def _resolve_pairs(self, pairs: Any) -> List[Tuple[str, str]]:
@@ -525,69 +400,13 @@ class CKAMonitor:
             raise ValueError("pairs is empty")
         return out
 
-    def _make_hook(self, name: str):
-        ref = weakref.ref(self)
-
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            mon = ref()
-            if mon is None:
-                return
-            if mon._in_probe:
-                mon._captured[name] = mon._features(output, name)
-                if mon.stop_early and len(mon._captured) == len(mon.layers):
-                    raise _StopForward()
-            elif mon._armed and mon.probe is None and mon.model.training:
-                if getattr(module, "_is_replica", False):  # nn.DataParallel: each replica sees one chunk
-                    raise RuntimeError("CKAMonitor with probe=None cannot watch an nn.DataParallel model: every "
-                                       "replica would overwrite the captured batch with its own chunk; pass a "
-                                       "probe, or use DistributedDataParallel")
-                mon._captured[name] = mon._features(output, name)
-
-        return hook
-
     def _cached(self, key: str, value: Any, device: torch.device) -> Any:
         hit = self._device_cache.get(key)
         if hit is not None and hit[0] == device:
             return hit[1]
-        moved = _to_device(value, device)
+        moved = to_device(value, device)
         self._device_cache[key] = (device, moved)
         return moved
-
-    def _features(self, output: Any, name: str) -> Tensor:
-        t = _first_tensor(output, name).detach()
-        r = self.reduce
-        fresh = False  # True where f is a new tensor, not the output (or a view of it)
-        if callable(r):
-            f = r(t)
-        elif t.dim() <= 2:
-            f = t
-        elif t.dim() == 3:
-            if r == "mean":
-                f, fresh = t.mean(1), True
-            elif r == "max":
-                f, fresh = t.amax(1), True
-            elif r == "flatten":
-                f = t
-            elif isinstance(self.position, torch.Tensor):
-                pos = self._cached("position", self.position, t.device)
-                f, fresh = t[torch.arange(t.shape[0], device=t.device), pos], True
-            else:
-                f = t[:, self.position]
-        else:
-            if r == "mean":
-                f, fresh = t.mean(tuple(range(2, t.dim()))), True
-            elif r == "max":
-                f, fresh = t.amax(tuple(range(2, t.dim()))), True
-            else:
-                f = t
-        if self.batch_rows is not None and not self._in_probe:
-            f = f.index_select(0, self._cached("batch_rows", self.batch_rows, f.device))
-        elif not fresh:
-            # A copy: detach() shares storage, so an in-place op after this layer (ReLU(inplace=True), x += ...)
-            # would rewrite the kept activation before the CKA is computed; a view would also keep the whole
-            # output alive. (A callable reduction may return its input or a view: copied too.)
-            f = f.clone()
-        return f
 
     # -- the step path (no host sync) ----------------------------------------------------------------------------
     def step(self, step: Optional[int] = None) -> None:
@@ -602,7 +421,7 @@ class CKAMonitor:
             if s % self.every == 0:
                 self._measure(s, armed)
         finally:
-            self._captured = {}
+            self._capture.clear()
             self._arm_after(s, prev)
         if s % self.flush_every == 0:
             self.flush()
@@ -632,8 +451,8 @@ class CKAMonitor:
         if self.probe is not None:
             acts = self._run_probe(self.probe, s)
         else:
-            acts = self._captured
-            missing = [nm for nm in self.layers if nm not in acts]
+            acts = self._capture.activations
+            missing = self._capture.missing()
             if missing and not armed:  # the step jumped past the one the capture was armed for: skip, do not crash
                 warnings.warn(f"CKAMonitor (probe=None): step {s} came after a jump in the step count, so its training "
                               "forward was not captured and it is not measured; pass a probe to measure on any step",
@@ -649,45 +468,33 @@ class CKAMonitor:
 
     def _run_probe(self, probe: Any, s: Optional[int]) -> Dict[str, Tensor]:
         model = self.model
-        device = _model_device(model)
-        batch = probe if callable(probe) and not isinstance(probe, (torch.Tensor, nn.Module)) else self._cached(
-            "probe" if probe is self.probe else "probe_once", probe, device
-        )
+        call = callable(probe) and not isinstance(probe, (torch.Tensor, nn.Module))
+        batch = probe if call else self._cached("probe" if probe is self.probe else "probe_once", probe,
+                                                model_device(model))
         modes = [(m, m.training) for m in model.modules()] if self.probe_eval else []
-        self._captured = {}
+        cap = self._capture
         self._in_probe = True
+        cap.stop_early, cap.rows = self.stop_early, None
         try:
             for m, _ in modes:
                 m.training = False
             with torch.no_grad():
-                if callable(probe) and not isinstance(probe, (torch.Tensor, nn.Module)):
-                    probe(model)
-                elif isinstance(batch, torch.Tensor):
-                    model(batch)
-                elif isinstance(batch, Mapping):
-                    model(**batch)
-                elif isinstance(batch, (tuple, list)):
-                    model(*batch)
-                else:
-                    model(batch)
-        except _StopForward:
-            pass
+                acts = cap.run(probe, model) if call else cap.run(model, batch)
         except Exception as e:
             where = f" at step {s}" if s is not None else ""
-            _add_note(
+            add_note(
                 e,
                 f"fastcka.CKAMonitor: this error came from {type(model).__name__}'s forward on the monitor's probe"
-                f"{where} (probe: {_describe(probe)}). The probe must be a batch the model accepts: a tensor is "
+                f"{where} (probe: {describe(probe)}). The probe must be a batch the model accepts: a tensor is "
                 "passed as model(probe), a tuple/list as model(*probe), a mapping as model(**probe).",
             )
-            self._captured = {}
             raise
         finally:
             self._in_probe = False
+            cap.stop_early, cap.rows = False, self.batch_rows
+            cap.clear()
             for m, tr in modes:
                 m.training = tr
-        acts = self._captured
-        self._captured = {}
         missing = [nm for nm in self.layers if nm not in acts]
         if missing:
             raise RuntimeError(
@@ -778,16 +585,18 @@ class CKAMonitor:
         probe = self.probe if probe is None else probe
         if probe is None:
             raise ValueError("matrix() runs a probe forward: pass a probe (the monitor has none)")
+        sigma = self._kernel_args.get("sigma")
+        if isinstance(sigma, (tuple, list)):
+            raise ValueError(f"matrix() needs one sigma for every layer; this monitor has sigma={tuple(sigma)} (a pair "
+                             "for (a, b) pairs): pass one float, or call fastcka.cka_matrix on the activations")
         acts = self._run_probe(probe, None)
         self._device_cache.pop("probe_once", None)
-        return _cka_matrix([acts[nm] for nm in self.layers], self.kernel, self.unbiased)
+        return _cka_matrix([acts[nm] for nm in self.layers], self.kernel, self.unbiased, **self._kernel_args)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def remove_hooks(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self._captured = {}
+        """Remove the forward hooks (idempotent); :meth:`close` also flushes."""
+        self._capture.remove()
 
     def close(self) -> None:
         """Flush what is pending and remove the hooks (idempotent)."""

@@ -317,3 +317,51 @@ def test_missing_extra_names_the_extra(monkeypatch, tmp_path, module, blocked, e
         monkeypatch.delitem(sys.modules, module)
     with pytest.raises(ImportError, match=extra.replace("[", r"\[").replace("]", r"\]")):
         importlib.import_module(module)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Both callbacks forward **monitor_kwargs to CKAMonitor (issue 22): new monitor options need no callback edit
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_callbacks_forward_monitor_kwargs_and_reject_unknown_ones_at_construction():
+    from types import SimpleNamespace
+
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
+    probe = torch.randn(20, 6)
+    kw = dict(probe=probe, every=3, kernel="rbf", sigma=0.7, unbiased=True, stop_early=False, prefix="sim")
+    built = []
+    try:
+        pytest.importorskip("transformers")
+        from fastcka.integrations.hf import CKATrainerCallback
+
+        cb = CKATrainerCallback(["0", "2"], **kw)
+        state = SimpleNamespace(logging_steps=5, is_world_process_zero=True, global_step=0, log_history=[])
+        cb.on_train_begin(SimpleNamespace(logging_steps=5), state, None, model=model)
+        built.append(cb.monitor)
+        with pytest.raises(TypeError, match="did you mean"):
+            CKATrainerCallback(["0", "2"], evry=3)
+        with pytest.raises(TypeError):
+            CKATrainerCallback(["0", "2"], None, 3)  # options are keyword-only
+    except pytest.skip.Exception:
+        pass
+    try:
+        _lightning()
+        from fastcka.integrations.lightning import CKACallback
+
+        cb = CKACallback(["0", "2"], **kw)
+        trainer = SimpleNamespace(log_every_n_steps=7, loggers=[], is_global_zero=True)
+        cb.setup(trainer, model, "fit")
+        built.append(cb.monitor)
+        assert cb.monitor.flush_every == 7 and "'every': 3" in cb.state_key  # same key as before
+        with pytest.raises(TypeError, match="did you mean"):
+            CKACallback(["0", "2"], kernal="rbf")
+        with pytest.raises(TypeError, match="set by the callback"):
+            CKACallback(["0", "2"], logger="x.csv")
+    except pytest.skip.Exception:
+        pass
+    if not built:
+        pytest.skip("neither transformers nor lightning is installed")
+    for mon in built:
+        assert (mon.every, mon.kernel, mon.unbiased, mon.stop_early, mon.prefix) == (3, "rbf", True, False, "sim")
+        assert mon._kernel_args["sigma"] == 0.7 and mon.probe is probe
+        mon.close()

@@ -356,7 +356,7 @@ def test_memory_flat_over_5000_monitored_steps_and_hooks_gone_after_close():
     assert len(seen) == 5000 and seen[-1] == 5000
     assert t1 == t0, f"live tensors grew from {t0} to {t1}"
     assert r1 - r0 < 4 * 2**20, f"RSS grew by {(r1 - r0) / 2**20:.1f} MiB over 4,500 monitored steps"
-    assert not mon._captured
+    assert not mon._capture.activations
     hooked = [m[1], m[3]]
     assert all(len(mod._forward_hooks) == 1 for mod in hooked)
     mon.close()
@@ -398,7 +398,7 @@ def test_wrong_probe_shape_raises_the_models_error_once_with_context():
     assert text.count("mat1 and mat2") == 1 and "During handling" not in text
     assert len(calls) == 1  # no retry
     assert m.training and all(mod.training for mod in m.modules())  # modes restored
-    assert not mon._in_probe and not mon._captured
+    assert not mon._in_probe and not mon._capture.activations
     mon.close()
 
 
@@ -591,3 +591,69 @@ def test_other_ranks_compute_but_do_not_log(monkeypatch):
     everyone.step()
     everyone.close()
     assert logged == [1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Regressions (issue 18): W3 matrix() uses the monitor's sigma/threshold; W4 a module called twice per forward
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_matrix_uses_the_monitors_sigma_and_threshold():
+    m = Blocks()
+    probe = torch.randn(50, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float32)
+    with torch.no_grad():
+        acts = capture(m, ["blocks.0", "blocks.2"], lambda: m(probe))
+    a, b = acts["blocks.0"], acts["blocks.2"]
+    want = fastcka.cka(a, b, kernel="rbf", sigma=0.3).item()
+    median = fastcka.cka(a, b, kernel="rbf").item()
+    assert abs(want - median) > 1e-2  # the test can tell the two apart
+    mon = CKAMonitor(m, ["blocks.0", "blocks.2"], probe=probe, kernel="rbf", sigma=0.3)
+    mat = mon.matrix()
+    assert mat[0, 1].item() == pytest.approx(want, rel=1e-5)
+    mon.step()
+    assert mon.last[0].item() == pytest.approx(mat[0, 1].item(), rel=1e-6)  # the logged value and matrix() agree
+    mon.close()
+    mon = CKAMonitor(m, ["blocks.0", "blocks.2"], probe=probe, kernel="rbf", threshold=0.5)
+    assert mon.matrix()[0, 1].item() == pytest.approx(fastcka.cka(a, b, kernel="rbf", threshold=0.5).item(), rel=1e-5)
+    mon.close()
+    mon = CKAMonitor(m, ["blocks.0", "blocks.2"], probe=probe, kernel="rbf", sigma=(0.3, 0.5))
+    with pytest.raises(ValueError, match="one sigma"):
+        mon.matrix()
+    mon.close()
+
+
+class Twice(nn.Module):
+    """`block` runs twice in one forward (weights shared), `head` after it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(11)
+        self.inp = nn.Linear(6, 8)
+        self.block = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.head(self.block(self.block(h)))
+
+
+@pytest.mark.parametrize("stop_early", [True, False])
+def test_a_module_called_twice_is_measured_at_its_first_call(stop_early):
+    m = Twice()
+    probe = torch.randn(40, 6, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        h = m.inp(probe)
+        first = m.block(h)
+        second = m.block(first)
+    want = fastcka.cka(h, first).item()
+    assert abs(want - fastcka.cka(h, second).item()) > 1e-3  # first and last call differ
+    mon = CKAMonitor(m, ["inp", "block"], probe=probe, stop_early=stop_early)
+    mon.step()
+    assert mon.last[0].item() == pytest.approx(want, rel=1e-6)
+    mon.close()
+    # training-batch mode: first call of the last forward of the model
+    mon = CKAMonitor(m, ["inp", "block"])
+    m(torch.randn(40, 6))  # an earlier forward: replaced by the next one
+    m(probe).sum().backward()
+    mon.step()
+    assert mon.last[0].item() == pytest.approx(want, rel=1e-5)
+    mon.close()

@@ -25,7 +25,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 try:
     from transformers import TrainerCallback as _TrainerCallback
@@ -35,9 +35,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "fastcka.integrations.hf needs Hugging Face transformers: pip install fastcka[hf]"
     ) from e
 
-import torch
-
-from ..monitor import CKAMonitor
+from ..monitor import CKAMonitor, _check_monitor_kwargs
 
 __all__ = ["CKATrainerCallback"]
 
@@ -45,30 +43,29 @@ __all__ = ["CKATrainerCallback"]
 class CKATrainerCallback(_TrainerCallback):
     """Logs the CKA between layers of the Trainer's model (see the module doc).
 
-    Args are those of :class:`fastcka.CKAMonitor`; ``flush_every=None`` follows the Trainer's logging steps;
-    ``logger`` is an extra monitor logger that receives every measured step; ``trainer`` installs the callback
-    ahead of the reporting integrations. The monitor is ``self.monitor`` once training has begun.
+    Args:
+        layers: module names or glob patterns, relative to the Trainer's model.
+        flush_every: as in :class:`fastcka.CKAMonitor`; ``None`` follows the Trainer's logging steps.
+        logger: an extra monitor logger that receives every measured step (the Trainer's log gets the latest).
+        trainer: installs the callback ahead of the reporting integrations (see the module doc).
+        **monitor_kwargs: every other keyword of :class:`fastcka.CKAMonitor` (``pairs``, ``every``, ``probe``,
+            ``reduce``, ``kernel``, ``unbiased``, ...), forwarded unchanged; see its documentation. Unknown
+            keywords fail here, not at ``on_train_begin``.
+
+    The monitor is ``self.monitor`` once training has begun.
     """
 
     def __init__(
         self,
         layers: Union[str, Sequence[str]],
-        pairs: Any = None,
-        every: int = 1,
-        probe: Any = None,
-        position: Union[int, torch.Tensor] = -1,
-        reduce: Union[None, str, Callable] = None,
+        *,
         flush_every: Optional[int] = None,
         logger: Any = None,
         trainer: Any = None,
         **monitor_kwargs: Any,
     ):
+        _check_monitor_kwargs(monitor_kwargs, reserved=("model", "layers"))
         self.layers = layers
-        self.pairs = pairs
-        self.every = every
-        self.probe = probe
-        self.position = position
-        self.reduce = reduce
         self.flush_every = flush_every
         self.logger = logger
         self.monitor_kwargs = dict(monitor_kwargs)
@@ -111,18 +108,7 @@ class CKATrainerCallback(_TrainerCallback):
         loggers: List[Any] = [self._collect]
         if self.logger is not None:
             loggers.extend(self.logger if isinstance(self.logger, (list, tuple)) else [self.logger])
-        self.monitor = CKAMonitor(
-            model,
-            self.layers,
-            pairs=self.pairs,
-            every=self.every,
-            probe=self.probe,
-            position=self.position,
-            reduce=self.reduce,
-            logger=loggers,
-            flush_every=flush_every,
-            **kwargs_m,
-        )
+        self.monitor = CKAMonitor(model, self.layers, logger=loggers, flush_every=flush_every, **kwargs_m)
         self.monitor._discard = not state.is_world_process_zero
         self.monitor._resume_at(int(state.global_step))  # resumed runs continue from the Trainer's step
         if self._pending_state is not None:

@@ -22,7 +22,7 @@ Built on ``lightning.pytorch.Callback`` when the ``lightning`` package is instal
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 try:
     from lightning.pytorch import Callback as _Callback
@@ -35,9 +35,7 @@ except ImportError:  # pragma: no cover - depends on the environment
             "(the 'lightning' or 'pytorch-lightning' package)"
         ) from e
 
-import torch
-
-from ..monitor import CKAMonitor
+from ..monitor import CKAMonitor, _check_monitor_kwargs
 
 __all__ = ["CKACallback"]
 
@@ -45,29 +43,20 @@ __all__ = ["CKACallback"]
 class CKACallback(_Callback):
     """Logs the CKA between layers of the LightningModule during training (see the module doc).
 
-    Args are those of :class:`fastcka.CKAMonitor` (``layers``, ``pairs``, ``every``, ``probe``, ``position``,
-    ``reduce``, ``flush_every`` and the keyword-only options); ``flush_every=None`` follows the trainer's
-    ``log_every_n_steps``. The monitor is ``self.monitor`` once fitting has started.
+    Args:
+        layers: module names or glob patterns, relative to the LightningModule.
+        flush_every: as in :class:`fastcka.CKAMonitor`; ``None`` follows the trainer's ``log_every_n_steps``.
+        **monitor_kwargs: every other keyword of :class:`fastcka.CKAMonitor` (``pairs``, ``every``, ``probe``,
+            ``reduce``, ``kernel``, ``unbiased``, ...), forwarded unchanged; see its documentation. ``logger`` is
+            not accepted: the values go to the trainer's loggers. Unknown keywords fail here, not at ``setup``.
+
+    The monitor is ``self.monitor`` once fitting has started.
     """
 
-    def __init__(
-        self,
-        layers: Union[str, Sequence[str]],
-        pairs: Any = None,
-        every: int = 1,
-        probe: Any = None,
-        position: Union[int, torch.Tensor] = -1,
-        reduce: Union[None, str, Callable] = None,
-        flush_every: Optional[int] = None,
-        **monitor_kwargs: Any,
-    ):
+    def __init__(self, layers: Union[str, Sequence[str]], *, flush_every: Optional[int] = None, **monitor_kwargs: Any):
         super().__init__()
+        _check_monitor_kwargs(monitor_kwargs, reserved=("model", "layers", "logger", "flush_every"))
         self.layers = layers
-        self.pairs = pairs
-        self.every = every
-        self.probe = probe
-        self.position = position
-        self.reduce = reduce
         self.flush_every = flush_every
         self.monitor_kwargs = dict(monitor_kwargs)
         self.monitor: Optional[CKAMonitor] = None
@@ -77,7 +66,8 @@ class CKACallback(_Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(layers=str(self.layers), pairs=str(self.pairs), every=self.every)
+        kw = self.monitor_kwargs
+        return self._generate_state_key(layers=str(self.layers), pairs=str(kw.get("pairs")), every=kw.get("every", 1))
 
     # -- logging through the trainer's loggers ---------------------------------------------------------------------
     def _log(self, step: int, metrics: Dict[str, float]) -> None:
@@ -95,18 +85,7 @@ class CKACallback(_Callback):
         flush_every = self.flush_every if self.flush_every is not None else max(1, int(trainer.log_every_n_steps))
         kwargs = dict(self.monitor_kwargs)
         kwargs.setdefault("keep_history", not trainer.loggers)  # with logger=False, keep them where they can be read
-        self.monitor = CKAMonitor(
-            pl_module,
-            self.layers,
-            pairs=self.pairs,
-            every=self.every,
-            probe=self.probe,
-            position=self.position,
-            reduce=self.reduce,
-            logger=self._log,
-            flush_every=flush_every,
-            **kwargs,
-        )
+        self.monitor = CKAMonitor(pl_module, self.layers, logger=self._log, flush_every=flush_every, **kwargs)
         self.monitor._discard = not trainer.is_global_zero
         if self._pending_state is not None:
             self.monitor.load_state_dict(self._pending_state)
