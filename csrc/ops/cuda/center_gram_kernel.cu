@@ -86,12 +86,12 @@ struct CudaCenter {
     Tensor out = empty_like_shape(k, {n, n}, k.scalar_type());
     Tensor row = zeros_f64(k, n), col = zeros_f64(k, n), totals = zeros_f64(k, 2);
     FASTCKA_DISPATCH_FLOATING(k.scalar_type(), "center_gram", [&] {
-      cuda::center_sums_kernel<<<static_cast<unsigned>(n), cuda::kThreads, 0, s>>>(
+      FASTCKA_LAUNCH(static_cast<unsigned>(n), cuda::kThreads, 0, s, cuda::center_sums_kernel)(
           k.const_data_ptr<scalar_t>(), n, mode != kCenterBiased, row.mutable_data_ptr<double>(),
           col.mutable_data_ptr<double>());
-      cuda::center_totals_kernel<<<1, cuda::kThreads, 0, s>>>(row.const_data_ptr<double>(), col.const_data_ptr<double>(),
-                                                              n, totals.mutable_data_ptr<double>());
-      cuda::center_apply_kernel<<<cuda::blocks_for(n * n, cuda::kThreads), cuda::kThreads, 0, s>>>(
+      FASTCKA_LAUNCH(1, cuda::kThreads, 0, s, cuda::center_totals_kernel)(
+          row.const_data_ptr<double>(), col.const_data_ptr<double>(), n, totals.mutable_data_ptr<double>());
+      FASTCKA_LAUNCH(cuda::blocks_for(n * n, cuda::kThreads), cuda::kThreads, 0, s, cuda::center_apply_kernel)(
           k.const_data_ptr<scalar_t>(), n, mode, row.const_data_ptr<double>(), col.const_data_ptr<double>(),
           totals.const_data_ptr<double>(), out.mutable_data_ptr<scalar_t>());
       cuda::check_launch("center_gram");
@@ -105,8 +105,8 @@ struct CudaCenter {
     torch::stable::zero_(out);
     if (tiles == 0) return out;
     FASTCKA_DISPATCH_FLOATING(k.scalar_type(), "gram_asymmetric_pairs", [&] {
-      cuda::asymmetric_pairs_kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles)), cuda::kThreads,
-                                      0, cuda::current_stream(k)>>>(
+      FASTCKA_LAUNCH(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles)), cuda::kThreads, 0,
+                     cuda::current_stream(k), cuda::asymmetric_pairs_kernel)(
           k.const_data_ptr<scalar_t>(), n, threshold.const_data_ptr<double>(),
           reinterpret_cast<unsigned long long*>(out.mutable_data_ptr<int64_t>()));
       cuda::check_launch("gram_asymmetric_pairs");
@@ -125,7 +125,7 @@ Tensor center_gram_cuda(const Tensor& k, int64_t mode) {
   return center_gram<CudaCenter>(k, mode);
 }
 
-STABLE_TORCH_LIBRARY_IMPL(fastcka, CUDA, m) {
+FASTCKA_CUDA_LIBRARY_IMPL(m) {
   m.impl("center_gram", TORCH_BOX(&center_gram_cuda));
   m.impl("gram_asymmetric_pairs", TORCH_BOX(&gram_asymmetric_pairs_cuda));
 }

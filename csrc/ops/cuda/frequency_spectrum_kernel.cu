@@ -38,8 +38,8 @@ struct CudaSpectrum {
     const int64_t h = p / 2 + 1;
     Tensor b = empty_like_shape(like, {2 * h, p}, like.scalar_type());
     FASTCKA_DISPATCH_FLOATING(like.scalar_type(), "fourier_basis", [&] {
-      cuda::fourier_basis_kernel<<<cuda::blocks_for(2 * h * p, cuda::kThreads), cuda::kThreads, 0,
-                                   cuda::current_stream(like)>>>(b.mutable_data_ptr<scalar_t>(), p, h);
+      FASTCKA_LAUNCH(cuda::blocks_for(2 * h * p, cuda::kThreads), cuda::kThreads, 0, cuda::current_stream(like),
+                     cuda::fourier_basis_kernel)(b.mutable_data_ptr<scalar_t>(), p, h);
       cuda::check_launch("fourier_basis");
     });
     return b;
@@ -49,9 +49,8 @@ struct CudaSpectrum {
     Tensor out = s.ndim == 1 ? empty_like_shape(f, {s.h}, ScalarType::Double)
                              : empty_like_shape(f, {s.h, s.h}, ScalarType::Double);
     FASTCKA_DISPATCH_FLOATING(f.scalar_type(), "spectrum_fold", [&] {
-      cuda::spectrum_fold_kernel<<<static_cast<unsigned>(spectrum_entries(s)), cuda::kThreads, 0,
-                                   cuda::current_stream(f)>>>(f.const_data_ptr<scalar_t>(), s,
-                                                              out.mutable_data_ptr<double>());
+      FASTCKA_LAUNCH(static_cast<unsigned>(spectrum_entries(s)), cuda::kThreads, 0, cuda::current_stream(f),
+                     cuda::spectrum_fold_kernel)(f.const_data_ptr<scalar_t>(), s, out.mutable_data_ptr<double>());
       cuda::check_launch("spectrum_fold");
     });
     return out;
@@ -60,8 +59,8 @@ struct CudaSpectrum {
   static Tensor spectrum_fold_backward(const Tensor& f, const Tensor& grad, const SpectrumParams& s) {
     Tensor df = empty_like_shape(f, {f.numel()}, f.scalar_type());
     FASTCKA_DISPATCH_FLOATING(f.scalar_type(), "spectrum_fold_backward", [&] {
-      cuda::spectrum_fold_backward_kernel<<<cuda::blocks_for(f.numel(), cuda::kThreads), cuda::kThreads, 0,
-                                            cuda::current_stream(f)>>>(
+      FASTCKA_LAUNCH(cuda::blocks_for(f.numel(), cuda::kThreads), cuda::kThreads, 0, cuda::current_stream(f),
+                     cuda::spectrum_fold_backward_kernel)(
           f.const_data_ptr<scalar_t>(), grad.const_data_ptr<double>(), s, f.numel(), df.mutable_data_ptr<scalar_t>());
       cuda::check_launch("spectrum_fold_backward");
     });
@@ -81,7 +80,7 @@ Tensor frequency_spectrum_backward_cuda(const Tensor& grad, const Tensor& x, int
   return frequency_spectrum_backward<CudaSpectrum>(grad, x, method);
 }
 
-STABLE_TORCH_LIBRARY_IMPL(fastcka, CUDA, m) {
+FASTCKA_CUDA_LIBRARY_IMPL(m) {
   m.impl("frequency_spectrum", TORCH_BOX(&frequency_spectrum_cuda));
   m.impl("_frequency_spectrum_backward", TORCH_BOX(&frequency_spectrum_backward_cuda));
 }

@@ -302,11 +302,10 @@ struct CudaKernelHsic : CudaBackend {
       const int blocks = cuda::blocks_for(n * p, cuda::kThreads);
       auto* b = reinterpret_cast<unsigned long long*>(bits.mutable_data_ptr<double>());
       const Tensor med = column_medians(x);
-      cuda::shift_normalise_kernel<<<blocks, cuda::kThreads, 0, s>>>(x.const_data_ptr<scalar_t>(),
-                                                                     med.const_data_ptr<scalar_t>(), n, p,
-                                                                     a.xs.mutable_data_ptr<scalar_t>(), b);
-      cuda::normalise_kernel<<<blocks, cuda::kThreads, 0, s>>>(a.xs.mutable_data_ptr<scalar_t>(), n * p, b,
-                                                               a.scale.mutable_data_ptr<double>());
+      FASTCKA_LAUNCH(blocks, cuda::kThreads, 0, s, cuda::shift_normalise_kernel)(
+          x.const_data_ptr<scalar_t>(), med.const_data_ptr<scalar_t>(), n, p, a.xs.mutable_data_ptr<scalar_t>(), b);
+      FASTCKA_LAUNCH(blocks, cuda::kThreads, 0, s, cuda::normalise_kernel)(
+          a.xs.mutable_data_ptr<scalar_t>(), n * p, b, a.scale.mutable_data_ptr<double>());
       cuda::check_launch("scale_rows");
     });
     a.norms = cuda::row_sq(a.xs);
@@ -326,7 +325,8 @@ struct CudaKernelHsic : CudaBackend {
     const int64_t n = a.xs.size(0);
     PassOutput o = zeroed_pass_output(a.xs, n);
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_pass", [&] {
-      cuda::hsic_pass_kernel<<<cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs)>>>(
+      FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs),
+                     cuda::hsic_pass_kernel)(
           a.xs.const_data_ptr<scalar_t>(), b.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(),
           b.norms.const_data_ptr<double>(), n, a.xs.size(1), b.xs.size(1), static_cast<int>(kx), static_cast<int>(ky),
           gamma.const_data_ptr<double>(), a.scale.const_data_ptr<double>(), b.scale.const_data_ptr<double>(),
@@ -352,8 +352,8 @@ struct CudaKernelHsic : CudaBackend {
     Tensor dy = empty_like_shape(b.xs, {n, q}, b.xs.scalar_type());
     const int64_t tiles = (n + cuda::kTile - 1) / cuda::kTile;
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_grad", [&] {
-      cuda::hsic_grad_kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles)), cuda::kTileThreads, 0,
-                               s>>>(
+      FASTCKA_LAUNCH(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles)), cuda::kTileThreads, 0, s,
+                     cuda::hsic_grad_kernel)(
           a.xs.const_data_ptr<scalar_t>(), b.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(),
           b.norms.const_data_ptr<double>(), n, p, q, static_cast<int>(kx), static_cast<int>(ky),
           gamma.const_data_ptr<double>(), a.scale.const_data_ptr<double>(), b.scale.const_data_ptr<double>(),
@@ -361,11 +361,11 @@ struct CudaKernelHsic : CudaBackend {
           o.dk.const_data_ptr<double>(), o.dl.const_data_ptr<double>(), grad.const_data_ptr<double>(), unbiased,
           acc_x.mutable_data_ptr<double>(), acc_y.mutable_data_ptr<double>(), ws_x.mutable_data_ptr<double>(),
           ws_y.mutable_data_ptr<double>());
-      cuda::grad_finish_kernel<<<cuda::blocks_for(n * p, cuda::kThreads), cuda::kThreads, 0, s>>>(
+      FASTCKA_LAUNCH(cuda::blocks_for(n * p, cuda::kThreads), cuda::kThreads, 0, s, cuda::grad_finish_kernel)(
           acc_x.const_data_ptr<double>(), ws_x.const_data_ptr<double>(), a.xs.const_data_ptr<scalar_t>(), n, p,
           static_cast<int>(kx), gamma.const_data_ptr<double>(), 0, a.scale.const_data_ptr<double>(),
           o.m.const_data_ptr<double>(), kmKappaX, dx.mutable_data_ptr<scalar_t>());
-      cuda::grad_finish_kernel<<<cuda::blocks_for(n * q, cuda::kThreads), cuda::kThreads, 0, s>>>(
+      FASTCKA_LAUNCH(cuda::blocks_for(n * q, cuda::kThreads), cuda::kThreads, 0, s, cuda::grad_finish_kernel)(
           acc_y.const_data_ptr<double>(), ws_y.const_data_ptr<double>(), b.xs.const_data_ptr<scalar_t>(), n, q,
           static_cast<int>(ky), gamma.const_data_ptr<double>(), 1, b.scale.const_data_ptr<double>(),
           o.m.const_data_ptr<double>(), kmKappaY, dy.mutable_data_ptr<scalar_t>());
@@ -378,7 +378,8 @@ struct CudaKernelHsic : CudaBackend {
     const int64_t n = a.xs.size(0);
     Tensor hist = zeros_f64(a.xs, kDigitBins);  // 64-bit counters in float64-sized slots
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_histogram", [&] {
-      cuda::distance_histogram_kernel<<<cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs)>>>(
+      FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs),
+                     cuda::distance_histogram_kernel)(
           a.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(), n, a.xs.size(1), prefix, bits,
           reinterpret_cast<unsigned long long*>(hist.mutable_data_ptr<double>()));
       cuda::check_launch("distance_histogram");
@@ -393,7 +394,8 @@ struct CudaKernelHsic : CudaBackend {
     Tensor buf = empty_like_shape(a.xs, {kCollectCapacity}, ScalarType::Double);
     Tensor count = zeros_f64(a.xs, 2);  // [below, inside] as 64-bit counters
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_window", [&] {
-      cuda::distance_window_kernel<<<cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs)>>>(
+      FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs),
+                     cuda::distance_window_kernel)(
           a.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(), n, a.xs.size(1), lo, hi,
           buf.mutable_data_ptr<double>(), reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<double>()));
       cuda::check_launch("distance_window");
@@ -412,10 +414,10 @@ struct CudaKernelHsic : CudaBackend {
   static std::vector<double> sample_distances(const ScaledRows& a, int64_t m, uint64_t seed) {
     Tensor out = empty_like_shape(a.xs, {m}, ScalarType::Double);
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "sample_distances", [&] {
-      cuda::sample_distances_kernel<<<cuda::blocks_for(m, cuda::kThreads), cuda::kThreads, 0,
-                                      cuda::current_stream(a.xs)>>>(a.xs.const_data_ptr<scalar_t>(),
-                                                                    a.norms.const_data_ptr<double>(), a.xs.size(0),
-                                                                    a.xs.size(1), m, seed, out.mutable_data_ptr<double>());
+      FASTCKA_LAUNCH(cuda::blocks_for(m, cuda::kThreads), cuda::kThreads, 0, cuda::current_stream(a.xs),
+                     cuda::sample_distances_kernel)(
+          a.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(), a.xs.size(0), a.xs.size(1), m, seed,
+          out.mutable_data_ptr<double>());
       cuda::check_launch("sample_distances");
     });
     const Tensor v = cuda::to_cpu(out);
@@ -428,8 +430,8 @@ __global__ void kernel_combine_kernel(const double* m, int64_t n, bool unbiased,
 }
 
 void CudaKernelHsic::kernel_combine(const Tensor& m, int64_t n, bool unbiased, Tensor& out) {
-  kernel_combine_kernel<<<1, 1, 0, cuda::current_stream(m)>>>(m.const_data_ptr<double>(), n, unbiased,
-                                                               out.mutable_data_ptr<double>());
+  FASTCKA_LAUNCH(1, 1, 0, cuda::current_stream(m), kernel_combine_kernel)(
+      m.const_data_ptr<double>(), n, unbiased, out.mutable_data_ptr<double>());
   cuda::check_launch("kernel_combine");
 }
 
@@ -449,7 +451,7 @@ Tensor median_sq_dist_cuda(const Tensor& x, int64_t method) {
   return median_sq_dist<CudaKernelHsic>(x, method);
 }
 
-STABLE_TORCH_LIBRARY_IMPL(fastcka, CUDA, m) {
+FASTCKA_CUDA_LIBRARY_IMPL(m) {
   m.impl("kernel_hsic", TORCH_BOX(&kernel_hsic_cuda));
   m.impl("_kernel_hsic_backward", TORCH_BOX(&kernel_hsic_backward_cuda));
   m.impl("median_sq_dist", TORCH_BOX(&median_sq_dist_cuda));

@@ -22,7 +22,7 @@ Tensor linear_hsic_matrix_cuda(const std::vector<Tensor>& xs, const std::vector<
   return linear_hsic_matrix<CudaBackend>(xs, ys, unbiased, method);
 }
 
-STABLE_TORCH_LIBRARY_IMPL(fastcka, CUDA, m) {
+FASTCKA_CUDA_LIBRARY_IMPL(m) {
   m.impl("linear_hsic_matrix", TORCH_BOX(&linear_hsic_matrix_cuda));
   m.impl("linear_hsic", TORCH_BOX(&linear_hsic_cuda));
   m.impl("_linear_hsic_backward", TORCH_BOX(&linear_hsic_backward_cuda));

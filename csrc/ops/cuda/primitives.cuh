@@ -4,7 +4,14 @@
 // csrc/include/fastcka/, shared with the CPU.
 #pragma once
 
+#ifndef FASTCKA_CUDA_EMU
 #include <cuda_runtime.h>
+// A launch: FASTCKA_LAUNCH(grid, block, shmem, stream, kernel)(args...) is kernel<<<grid, block, shmem, stream>>>(
+// args...) (the kernel last: it may hold template commas). The registration: the fastcka library's CUDA key. The CPU
+// emulation of these sources (csrc/emu/cuda_emu.h, force-included, test-only) redefines both.
+#define FASTCKA_LAUNCH(grid, block, shmem, stream, ...) __VA_ARGS__<<<grid, block, shmem, stream>>>
+#define FASTCKA_CUDA_LIBRARY_IMPL(m) STABLE_TORCH_LIBRARY_IMPL(fastcka, CUDA, m)
+#endif
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/accelerator.h>
 
@@ -76,7 +83,7 @@ void column_sums(const T* x, int64_t n, int64_t p, double* out, cudaStream_t s) 
   const int64_t chunks = std::min<int64_t>(std::max<int64_t>(1, n / 64), 1024);
   const int64_t rows = (n + chunks - 1) / chunks;
   dim3 grid(blocks_for(p, kThreads, 1 << 30), static_cast<unsigned>((n + rows - 1) / rows));
-  column_sums_kernel<<<grid, kThreads, 0, s>>>(x, n, p, rows, out);
+  FASTCKA_LAUNCH(grid, kThreads, 0, s, column_sums_kernel)(x, n, p, rows, out);
   check_launch("column_sums");
 }
 
@@ -165,10 +172,10 @@ inline Tensor center_normalise(const Tensor& x, Tensor& m, int slot) {
     column_sums(x.const_data_ptr<scalar_t>(), n, p, sp, s);
     cudaMemsetAsync(bits, 0, sizeof(double), s);
     const int blocks = blocks_for(n * p, kThreads);
-    subtract_means_kernel<<<blocks, kThreads, 0, s>>>(x.const_data_ptr<scalar_t>(), sp, n, p,
-                                                      xc.mutable_data_ptr<scalar_t>(), bits);
-    normalise_kernel<<<blocks, kThreads, 0, s>>>(xc.mutable_data_ptr<scalar_t>(), n * p, bits,
-                                                 m.mutable_data_ptr<double>() + slot);
+    FASTCKA_LAUNCH(blocks, kThreads, 0, s, subtract_means_kernel)(
+        x.const_data_ptr<scalar_t>(), sp, n, p, xc.mutable_data_ptr<scalar_t>(), bits);
+    FASTCKA_LAUNCH(blocks, kThreads, 0, s, normalise_kernel)(
+        xc.mutable_data_ptr<scalar_t>(), n * p, bits, m.mutable_data_ptr<double>() + slot);
     check_launch("center_normalise");
   });
   return xc;
@@ -177,7 +184,7 @@ inline Tensor center_normalise(const Tensor& x, Tensor& m, int slot) {
 inline void dot_into(const Tensor& a, const Tensor* b, Tensor& m, int slot) {
   const cudaStream_t s = current_stream(a);
   FASTCKA_DISPATCH_FLOATING(a.scalar_type(), "dot", [&] {
-    dot_kernel<<<blocks_for(a.numel(), kThreads * 4, 1024), kThreads, 0, s>>>(
+    FASTCKA_LAUNCH(blocks_for(a.numel(), kThreads * 4, 1024), kThreads, 0, s, dot_kernel)(
         a.const_data_ptr<scalar_t>(), b ? b->const_data_ptr<scalar_t>() : nullptr, a.numel(),
         m.mutable_data_ptr<double>() + slot);
     check_launch("dot");
@@ -188,7 +195,7 @@ inline Tensor row_sq(const Tensor& xc) {
   const int64_t n = xc.size(0), p = xc.size(1);
   Tensor out = empty_like_shape(xc, {n}, ScalarType::Double);
   FASTCKA_DISPATCH_FLOATING(xc.scalar_type(), "row_sq", [&] {
-    row_sq_kernel<<<blocks_for(n * 32, kThreads, 1 << 30), kThreads, 0, current_stream(xc)>>>(
+    FASTCKA_LAUNCH(blocks_for(n * 32, kThreads, 1 << 30), kThreads, 0, current_stream(xc), row_sq_kernel)(
         xc.const_data_ptr<scalar_t>(), n, p, out.mutable_data_ptr<double>());
     check_launch("row_sq");
   });
@@ -205,12 +212,12 @@ inline Tensor linear_grad_side(const Tensor& A, const Tensor& B, const Tensor& x
   Tensor out = empty_like_shape(xc, {n, p}, xc.scalar_type());
   FASTCKA_DISPATCH_FLOATING(xc.scalar_type(), "linear_grad", [&] {
     const int blocks = blocks_for(n * p, kThreads);
-    linear_grad_assemble_kernel<<<blocks, kThreads, 0, s>>>(
+    FASTCKA_LAUNCH(blocks, kThreads, 0, s, linear_grad_assemble_kernel)(
         A.const_data_ptr<scalar_t>(), B.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
         d_own.const_data_ptr<double>(), d_other.const_data_ptr<double>(), g.const_data_ptr<double>(),
         m.const_data_ptr<double>(), x_side, n, p, unbiased, tmp.mutable_data_ptr<double>());
     column_sums(tmp.const_data_ptr<double>(), n, p, sums.mutable_data_ptr<double>(), s);
-    subtract_means_kernel<double, scalar_t><<<blocks, kThreads, 0, s>>>(
+    FASTCKA_LAUNCH(blocks, kThreads, 0, s, subtract_means_kernel<double, scalar_t>)(
         tmp.const_data_ptr<double>(), sums.const_data_ptr<double>(), n, p, out.mutable_data_ptr<scalar_t>(), nullptr);
     check_launch("linear_grad_side");
   });
@@ -227,8 +234,8 @@ struct CudaBackend {
   static void sum_into(const Tensor& a, Tensor& m, int slot) { cuda::dot_into(a, nullptr, m, slot); }
   static Tensor row_sq(const Tensor& xc) { return cuda::row_sq(xc); }
   static void linear_combine(const Tensor& m, int64_t n, bool unbiased, Tensor& out3) {
-    cuda::linear_combine_kernel<<<1, 1, 0, cuda::current_stream(m)>>>(m.const_data_ptr<double>(), n, unbiased,
-                                                                       out3.mutable_data_ptr<double>());
+    FASTCKA_LAUNCH(1, 1, 0, cuda::current_stream(m), cuda::linear_combine_kernel)(
+        m.const_data_ptr<double>(), n, unbiased, out3.mutable_data_ptr<double>());
     cuda::check_launch("linear_combine");
   }
   static Tensor linear_grad_side(const Tensor& A, const Tensor& B, const Tensor& xc, const Tensor& d_own,
