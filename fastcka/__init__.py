@@ -12,6 +12,7 @@ from ._ops import ops
 from .fourier import frequency_concentration, frequency_energy, frequency_spectrum, key_frequencies
 from .functional import center_gram, cka, cka_from_terms, cka_matrix, hsic, hsic_terms
 from .monitor import CKAMonitor
+from .compare import CKAResult, compare  # the function shadows the submodule's name: import CKAResult from here
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
@@ -31,6 +32,8 @@ def __dir__() -> list:
 
 __all__ = [
     "CKAMonitor",
+    "compare",
+    "CKAResult",
     "cka",
     "cka_matrix",
     "center_gram",

@@ -26,10 +26,13 @@ def cka_heatmap(
     path: Optional[str] = None,
     annotate: Optional[bool] = None,
     ax=None,
+    row_title: Optional[str] = None,
+    col_title: Optional[str] = None,
 ):
     """Heatmap of a CKA matrix (e.g. from `fastcka.cka_matrix`): rows labelled by ``labels``, columns by
     ``col_labels`` (default: ``labels``), colour scale fixed to [0, 1] so pictures compare across runs, values
-    written in the cells when the matrix is small (``annotate``). Saves to ``path`` if given; returns the figure."""
+    written in the cells when the matrix is small (``annotate``); ``row_title``/``col_title`` label the axes (the
+    two models, for :meth:`fastcka.compare.CKAResult.plot`). Saves to ``path`` if given; returns the figure."""
     m = torch.as_tensor(matrix).detach().to("cpu", torch.float64)
     if m.dim() != 2:
         raise ValueError(f"matrix must be 2-D, got shape {tuple(m.shape)}")
@@ -47,6 +50,10 @@ def cka_heatmap(
     ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     ax.set_title(title)
+    if row_title:
+        ax.set_ylabel(row_title)
+    if col_title:
+        ax.set_xlabel(col_title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if annotate if annotate is not None else max(m.shape) <= 12:
         for i in range(m.shape[0]):
