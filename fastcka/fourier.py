@@ -4,64 +4,100 @@ frequencies and their concentration.
 A tensor indexed along ``dim`` by a residue a ∈ Z_p (an embedding W_E of shape (p, d), activations over inputs
 a = 0 … p−1, ...) is transformed along that axis; the energy of frequency k = 0 … ⌊p/2⌋ is Σ |x̂_k|² + |x̂_{p−k}|²
 (the cos and sin parts of one frequency; k = 0 and, for even p, k = p/2 once), summed over every other dim.
-For a p×p grid of inputs (a, b) (``dims=(da, db)``) the spectrum is the folded 2-D table E[k_a, k_b].
+For a p×p grid of inputs (a, b) (``dim=(da, db)``) the spectrum is the folded 2-D table E[k_a, k_b].
 
 Frequency k's energy, for the concentration and the key frequencies, is e_k for one axis; over a grid it is the
 sum of the table entries with k_a = k or k_b = k (each such entry once, so a cross term (k, k′) counts towards both
-of its frequencies). The DFT is a GEMM with the real cos/sin basis for p ≤ 512 and an rfft above.
+of its frequencies). The DFT is a GEMM with the real cos/sin basis for p ≤ 512 and an rfft above (``dft=``).
+
+The input is centred along the residue axes (the mean over them, per remaining entry, taken in float64) before the
+transform, and the constant term's energy is added back exactly, so a float32 tensor whose offset dwarfs its
+variation (10⁶ times, say) keeps its non-constant spectrum. Return dtype: float64 for float64 input, else float32.
+
+Options are keyword-only (``top_k`` may be positional). Renamed in 0.2, the old names still accepted with a
+DeprecationWarning for one release: ``dims=`` → ``dim=`` (an int, or a pair for a grid), ``method=`` → ``dft=``.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Sequence, Tuple, Union
 
 import torch
 
 from ._ops import ops
+from ._validation import renamed_options
 
 Tensor = torch.Tensor
-METHODS = {"auto": 0, "matmul": 1, "fft": 2}
+Dim = Union[int, Sequence[int]]
+DFT_METHODS = {"auto": 0, "matmul": 1, "fft": 2}
 
 __all__ = ["frequency_spectrum", "frequency_energy", "key_frequencies", "frequency_concentration"]
 
 
-def _residue_layout(x: Tensor, dim: int, dims: Optional[Sequence[int]]) -> Tensor:
-    """Move the residue axes to the front and flatten the rest: (p, m) or (p, p, m), in float32/float64."""
+def _options(where: str, dim: Dim, deprecated: dict, dft: str = "auto") -> Tuple[Dim, str]:
+    """``dim`` and ``dft`` after the deprecated ``dims=``/``method=`` (``dims=None``, the old default, is ignored)."""
+    if "dims" in deprecated and deprecated["dims"] is None:
+        deprecated.pop("dims")
+    return renamed_options(where, deprecated, dim=("dims", dim, 0), dft=("method", dft, "auto"))
+
+
+def _residue_axes(x: Tensor, dim: Dim) -> list:
+    """``dim`` (an int or a pair) as a list of one or two distinct non-negative axes of ``x``."""
+    axes = [dim] if isinstance(dim, int) and not isinstance(dim, bool) else dim
+    try:
+        axes = list(axes)
+    except TypeError:
+        raise TypeError(f"dim must be an int or a pair of ints, got {dim!r}") from None
+    if not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+        raise TypeError(f"dim must be an int or a pair of ints, got {dim!r}")
+    if len(axes) not in (1, 2):
+        raise ValueError(f"dim must name one or two residue axes, got {dim!r}")
+    if x.dim() < len(axes):
+        raise ValueError(f"x has {x.dim()} dims, fewer than the residue axes {axes}")
+    if not all(-x.dim() <= a < x.dim() for a in axes):
+        raise ValueError(f"dim {dim!r} out of range for a tensor with {x.dim()} dims")
+    axes = [a % x.dim() for a in axes]
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"a grid needs two different residue axes, got dim={dim!r}")
+    return axes
+
+
+def _residue_layout(x: Tensor, dim: Dim) -> Tuple[Tensor, Tensor]:
+    """Move the residue axes to the front and flatten the rest: (p, m) or (p, p, m) in float32/float64, centred
+    along the residue axes; also the float64 mean (m,) that was removed."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.is_complex() or not x.is_floating_point():
         raise TypeError(f"x must be a real floating-point tensor, got {x.dtype}")
-    axes = [dim] if dims is None else list(dims)
-    if len(axes) not in (1, 2):
-        raise ValueError(f"dims must name one or two residue axes, got {dims!r}")
-    if x.dim() < len(axes):
-        raise ValueError(f"x has {x.dim()} dims, fewer than the residue axes {axes}")
-    try:
-        axes = [a % x.dim() if -x.dim() <= a < x.dim() else None for a in axes]
-    except TypeError:
-        raise TypeError(f"dim/dims must be integers, got {dim!r} / {dims!r}") from None
-    if None in axes:
-        raise ValueError(f"dim/dims {dim if dims is None else dims} out of range for a tensor with {x.dim()} dims")
-    if len(set(axes)) != len(axes):
-        raise ValueError(f"dims must be two different axes, got {dims!r}")
+    axes = _residue_axes(x, dim)
     p = x.shape[axes[0]]
     if p < 2:
         raise ValueError(f"the residue axis {axes[0]} has size {p}; a spectrum needs at least 2 residues")
     if len(axes) == 2 and x.shape[axes[1]] != p:
         raise ValueError(f"a grid needs two residue axes of equal size, got {x.shape[axes[0]]} and {x.shape[axes[1]]}")
-    x = x.movedim(axes, list(range(len(axes))))
+    front = list(range(len(axes)))
+    x = x.movedim(axes, front)
     x = x.reshape(*x.shape[: len(axes)], -1)
-    return x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    mean = x.to(torch.float64).mean(dim=front)  # float64: an offset 10⁶× the spread costs no float32 digits
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return (x.to(torch.float64) - mean).to(dtype), mean
 
 
-def frequency_spectrum(x: Tensor, dim: int = 0, dims: Optional[Sequence[int]] = None, method: str = "auto") -> Tensor:
-    """Energy per folded frequency k = 0 … ⌊p/2⌋ along ``dim`` (shape (⌊p/2⌋+1,)), or the folded 2-D table over a
-    grid ``dims=(da, db)`` (shape (⌊p/2⌋+1, ⌊p/2⌋+1)), summed over all other dims. Differentiable; float64 for float64
-    input, else float32. ``method``: "auto" (basis GEMM for p ≤ 512, rfft above), "matmul" or "fft"."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    xr = _residue_layout(x, dim, dims)
-    return ops.frequency_spectrum(xr, METHODS[method]).to(xr.dtype)
+def frequency_spectrum(x: Tensor, *, dim: Dim = 0, dft: str = "auto", **deprecated: Any) -> Tensor:
+    """Energy per folded frequency k = 0 … ⌊p/2⌋ along ``dim`` (an int: shape (⌊p/2⌋+1,)), or the folded 2-D table
+    over a grid ``dim=(da, db)`` (shape (⌊p/2⌋+1, ⌊p/2⌋+1)), summed over all other dims. Differentiable; float64 for
+    float64 input, else float32. ``dft``: "auto" (basis GEMM for p ≤ 512, rfft above), "matmul" or "fft".
+    The input is centred along ``dim`` first (see the module docstring); the k = 0 (constant) energy is the exact
+    Σ (p^r·mean)² over the other entries (r = 1, or 2 for a grid)."""
+    dim, dft = _options("frequency_spectrum", dim, deprecated, dft)
+    if dft not in DFT_METHODS:
+        raise ValueError(f"unknown dft {dft!r}; known: {', '.join(DFT_METHODS)}")
+    xr, mean = _residue_layout(x, dim)
+    s = ops.frequency_spectrum(xr, DFT_METHODS[dft])
+    constant = (mean * xr.shape[0] ** (xr.dim() - 1)).square().sum()  # |x̂_0|² of the removed mean, summed
+    at_zero = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
+    at_zero[(0,) * s.dim()] = True
+    return torch.where(at_zero, s + constant, s).to(xr.dtype)
 
 
 def _energies(s: Tensor) -> Tensor:
@@ -71,9 +107,10 @@ def _energies(s: Tensor) -> Tensor:
     return s[1:, :].sum(1) + s[:, 1:].sum(0) - s.diagonal()[1:]
 
 
-def frequency_energy(x: Tensor, dim: int = 0, dims: Optional[Sequence[int]] = None) -> Tensor:
+def frequency_energy(x: Tensor, *, dim: Dim = 0, **deprecated: Any) -> Tensor:
     """Energy of each non-constant frequency k = 1 … ⌊p/2⌋ (index k−1), by the rule in the module docstring."""
-    return _energies(frequency_spectrum(x, dim, dims))
+    dim, _ = _options("frequency_energy", dim, deprecated)
+    return _energies(frequency_spectrum(x, dim=dim))
 
 
 def _check_top_k(top_k: int, available: int) -> None:
@@ -83,21 +120,24 @@ def _check_top_k(top_k: int, available: int) -> None:
         raise ValueError(f"top_k must be in [1, {available}] (there are {available} non-constant frequencies), got {top_k}")
 
 
-def key_frequencies(x: Tensor, top_k: int, dim: int = 0, dims: Optional[Sequence[int]] = None) -> Tensor:
+def key_frequencies(x: Tensor, top_k: int, *, dim: Dim = 0, **deprecated: Any) -> Tensor:
     """The ``top_k`` non-constant frequencies (values in 1 … ⌊p/2⌋) with the most energy, strongest first (int64)."""
-    e = frequency_energy(x, dim, dims)
+    dim, _ = _options("key_frequencies", dim, deprecated)
+    e = frequency_energy(x, dim=dim)
     _check_top_k(top_k, e.numel())
     return e.topk(top_k).indices + 1
 
 
-def frequency_concentration(x: Tensor, top_k: int, dim: int = 0, dims: Optional[Sequence[int]] = None) -> Tensor:
+def frequency_concentration(x: Tensor, top_k: int, *, dim: Dim = 0, **deprecated: Any) -> Tensor:
     """Share of the non-constant energy held by the ``top_k`` strongest frequencies, in [0, 1] (0-d tensor,
-    differentiable). An input constant along the residue axes gives 0: non-constant energy at rounding level,
-    below (64·ε)² of the total energy (ε the dtype's machine epsilon), counts as none."""
-    s = frequency_spectrum(x, dim, dims)
+    differentiable; float64 for float64 input, else float32). An input constant along the residue axes gives 0:
+    non-constant energy at the level that centring a constant in float64 leaves, below (64·ε)² of the total
+    energy (ε = float64's machine epsilon, whatever the input dtype: the centring runs in float64), counts as none."""
+    dim, _ = _options("frequency_concentration", dim, deprecated)
+    s = frequency_spectrum(x, dim=dim)
     e = _energies(s)
     _check_top_k(top_k, e.numel())
     total = e.sum()
     top = e.topk(top_k).values.sum()
-    pos = total > (64 * torch.finfo(s.dtype).eps) ** 2 * s.sum()
+    pos = total > (64 * torch.finfo(torch.float64).eps) ** 2 * s.sum()
     return torch.where(pos, top / torch.where(pos, total, torch.ones_like(total)), 0.0 * total)

@@ -5,7 +5,12 @@ dim is flattened, so (n, p), (n, seq, d) and (n, C, H, W) feature maps all work 
 
 Dtypes: float32 and float64 compute in their own precision with float64 reductions; float16 and bfloat16 are
 accepted and computed in float32 (the result is then float32). Mixed dtypes are promoted. Integer, bool and
-complex inputs raise TypeError.
+complex inputs raise TypeError. Return dtype: `cka`, `hsic`, `cka_matrix` and `center_gram` return the compute
+dtype (float64 if either input is float64, else float32); `hsic_terms` returns float64. Inside ``torch.autocast``
+the ops compute in float32 (float64 input stays float64), so the same rules hold.
+
+Options are keyword-only after the data arguments (``cka(x, y, kernel="rbf", unbiased=True)``); ``unbiased`` must
+be a bool (TypeError otherwise).
 
 Results are 0-d tensors on the input's device: nothing here reads a value back to the host, so the functions are
 safe on a training step's hot path. NaN or Inf anywhere in the input gives NaN (checking would cost a host sync).
@@ -14,12 +19,13 @@ safe on a training step's hot path. NaN or Inf anywhere in the input gives NaN (
 from __future__ import annotations
 
 import functools
-import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
 from ._ops import ops
+from ._validation import as_matrix as _as_matrix
+from ._validation import check_flag
 
 Tensor = torch.Tensor
 
@@ -31,21 +37,6 @@ _KERNEL_CODE = {"linear": 0, "rbf": 1}
 Sigma = Union[None, float, Tensor, Tuple[Union[float, Tensor], Union[float, Tensor]]]
 
 __all__ = ["hsic", "cka", "cka_matrix", "center_gram", "hsic_terms", "cka_from_terms", "rbf_gamma"]
-
-
-def _as_matrix(t: Tensor, name: str) -> Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.is_complex() or not t.is_floating_point():
-        raise TypeError(f"{name} must be a real floating-point tensor (float16/bfloat16/float32/float64), got {t.dtype}")
-    if t.dim() == 0:
-        raise ValueError(f"{name} must have shape (n, ...) with one example per row, got a 0-d tensor")
-    if t.dim() == 1:
-        t = t[:, None]
-    t = t.reshape(t.shape[0], math.prod(t.shape[1:]))  # (not -1: ambiguous for n = 0)
-    if t.shape[1] == 0:
-        raise ValueError(f"{name} has no features: shape {tuple(t.shape)}")
-    return t
 
 
 def _compute_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype:
@@ -67,6 +58,15 @@ def _prepare_pair(x: Tensor, y: Tensor, unbiased: bool) -> Tuple[Tensor, Tensor]
         raise ValueError(f"{kind} needs at least {need} examples, got n={xm.shape[0]}")
     dt = _compute_dtype(xm.dtype, ym.dtype)
     return xm.to(dt), ym.to(dt)
+
+
+def _check_options(kernel: str, method: str, unbiased: bool, sigma: Sigma, threshold: float) -> bool:
+    """The checks every public CKA/HSIC entry point shares; returns ``unbiased`` as a bool."""
+    _check_kernel(kernel, method)
+    _check_threshold(threshold)
+    if kernel == "linear" and sigma is not None:
+        raise ValueError(f"sigma is only used with kernel='rbf' (the linear kernel has no bandwidth), got sigma={sigma!r}")
+    return check_flag(unbiased, "unbiased")
 
 
 def _check_kernel(kernel: str, method: str) -> None:
@@ -99,22 +99,33 @@ def _check_sigma(value, name: str) -> None:
         raise ValueError(f"{name} must be positive and finite, got {value}")
 
 
+# The accepted median-heuristic threshold t (σ = t·√median): at t = 10⁶ a pair at the median distance has
+# K = exp(−1/(2t²)) within 5e-13 of 1, at t = 10⁻⁶ it has K = exp(−5·10¹¹) = 0; beyond these t² over- or
+# underflows (1e200, 1e-200) and the kernel is a constant, so the CKA (0) would say nothing about the data.
+THRESHOLD_RANGE = (1e-6, 1e6)
+
+
 def _check_threshold(threshold) -> None:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < float("inf"):
-        raise ValueError(f"threshold must be a positive finite float, got {threshold!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold must be a float, got {type(threshold).__name__}")
+    lo, hi = THRESHOLD_RANGE
+    if not lo <= threshold <= hi:
+        raise ValueError(f"threshold must be in [{lo:g}, {hi:g}] (σ = threshold·√median squared distance; outside "
+                         f"this range the RBF kernel is numerically constant or the identity), got {threshold!r}")
 
 
-def rbf_gamma(x: Tensor, sigma=None, threshold: float = 1.0) -> Tensor:
+def rbf_gamma(x: Tensor, *, sigma=None, threshold: float = 1.0) -> Tensor:
     """γ = 1/(2σ²) for one side as a float64 0-d tensor on x's device. With σ None, σ² = t²·median of the n²
     squared distances (Kornblith et al.'s heuristic, diagonal zeros included, computed exactly without storing
-    them); a median of 0 (more than half the pairs identical) gives γ = 0, a constant kernel. A float σ must be
-    positive and finite (else ValueError); a tensor σ is not read back to the host, so a non-positive or non-finite
-    one gives γ = NaN, hence a NaN result."""
+    them; t = ``threshold`` in [1e-6, 1e6], else ValueError); a median of 0 (more than half the pairs identical)
+    gives γ = 0, a constant kernel. A float σ must be positive and finite (else ValueError); a tensor σ is not read
+    back to the host, so a non-positive or non-finite one gives γ = NaN, hence a NaN result."""
     if sigma is not None:
         _check_sigma(sigma, "sigma")
         s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(())
         ok = (s > 0) & torch.isfinite(s)
         return torch.where(ok, 0.5 / (s * s), torch.full_like(s, float("nan")))
+    _check_threshold(threshold)
     med = ops.median_sq_dist(x) * (threshold * threshold)
     return torch.where(med > 0, 0.5 / torch.where(med > 0, med, torch.ones_like(med)), torch.zeros_like(med))
 
@@ -122,21 +133,22 @@ def rbf_gamma(x: Tensor, sigma=None, threshold: float = 1.0) -> Tensor:
 def hsic_terms(
     x: Tensor,
     y: Tensor,
+    *,
     kernel: str = "linear",
     unbiased: bool = False,
     method: str = "auto",
     sigma: Sigma = None,
     threshold: float = 1.0,
 ) -> Tensor:
-    """float64 tensor [HSIC(K,L), HSIC(K,K), HSIC(L,L)]: the three numbers CKA is made of."""
-    _check_kernel(kernel, method)
-    _check_threshold(threshold)
+    """float64 tensor [HSIC(K,L), HSIC(K,K), HSIC(L,L)]: the three numbers CKA is made of (options as in `cka`)."""
+    unbiased = _check_options(kernel, method, unbiased, sigma, threshold)
     xm, ym = _prepare_pair(x, y, unbiased)
     if kernel == "linear" and method != "tiled":
         return ops.linear_hsic(xm, ym, bool(unbiased), LINEAR_METHODS[method])
     if kernel == "rbf":
         sx, sy = _sigma_pair(sigma)
-        gamma = torch.stack([rbf_gamma(xm, sx, threshold), rbf_gamma(ym, sy, threshold)]).detach()
+        gamma = torch.stack([rbf_gamma(xm, sigma=sx, threshold=threshold),
+                             rbf_gamma(ym, sigma=sy, threshold=threshold)]).detach()
     else:
         gamma = torch.zeros(2, dtype=torch.float64, device=xm.device)
     code = _KERNEL_CODE[kernel]
@@ -156,12 +168,13 @@ def _gammas(kernel: str, mats: Sequence[Tensor], sigma, threshold: float) -> lis
     """One γ per layer (0 for the linear kernel, which ignores it)."""
     if kernel == "linear":
         return [torch.zeros((), dtype=torch.float64, device=t.device) for t in mats]
-    return [rbf_gamma(t, sigma, threshold).detach() for t in mats]
+    return [rbf_gamma(t, sigma=sigma, threshold=threshold).detach() for t in mats]
 
 
 def hsic(
     x: Tensor,
     y: Tensor,
+    *,
     kernel: str = "linear",
     unbiased: bool = False,
     method: str = "auto",
@@ -174,15 +187,16 @@ def hsic(
     ``method`` picks the linear-kernel path: "feature" (p×p Grams, O(n(p²+q²+pq))), "sample" (n×n Grams,
     O(n²(p+q))), "tiled" (the fused pass that never stores an n×n matrix) or "auto" (the cheaper of feature and
     sample). ``kernel="rbf"`` always runs the tiled pass; see `cka` for ``sigma`` and ``threshold``.
-    Returns a 0-d tensor on the input's device, differentiable.
+    Returns a 0-d tensor on the input's device, differentiable: float64 for float64 input, else float32.
     """
-    h = hsic_terms(x, y, kernel, unbiased, method, sigma, threshold)
+    h = hsic_terms(x, y, kernel=kernel, unbiased=unbiased, method=method, sigma=sigma, threshold=threshold)
     return h[0].to(_compute_dtype(x.dtype, y.dtype))
 
 
 def cka(
     x: Tensor,
     y: Tensor,
+    *,
     kernel: str = "linear",
     unbiased: bool = False,
     method: str = "auto",
@@ -204,10 +218,14 @@ def cka(
     pair (σx, σy), or None for Kornblith et al.'s heuristic σ² = threshold²·median of the n² squared distances
     (diagonal zeros included, computed exactly and storing none of them: one counting pass over a window bracketed
     by a seeded sample of pairs, radix selection where the window misses; it reads a few counts back to the host on
-    CUDA, pass σ to avoid that). Gradients treat σ as a constant.
-    Returns a 0-d tensor on the input's device (float64 for float64 input, else float32), differentiable.
+    CUDA, pass σ to avoid that). Gradients treat σ as a constant. ``threshold`` must lie in [1e-6, 1e6]
+    (ValueError otherwise: beyond it the kernel is numerically constant or the identity). ``sigma`` with the linear
+    kernel is a ValueError (it has no bandwidth); ``unbiased`` must be a bool (TypeError).
+
+    Options are keyword-only. Returns a 0-d tensor on the input's device, differentiable, in the input's float
+    dtype: float64 for float64 input, else float32 (float16/bfloat16 input is computed in float32).
     """
-    h = hsic_terms(x, y, kernel, unbiased, method, sigma, threshold)
+    h = hsic_terms(x, y, kernel=kernel, unbiased=unbiased, method=method, sigma=sigma, threshold=threshold)
     return cka_from_terms(h).to(_compute_dtype(x.dtype, y.dtype))
 
 
@@ -224,6 +242,7 @@ def cka_from_terms(h: Tensor) -> Tensor:
 def cka_matrix(
     xs: Sequence[Tensor],
     ys: Optional[Sequence[Tensor]] = None,
+    *,
     kernel: str = "linear",
     unbiased: bool = False,
     method: str = "auto",
@@ -237,14 +256,18 @@ def cka_matrix(
     Gram product per pair. The RBF kernel (and ``method="tiled"``) runs the tiled pass once per pair, with each
     layer's σ (its exact median, for ``sigma=None``) computed once: L(L−1)/2 passes for ``ys=None``, L·M otherwise.
     Entry (i, j) equals ``cka(xs[i], ys[j], ...)``, with ``sigma=(σx, σy)`` σx for the ``xs`` and σy for the
-    columns. No autograd (differentiate `cka` on the pairs you need).
+    columns; with ``ys`` None a pair of σ is a ValueError (one list takes one σ, else the matrix would be neither
+    symmetric nor have a unit diagonal). Returns an (L, M) tensor in the layers' promoted float dtype (float64 if any
+    layer is float64, else float32). No autograd (differentiate `cka` on the pairs you need).
     """
     if isinstance(xs, torch.Tensor) or not isinstance(xs, (list, tuple)) or not xs:
         raise TypeError("xs must be a non-empty list or tuple of tensors (one per layer)")
     if ys is not None and (isinstance(ys, torch.Tensor) or not isinstance(ys, (list, tuple)) or not ys):
         raise TypeError("ys must be None or a non-empty list or tuple of tensors")
-    _check_kernel(kernel, method)
-    _check_threshold(threshold)
+    unbiased = _check_options(kernel, method, unbiased, sigma, threshold)
+    if ys is None and isinstance(sigma, (tuple, list)):
+        raise ValueError(f"sigma={tuple(sigma)!r} is a pair (σx, σy), but with ys=None every layer is compared with "
+                         "the same list: pass one sigma (or ys)")
     layers = list(xs) + ([] if ys is None else list(ys))
     names = [f"xs[{i}]" for i in range(len(xs))] + [f"ys[{j}]" for j in range(len(ys or []))]
     mats = [_as_matrix(t, name) for t, name in zip(layers, names)]
@@ -300,7 +323,7 @@ def _tiled_cka_matrix(mx: list, my: list, kernel: str, unbiased: bool, sigma: Si
     return torch.stack([torch.stack([entry(i, j) for j in range(len(mx))]) for i in range(len(mx))])
 
 
-def center_gram(k: Tensor, unbiased: bool = False, check_symmetric: bool = True) -> Tensor:
+def center_gram(k: Tensor, *, unbiased: bool = False, check_symmetric: bool = True) -> Tensor:
     """Centre a given Gram matrix in one fused pass (Kornblith et al.'s ``center_gram``).
 
     Biased: H K H (row, column and grand means). Unbiased: the U-centring of Song et al. (2012), so that
@@ -317,6 +340,8 @@ def center_gram(k: Tensor, unbiased: bool = False, check_symmetric: bool = True)
         raise TypeError(f"k must be a real floating-point tensor, got {k.dtype}")
     if k.dim() != 2 or k.shape[0] != k.shape[1]:
         raise ValueError(f"k must be a square (n, n) Gram matrix, got shape {tuple(k.shape)}")
+    unbiased = check_flag(unbiased, "unbiased")
+    check_symmetric = check_flag(check_symmetric, "check_symmetric")
     n = k.shape[0]
     if n < (3 if unbiased else 1):
         raise ValueError(f"{'unbiased' if unbiased else 'biased'} centring needs n >= {3 if unbiased else 1}, "

@@ -14,9 +14,11 @@ Conventions shared with the fast ops (and stated in their docstrings):
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
+
+from ._validation import renamed_options
 
 Tensor = torch.Tensor
 
@@ -166,10 +168,14 @@ def rbf_cka(
     return cka(gram_rbf(x, sigma_x, threshold), gram_rbf(y, sigma_y, threshold), unbiased)
 
 
-def feature_space_linear_hsic(x: Tensor, y: Tensor, debiased: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+def feature_space_linear_hsic(
+    x: Tensor, y: Tensor, unbiased: bool = False, **deprecated: Any
+) -> Tuple[Tensor, Tensor, Tensor]:
     """[HSIC(K,L), HSIC(K,K), HSIC(L,L)] for linear kernels without n×n matrices (Kornblith et al. 2019, eq. 3 and
-    their `feature_space_linear_cka`): ‖YcᵀXc‖²_F/(n−1)² on column-centred features; the debiased form
-    (Song et al.'s HSIC₁) adds the row-norm terms and divides by n(n−3)."""
+    their `feature_space_linear_cka`): ‖YcᵀXc‖²_F/(n−1)² on column-centred features; the unbiased form (the
+    debiased CKA's HSIC₁, Song et al.) adds the row-norm terms and divides by n(n−3). ``debiased=`` is the
+    deprecated name of ``unbiased=``."""
+    unbiased = renamed_options("feature_space_linear_hsic", deprecated, unbiased=("debiased", unbiased, False))
     x, y = as_matrix(x), as_matrix(y)
     x = x - x.mean(0, keepdim=True)
     y = y - y.mean(0, keepdim=True)
@@ -177,7 +183,7 @@ def feature_space_linear_hsic(x: Tensor, y: Tensor, debiased: bool = False) -> T
     xty = (x.T @ y).pow(2).sum()
     xtx = (x.T @ x).pow(2).sum()
     yty = (y.T @ y).pow(2).sum()
-    if not debiased:
+    if not unbiased:
         return xty / (n - 1) ** 2, xtx / (n - 1) ** 2, yty / (n - 1) ** 2
     rx, ry = (x * x).sum(1), (y * y).sum(1)
     sx, sy = rx.sum(), ry.sum()
@@ -188,9 +194,11 @@ def feature_space_linear_hsic(x: Tensor, y: Tensor, debiased: bool = False) -> T
     return debias(xty, rx, ry, sx, sy), debias(xtx, rx, rx, sx, sx), debias(yty, ry, ry, sy, sy)
 
 
-def feature_space_linear_cka(x: Tensor, y: Tensor, debiased: bool = False) -> Tensor:
-    """Linear CKA from `feature_space_linear_hsic`: agrees with `linear_cka` without forming n×n matrices."""
-    return cka_from_hsic(*feature_space_linear_hsic(x, y, debiased))
+def feature_space_linear_cka(x: Tensor, y: Tensor, unbiased: bool = False, **deprecated: Any) -> Tensor:
+    """Linear CKA from `feature_space_linear_hsic`: agrees with `linear_cka` without forming n×n matrices
+    (``unbiased=True``: the debiased CKA). ``debiased=`` is the deprecated name of ``unbiased=``."""
+    unbiased = renamed_options("feature_space_linear_cka", deprecated, unbiased=("debiased", unbiased, False))
+    return cka_from_hsic(*feature_space_linear_hsic(x, y, unbiased))
 
 
 def minibatch_cka(
@@ -219,22 +227,31 @@ def _dft_energy(x: Tensor, dims: Tuple[int, ...]) -> Tensor:
     return e.reshape(*e.shape[: len(dims)], -1).sum(-1)
 
 
-def frequency_spectrum(x: Tensor, dim: int = 0, dims: Optional[Tuple[int, int]] = None) -> Tensor:
+Dim = Union[int, Tuple[int, int]]
+
+
+def _dim(where: str, dim: Dim, deprecated: dict) -> Tuple[int, ...]:
+    """The residue axes from ``dim`` (an int or a pair; ``dims=`` is its deprecated name)."""
+    if "dims" in deprecated and deprecated["dims"] is None:
+        deprecated.pop("dims")
+    dim = renamed_options(where, deprecated, dim=("dims", dim, 0))
+    return (dim,) if isinstance(dim, int) else tuple(dim)
+
+
+def frequency_spectrum(x: Tensor, dim: Dim = 0, **deprecated: Any) -> Tensor:
     """Energy per Fourier frequency along a residue dim (Nanda et al. 2023, §4).
 
-    1-D (``dim``): e_k = Σ |x̂_k|² + |x̂_{p−k}|² for k = 1 … ⌊p/2⌋ (k and p − k are the cos and sin parts of one
+    1-D (``dim`` an int): e_k = Σ |x̂_k|² + |x̂_{p−k}|² for k = 1 … ⌊p/2⌋ (k and p − k are the cos and sin parts of one
     frequency; for even p the Nyquist term is counted once), e_0 = |x̂_0|², summed over all other dims. Returns
     ⌊p/2⌋ + 1 values.
 
-    2-D (``dims=(da, db)``, a p×p grid of inputs (a, b)): the folded table E[k_a, k_b] for k_a, k_b = 0 … ⌊p/2⌋,
+    2-D (``dim=(da, db)``, a p×p grid of inputs (a, b)): the folded table E[k_a, k_b] for k_a, k_b = 0 … ⌊p/2⌋,
     each entry the energy of the four (±k_a, ±k_b) DFT coefficients (once where k = −k mod p).
     """
-    if dims is not None:
-        e = _dft_energy(x, tuple(dims))
-        p = e.shape[0]
-        return _fold(_fold(e, p, 0), p, 1)
-    e = _dft_energy(x, (dim,))
-    return _fold(e, e.shape[0], 0)
+    axes = _dim("frequency_spectrum", dim, deprecated)
+    e = _dft_energy(x, axes)
+    p = e.shape[0]
+    return _fold(_fold(e, p, 0), p, 1) if len(axes) == 2 else _fold(e, p, 0)
 
 
 def _fold(e: Tensor, p: int, axis: int) -> Tensor:
@@ -248,27 +265,27 @@ def _fold(e: Tensor, p: int, axis: int) -> Tensor:
     return out.movedim(0, axis)
 
 
-def _frequency_energy(x: Tensor, dim: int, dims: Optional[Tuple[int, int]]) -> Tensor:
+def _frequency_energy(x: Tensor, dim: Dim) -> Tensor:
     """Energy of each non-constant frequency k = 1 … ⌊p/2⌋. For a grid, frequency k collects the entries of the
     folded table with k_a = k or k_b = k (each such entry once; a cross entry (k, k') with both non-zero counts
     towards both k and k')."""
-    s = frequency_spectrum(x, dim=dim, dims=dims)
-    if dims is None:
+    s = frequency_spectrum(x, dim=dim)
+    if s.dim() == 1:
         return s[1:]
     return s[1:, :].sum(1) + s[:, 1:].sum(0) - s.diagonal()[1:]
 
 
-def key_frequencies(x: Tensor, top_k: int, dim: int = 0, dims: Optional[Tuple[int, int]] = None) -> Tensor:
+def key_frequencies(x: Tensor, top_k: int, dim: Dim = 0, **deprecated: Any) -> Tensor:
     """The ``top_k`` non-constant frequencies (1 … ⌊p/2⌋) with the most energy, most energetic first."""
-    e = _frequency_energy(x, dim, dims)
+    e = _frequency_energy(x, _dim("key_frequencies", dim, deprecated))
     return e.topk(top_k).indices + 1
 
 
-def frequency_concentration(x: Tensor, top_k: int, dim: int = 0, dims: Optional[Tuple[int, int]] = None) -> Tensor:
+def frequency_concentration(x: Tensor, top_k: int, dim: Dim = 0, **deprecated: Any) -> Tensor:
     """Share of the non-constant energy held by the ``top_k`` strongest frequencies, in [0, 1]; 0 for an input
     with no non-constant energy. For a grid the shares of the frequencies are normalised by their own total, so a
     cross term (k_a, k_b) with both non-zero counts towards both of its frequencies."""
-    e = _frequency_energy(x, dim, dims)
+    e = _frequency_energy(x, _dim("frequency_concentration", dim, deprecated))
     total = e.sum()
     if total <= 0:
         return torch.zeros((), dtype=torch.float64)

@@ -79,19 +79,18 @@ def test_median_sigma_op(autocast):
     torch.testing.assert_close(m, R.median_squared_distance(x), rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("dims", [None, (0, 2)])
-def test_frequency_functions(autocast, dims):
+@pytest.mark.parametrize("dim", [0, (0, 2)])
+def test_frequency_functions(autocast, dim):
     p = 11
-    x = randn(p, 3, p, seed=6, dtype=torch.float32) if dims else randn(p, 6, seed=6, dtype=torch.float32)
-    kw = {"dims": dims} if dims else {}
+    x = randn(p, 3, p, seed=6, dtype=torch.float32) if dim else randn(p, 6, seed=6, dtype=torch.float32)
     with autocast():
-        s = fastcka.frequency_spectrum(x, **kw)
-        c = fastcka.frequency_concentration(x, 2, **kw)
-        k = fastcka.key_frequencies(x, 2, **kw)
-    ref = R.frequency_spectrum(x, dims=dims) if dims else R.frequency_spectrum(x)
+        s = fastcka.frequency_spectrum(x, dim=dim)
+        c = fastcka.frequency_concentration(x, 2, dim=dim)
+        k = fastcka.key_frequencies(x, 2, dim=dim)
+    ref = R.frequency_spectrum(x, dim=dim)
     torch.testing.assert_close(s.double(), ref, rtol=1e-5, atol=1e-5 * ref.max().item())
-    torch.testing.assert_close(c.double(), R.frequency_concentration(x, 2, dims=dims), **TOL32)
-    torch.testing.assert_close(k, R.key_frequencies(x, 2, dims=dims))
+    torch.testing.assert_close(c.double(), R.frequency_concentration(x, 2, dim=dim), **TOL32)
+    torch.testing.assert_close(k, R.key_frequencies(x, 2, dim=dim))
 
 
 @pytest.mark.parametrize("kernel", ["linear", "rbf"])

@@ -112,7 +112,7 @@ def test_tiled_matrix_takes_each_gamma_once_and_each_pair_once(kernel, method, m
 
 def test_tiled_matrix_sigma_pair_single_layer_and_nan_layer():
     xs, ys = layers(24, [3, 4], seed=7), layers(24, [5], seed=8)
-    m = fastcka.cka_matrix(xs, kernel="rbf", sigma=(1.5, 2.5))  # σx for rows, σy for columns: not symmetric
+    m = fastcka.cka_matrix(xs, xs, kernel="rbf", sigma=(1.5, 2.5))  # σx for rows, σy for columns: not symmetric
     for i in range(2):
         for j in range(2):
             torch.testing.assert_close(m[i, j], fastcka.cka(xs[i], xs[j], kernel="rbf", sigma=(1.5, 2.5)),

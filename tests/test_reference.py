@@ -93,7 +93,7 @@ def test_spectrum_grid_fold():
     x = randn(7, 7, 3, seed=10)
     f = np.fft.fft2(x.numpy(), axes=(0, 1))
     e = (np.abs(f) ** 2).sum(-1)
-    s = R.frequency_spectrum(x, dims=(0, 1)).numpy()
+    s = R.frequency_spectrum(x, dim=(0, 1)).numpy()
     for ka in range(4):
         for kb in range(4):
             idx_a = {ka, (7 - ka) % 7}

@@ -17,11 +17,25 @@
 
 namespace fastcka {
 
-// Scaled rows x' = s(x − x₀) (s a power of two), their float64 squared norms, and s as a float64 [1] tensor on
-// the device (the CUDA kernels read it there: no host sync).
+// Scaled rows x' = s(x − x₀) (s a power of two), their float64 squared norms, s as a float64 [1] tensor on the
+// device (the CUDA kernels read it there: no host sync), and the original rows x for the exact distances.
 struct ScaledRows {
-  Tensor xs, norms, scale;
+  Tensor xs, norms, scale, x;
 };
+
+// The distance view of a side for the header's passes; s² is read from `s2` (the CPU reads s on the host, a CUDA
+// kernel from the device).
+template <typename T>
+DistanceRows<T> distance_rows(const ScaledRows& a, double s2) {
+  DistanceRows<T> r;
+  r.x = a.x.const_data_ptr<T>();
+  r.norms = a.norms.const_data_ptr<double>();
+  r.p = a.xs.size(1);
+  r.s2 = s2;
+  r.beta = distance_bound_coef(r.p, unit_roundoff<T>());
+  r.guard = kernel_guard_coef(r.p, unit_roundoff<T>());
+  return r;
+}
 
 // What a window pass returns: the pairs i < j below the window, inside it, and the inside values (only when they
 // fit in kCollectCapacity; in any order).

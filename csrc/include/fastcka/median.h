@@ -9,10 +9,12 @@
 // sample is only a guide) costs one pass and falls back to the radix passes, so the result is exact either way.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
 #include "fastcka/macros.h"
+#include "fastcka/tiled_hsic.h"
 
 namespace fastcka {
 
@@ -39,6 +41,63 @@ FASTCKA_HD double squared_distance(double dot, double norm_i, double norm_j, boo
   return d > 0.0 ? d : 0.0;
 }
 
+// --- exact distances, and when the fast one is good enough ------------------------------------------------------
+// The fast distance d̂ = nᵢ + nⱼ − 2·fl(x'ᵢ·x'ⱼ) (a GEMM in the input precision u over the scaled rows x' = fl(s(x−x₀)),
+// float64 norms) loses the distance when the norms dwarf it: clustered or offset data, and equal rows, which must
+// give exactly 0 (the median-0 rule). The exact distance is s²·Σ(xᵢ − xⱼ)² from the original rows in float64 — what
+// the float64 reference computes (up to its summation order). Rigorous bound, with a = s(xᵢ − x₀), b = s(xⱼ − x₀):
+//   x' rounding: x'ₖ = aₖ(1+δ), |δ| ≤ u ⇒ |‖a'−b'‖² − ‖a−b‖²| ≤ 2u(‖a‖+‖b‖)² + O(u²) ≤ 4.2u(nᵢ+nⱼ);
+//   the dot: |fl(a'·b') − a'·b'| ≤ γ_p ‖a'‖‖b'‖ ≤ γ_p(nᵢ+nⱼ)/2, twice in d̂;
+//   float64 norms and the final sums: ≤ (p + 4)·u₆₄(nᵢ+nⱼ).
+// So |d̂ − d| ≤ β(nᵢ+nⱼ) with β = 1.01·(γ_p(u) + 4.2u + (p+4)u₆₄), distance_bound_coef below.
+FASTCKA_HD double distance_bound_coef(int64_t p, double u) {
+  const double pu = static_cast<double>(p) * u;
+  const double gamma_p = pu / (1.0 - pu);
+  return 1.01 * (gamma_p + 4.2 * u + (static_cast<double>(p) + 4.0) * 1.1102230246251565e-16);
+}
+
+// The kernel pass's guard: it recomputes d exactly when β'(nᵢ+nⱼ) > d̂, i.e. unless d̂'s error bound is within the
+// relative tolerance τ (2⁻¹⁰ for float32 input, 2⁻³⁰ for float64: the RBF entry's relative error ≤ τ·γd·e^{−γd} ≤
+// τ/e). β' = β(p_eff)/τ uses p_eff = min(p, 32√p) in γ_p: the worst-case γ_p ~ p·u is ~√p too pessimistic for a
+// BLAS dot, and with it wide float32 layers (p ≳ 10⁴) would recompute every pair. (The median's passes use the
+// rigorous β.)
+FASTCKA_HD double kernel_guard_coef(int64_t p, double u) {
+  const double p_eff = fmin(static_cast<double>(p), 32.0 * sqrt(static_cast<double>(p)));
+  const double tol = u > 1e-10 ? 9.765625e-4 : 9.313225746154785e-10;
+  return distance_bound_coef(static_cast<int64_t>(p_eff), u) / tol;
+}
+
+// s²·Σₖ(xᵢₖ − xⱼₖ)² from the original rows, in float64: the exact squared distance in scaled units (s² is a power of
+// two, so it changes no digit); exactly 0 for equal rows.
+template <typename T>
+FASTCKA_HD double exact_sq_dist(const T* x, int64_t p, int64_t i, int64_t j, double s2) {
+  double acc = 0.0;
+  for (int64_t c = 0; c < p; ++c) {
+    const double v = static_cast<double>(x[i * p + c]) - static_cast<double>(x[j * p + c]);
+    acc += v * v;
+  }
+  return acc * s2;
+}
+
+// What a distance pass needs besides the GEMM dots: the original rows, the scaled rows' norms, s², the coefficients.
+template <typename T>
+struct DistanceRows {
+  const T* x;           // the original rows (n × p, contiguous)
+  const double* norms;  // float64 squared norms of the scaled rows
+  int64_t p;
+  double s2;            // s²
+  double beta;          // rigorous: |d̂ − d| ≤ beta·(nᵢ + nⱼ)
+  double guard;         // the kernel pass's: recompute when guard·(nᵢ + nⱼ) > d̂
+};
+
+// The kernel pass's distance of a pair i ≠ j: d̂, or the exact one where d̂ may have lost the digits the kernel needs.
+template <typename T>
+FASTCKA_HD double kernel_sq_dist(const DistanceRows<T>& r, double dot, int64_t i, int64_t j) {
+  const double ni = r.norms[i], nj = r.norms[j], d = squared_distance(dot, ni, nj, false);
+  return r.guard * (ni + nj) > d ? exact_sq_dist(r.x, r.p, i, j, r.s2) : d;
+}
+
+// The bit patterns the exact distance of a pair must lie between, from d̂ and its rigorous bound.
 // Does the distance carry the prefix (its top `prefix_bits` bits)? Then which digit comes next?
 FASTCKA_HD bool has_prefix(uint64_t bits, uint64_t prefix, int prefix_bits) {
   return prefix_bits == 0 || (bits >> (64 - prefix_bits)) == prefix;
@@ -50,6 +109,33 @@ FASTCKA_HD int64_t next_digit(uint64_t bits, int prefix_bits) {
 
 // Is the distance's bit pattern inside the window [lo, hi]? (A radix bin is the window of its prefix.)
 FASTCKA_HD bool in_window(uint64_t bits, uint64_t lo, uint64_t hi) { return bits >= lo && bits <= hi; }
+
+// The radix pass's digit of a pair (i < j) whose distance carries the prefix, or −1 when it does not: decided from d̂
+// where its whole error interval [d̂ − β(nᵢ+nⱼ), d̂ + β(nᵢ+nⱼ)] falls on one side, else from the exact distance.
+template <typename T>
+FASTCKA_HD int64_t pair_digit(const DistanceRows<T>& r, double dot, int64_t i, int64_t j, uint64_t prefix, int bits) {
+  const double ni = r.norms[i], nj = r.norms[j], d = squared_distance(dot, ni, nj, false), e = r.beta * (ni + nj);
+  const uint64_t lo = distance_bits(d - e > 0.0 ? d - e : 0.0), hi = distance_bits(d + e);
+  const int shift = 64 - bits - kDigitBits;
+  if (bits > 0 && ((hi >> (64 - bits)) < prefix || (lo >> (64 - bits)) > prefix)) return -1;  // surely not this prefix
+  if ((lo >> shift) == (hi >> shift)) return next_digit(lo, bits);                            // one digit: decided
+  const uint64_t b = distance_bits(exact_sq_dist(r.x, r.p, i, j, r.s2));
+  return has_prefix(b, prefix, bits) ? next_digit(b, bits) : -1;
+}
+
+// The window pass's verdict on a pair (i < j): −1 below [lo, hi], +1 above, 0 inside with *d_exact set (the values
+// collected must be exact); d̂ decides only where its error interval lies wholly outside the window.
+template <typename T>
+FASTCKA_HD int pair_window(const DistanceRows<T>& r, double dot, int64_t i, int64_t j, uint64_t lo, uint64_t hi,
+                           double* d_exact) {
+  const double ni = r.norms[i], nj = r.norms[j], d = squared_distance(dot, ni, nj, false), e = r.beta * (ni + nj);
+  if (distance_bits(d + e) < lo) return -1;
+  if (distance_bits(d - e > 0.0 ? d - e : 0.0) > hi) return 1;
+  const double x = exact_sq_dist(r.x, r.p, i, j, r.s2);
+  const uint64_t b = distance_bits(x);
+  *d_exact = x;
+  return b < lo ? -1 : (b > hi ? 1 : 0);
+}
 
 FASTCKA_HD uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
@@ -68,12 +154,18 @@ FASTCKA_HD void sampled_pair(uint64_t seed, int64_t s, int64_t n, int64_t* i, in
   *j = a < b ? b : a;
 }
 
-// The squared distance of one sampled pair, from the scaled rows (float64 dot) and their float64 squared norms.
+// One sampled pair's vote on a side's kernel shift c (tiled_hsic.h): its exact distance, against γ'.
 template <typename T>
-FASTCKA_HD double sampled_distance(const T* xs, const double* norms, int64_t p, int64_t i, int64_t j) {
-  double dot = 0.0;
-  for (int64_t c = 0; c < p; ++c) dot += static_cast<double>(xs[i * p + c]) * static_cast<double>(xs[j * p + c]);
-  return squared_distance(dot, norms[i], norms[j], false);
+FASTCKA_HD bool sampled_shift_vote(const T* x, int64_t n, int64_t p, double s2, double gamma, int64_t s) {
+  int64_t i, j;
+  sampled_pair(kShiftVoteSeed, s, n, &i, &j);
+  return kernel_shift_vote(gamma, exact_sq_dist(x, p, i, j, s2));
+}
+
+// The unit roundoff of the input precision (the scaled rows and the GEMM are in it).
+template <typename T>
+FASTCKA_HD double unit_roundoff() {
+  return sizeof(T) == sizeof(double) ? 1.1102230246251565e-16 : 5.9604644775390625e-08;
 }
 
 }  // namespace fastcka

@@ -4,12 +4,20 @@
 // (exact for the data a test can check exactly, robust to outlier rows, and it keeps Grams finite); kernels see the
 // scaled rows x' = s(x − x₀):
 //   linear  K'ᵢⱼ = x'ᵢ·x'ⱼ           (true Kᵢⱼ = κ·K'ᵢⱼ with κ = 1/s², applied in float64 at the end)
-//   rbf     Kᵢⱼ  = exp(−γ'‖x'ᵢ − x'ⱼ‖²) with γ' = γ/s² = 1/(2σ²s²); ‖·‖² from the row norms and the dot, ≥ 0,
-//           exactly 0 on the diagonal. (κ = 1.)
-// A pass accumulates Σ K∘L, Σ K∘K, Σ L∘L over all n² entries (entries j > i count twice), the row sums r_K, r_L
-// and the diagonals d_K, d_L; with them (Gretton et al. 2005; Song et al. 2012, K̃ = K with a zero diagonal):
-//   HSIC₀ = [Σ K∘L − (2/n) r_K·r_L + S_K S_L/n²] / (n−1)²
-//   HSIC₁ = [Σ K∘L − d_K·d_L + S̃_K S̃_L/((n−1)(n−2)) − 2/(n−2)·(r_K−d_K)·(r_L−d_L)] / (n(n−3)),  S̃ = S − Σd.
+//   rbf     Kᵢⱼ − c = exp(−γ'dᵢⱼ) − c  with γ' = γ/s² = 1/(2σ²s²), dᵢⱼ = ‖x'ᵢ − x'ⱼ‖² (median.h: from the GEMM's dot
+//           and the row norms, recomputed from row differences where that loses digits; exactly 0 for equal rows),
+//           and c ∈ {0, 1} per side (κ = 1).
+// Both estimators are blind to a constant added to every entry (H1 = 0; the U-statistic's terms cancel it), so the
+// pass may accumulate K − c. With c = 1 the entries are expm1(−γ'd), whose digits survive when σ is large against
+// the distances (raw K ≈ 1 everywhere, and the centring would cancel every digit: CKA 3.5 came out of such sums);
+// with c = 0 they are K itself, which keeps the digits of a nearly diagonal kernel (small σ). c comes from a vote of
+// a seeded sample of pairs (kernel_shift_from_votes).
+// A pass accumulates the OFF-diagonal sums Σᵢ≠ⱼ K∘L, Σ K∘K, Σ L∘L (entries j > i count twice) and row sums rᵢ =
+// Σⱼ≠ᵢ Kᵢⱼ, and the diagonals d_K, d_L apart: the unbiased estimator needs no diagonal at all, so nothing of size
+// n is subtracted from sums of size n to leave a tiny HSIC₁ (the cancellation that made small-σ HSIC₁ 1.0 for 9e-4).
+// With them (Gretton et al. 2005; Song et al. 2012, K̃ = K with a zero diagonal, r, S off-diagonal):
+//   HSIC₁ = [Σ K̃∘L̃ + S_K S_L/((n−1)(n−2)) − 2/(n−2)·r_K·r_L] / (n(n−3))
+//   HSIC₀ = [Σ K∘L − (2/n) r⁺_K·r⁺_L + S⁺_K S⁺_L/n²] / (n−1)²   with the full sums ⁺ = off-diagonal + diagonal.
 #pragma once
 
 #include <cmath>
@@ -24,22 +32,26 @@ enum KernelType : int { kKernelLinear = 0, kKernelRbf = 1 };
 struct KernelSpec {
   int type;      // KernelType
   double gamma;  // γ' (rbf, scaled units); unused for linear
+  double shift;  // c: the pass accumulates K − c (rbf: 0 or 1; linear: 0)
 };
 
-// Kernel value of a pair from the scaled dot product and the scaled row norms, in the input precision.
-template <typename T>
-FASTCKA_HD T kernel_value(const KernelSpec& k, T dot, T norm_i, T norm_j, bool diagonal) {
+// Kernel entry minus the shift, in float64: linear from the scaled dot product, rbf from the squared distance d (the
+// caller computes d only for the rbf kernel). Float64 also keeps a small-σ kernel out of float32's underflow.
+FASTCKA_HD double kernel_entry(const KernelSpec& k, double dot, double d, bool diagonal) {
   if (k.type == kKernelLinear) return dot;
-  if (diagonal) return T(1);
-  T d = norm_i + norm_j - T(2) * dot;
-  d = d > T(0) ? d : T(0);
-  return exp(-static_cast<T>(k.gamma) * d);
+  if (diagonal) return 1.0 - k.shift;
+  return k.shift != 0.0 ? expm1(-k.gamma * d) : exp(-k.gamma * d);
 }
 
-// Weight of pair (i, j) in the n² sums when only j ≥ i is visited.
-FASTCKA_HD double pair_weight(int64_t i, int64_t j) { return j > i ? 2.0 : (j == i ? 1.0 : 0.0); }
+// The shift vote: a sampled pair votes for c = 1 when its kernel value exceeds 1/2; c = 1 wins with half the votes.
+constexpr int64_t kShiftVotePairs = 512;
+constexpr uint64_t kShiftVoteSeed = 0x5B1F7C0DEull;
+FASTCKA_HD bool kernel_shift_vote(double gamma, double d) { return gamma * d < 0.69314718055994531; }
+FASTCKA_HD double kernel_shift_from_votes(int64_t votes, int64_t pairs) { return 2 * votes >= pairs ? 1.0 : 0.0; }
 
-// Slots of the float64 moment vector a kernel-HSIC pass fills (r = row sums, d = diagonal, S = Σ r, T = Σ d).
+
+// Slots of the float64 moment vector a kernel-HSIC pass fills (r = off-diagonal row sums, d = diagonal, S = Σ r,
+// T = Σ d; the Σ entries are off-diagonal too).
 enum KernelMoment : int {
   kmKL = 0, kmKK, kmLL,                     // Σ K∘L, Σ K∘K, Σ L∘L (scaled units)
   kmRkRl, kmRkRk, kmRlRl,                   // r·r
@@ -48,17 +60,18 @@ enum KernelMoment : int {
   kmTk, kmTl,                               // Σ d
   kmRkDl, kmDkRl, kmRkDk, kmRlDl,           // r·d
   kmKappaX, kmKappaY,                       // κ of each side
+  kmShiftX, kmShiftY,                       // c of each side (the pass accumulates K − c)
   kNumKernelMoments
 };
 
-// HSIC from the moments of a pair of kernels A, B (true units: every moment times its κ factors).
+// HSIC from the moments of a pair of kernels A, B (true units: every moment times its κ factors; ab, ra·rb, sa, sb
+// off-diagonal).
 FASTCKA_HD double kernel_hsic_from_moments(double ab, double rarb, double sa, double sb, double dadb, double ta,
                                            double tb, double radb, double darb, int64_t n, bool unbiased) {
   const double nd = static_cast<double>(n);
-  if (!unbiased) return (ab - 2.0 / nd * rarb + sa * sb / (nd * nd)) / ((nd - 1.0) * (nd - 1.0));
-  const double tr = ab - dadb;
-  const double cross = rarb - radb - darb + dadb;  // (r_A − d_A)·(r_B − d_B)
-  return (tr + (sa - ta) * (sb - tb) / ((nd - 1.0) * (nd - 2.0)) - 2.0 / (nd - 2.0) * cross) / (nd * (nd - 3.0));
+  if (unbiased) return (ab + sa * sb / ((nd - 1.0) * (nd - 2.0)) - 2.0 / (nd - 2.0) * rarb) / (nd * (nd - 3.0));
+  const double full_ab = ab + dadb, full_rr = rarb + radb + darb + dadb;  // (r_A + d_A)·(r_B + d_B)
+  return (full_ab - 2.0 / nd * full_rr + (sa + ta) * (sb + tb) / (nd * nd)) / ((nd - 1.0) * (nd - 1.0));
 }
 
 // out[0..2] = HSIC(K,L), HSIC(K,K), HSIC(L,L).
@@ -80,17 +93,22 @@ FASTCKA_HD void kernel_hsic_combine(const double* m, int64_t n, bool unbiased, d
 //   Dᵢⱼ = c_other·L'ᵢⱼ + c_own·K'ᵢⱼ + uᵢ + uⱼ + c0   (i ≠ j; on the diagonal the same for HSIC₀, 0 for HSIC₁),
 // the gradient with respect to the original rows is, with Wᵢⱼ = Dᵢⱼ (linear) or Dᵢⱼ·Kᵢⱼ (rbf),
 //   linear: ∂/∂X = (2κ s)·W X'                    rbf: ∂/∂X = 4γ's·(W X' − diag(W1) X')
-// (X' the scaled rows; ∂K/∂xᵢ = xⱼ resp. −2γ Kᵢⱼ (xᵢ − xⱼ), both triangles of K counted).
+// (X' the scaled rows; ∂K/∂xᵢ = xⱼ resp. −2γ Kᵢⱼ (xᵢ − xⱼ), both triangles of K counted). K', L' are the shifted
+// entries the pass accumulates (the estimators do not see the shift, so neither does D); W uses the true K = K' + c.
 struct KernelGradCoef {
   double c_other, c_own, c0;
-  double u_other, u_own;  // uᵢ = u_other·ρ_other,ᵢ + u_own·ρ_own,ᵢ with ρ = r (HSIC₀) or r − d (HSIC₁), true units
+  double u_other, u_own;  // uᵢ = u_other·ρ_other,ᵢ + u_own·ρ_own,ᵢ, ρ from kernel_grad_rho, true units
   bool zero_diagonal;
 };
+
+// ρᵢ of one side from its off-diagonal row sum and its diagonal entry: the full row sum for HSIC₀, the off-diagonal
+// one for HSIC₁.
+FASTCKA_HD double kernel_grad_rho(double r_off, double d, bool unbiased) { return unbiased ? r_off : r_off + d; }
 
 FASTCKA_HD KernelGradCoef kernel_grad_coef(double g_cross, double g_self, double kappa_own, double kappa_other,
                                            double s_own, double s_other, double t_own, double t_other, int64_t n,
                                            bool unbiased) {
-  // s_*, t_*: Σ r and Σ d of each side in true units.
+  // s_*: Σ of the off-diagonal row sums, t_*: Σ d of each side, in true units.
   const double nd = static_cast<double>(n);
   KernelGradCoef c;
   if (!unbiased) {
@@ -99,7 +117,7 @@ FASTCKA_HD KernelGradCoef kernel_grad_coef(double g_cross, double g_self, double
     c.c_own = 2.0 * g_self * norm * kappa_own;
     c.u_other = -g_cross * norm / nd;
     c.u_own = -2.0 * g_self * norm / nd;
-    c.c0 = (g_cross * s_other + 2.0 * g_self * s_own) * norm / (nd * nd);
+    c.c0 = (g_cross * (s_other + t_other) + 2.0 * g_self * (s_own + t_own)) * norm / (nd * nd);
     c.zero_diagonal = false;
     return c;
   }
@@ -108,17 +126,18 @@ FASTCKA_HD KernelGradCoef kernel_grad_coef(double g_cross, double g_self, double
   c.c_own = 2.0 * g_self * norm * kappa_own;
   c.u_other = -g_cross * norm / (nd - 2.0);
   c.u_own = -2.0 * g_self * norm / (nd - 2.0);
-  c.c0 = (g_cross * (s_other - t_other) + 2.0 * g_self * (s_own - t_own)) * norm / ((nd - 1.0) * (nd - 2.0));
+  c.c0 = (g_cross * s_other + 2.0 * g_self * s_own) * norm / ((nd - 1.0) * (nd - 2.0));
   c.zero_diagonal = true;
   return c;
 }
 
-// W for one entry: D, times K for the rbf kernel. k_own, k_other in the units the pass computes (K', L').
-FASTCKA_HD double kernel_grad_weight(const KernelGradCoef& c, int own_type, double k_own, double k_other, double u_i,
-                                     double u_j, bool diagonal) {
+// W for one entry: D, times the true K for the rbf kernel. k_own, k_other: the shifted entries of the pass (K', L');
+// own_shift: c of the own side.
+FASTCKA_HD double kernel_grad_weight(const KernelGradCoef& c, int own_type, double own_shift, double k_own,
+                                     double k_other, double u_i, double u_j, bool diagonal) {
   if (diagonal && c.zero_diagonal) return 0.0;
   const double d = c.c_other * k_other + c.c_own * k_own + u_i + u_j + c.c0;
-  return own_type == kKernelRbf ? d * k_own : d;
+  return own_type == kKernelRbf ? d * (k_own + own_shift) : d;
 }
 
 // Multiplier of (W X') and of diag(W1) X' in the gradient of the original rows.

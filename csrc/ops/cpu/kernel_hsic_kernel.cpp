@@ -19,14 +19,29 @@ constexpr int64_t kChunkCols = 256;
 
 int64_t block_rows(int64_t n) { return std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << 22) / std::max<int64_t>(n, 1))); }
 
+inline double host_s(const ScaledRows& a) { return a.scale.const_data_ptr<double>()[0]; }
+
+// A side's kernel from gamma (γ' in scaled units), with no shift yet.
 inline KernelSpec spec_of(int64_t type, const Tensor& gamma, int side, double s) {
   KernelSpec k;
   k.type = static_cast<int>(type);
   k.gamma = gamma.const_data_ptr<double>()[side] / (s * s);
+  k.shift = 0.0;
   return k;
 }
 
-inline double host_s(const ScaledRows& a) { return a.scale.const_data_ptr<double>()[0]; }
+// The shift c of a side's rbf kernel, voted by the seeded pair sample (tiled_hsic.h); 0 for the linear kernel.
+inline double voted_shift(const KernelSpec& k, const ScaledRows& a) {
+  if (k.type != kKernelRbf) return 0.0;
+  const int64_t n = a.x.size(0), p = a.x.size(1);
+  const double s = host_s(a);
+  int64_t votes = 0;
+  FASTCKA_DISPATCH_FLOATING(a.x.scalar_type(), "kernel_shift", [&] {
+    for (int64_t v = 0; v < kShiftVotePairs; ++v)
+      votes += sampled_shift_vote(a.x.const_data_ptr<scalar_t>(), n, p, s * s, k.gamma, v);
+  });
+  return kernel_shift_from_votes(votes, kShiftVotePairs);
+}
 
 // Calls f(I0, rows, c0, w, gx, gy) for each row block; gx = X'_I X'_{c0:}ᵀ (rows × w), c0 = I0 on the triangle.
 template <class F>
@@ -41,10 +56,11 @@ void for_each_row_block(const Tensor& xs, const Tensor* ys, bool triangle, F&& f
   }
 }
 
+// The entry (shifted) of pair (gi, gj) of one side from its GEMM dot product.
 template <typename T>
-std::vector<T> norms_as(const ScaledRows& a) {
-  const double* p = a.norms.const_data_ptr<double>();
-  return std::vector<T>(p, p + a.norms.numel());
+inline double entry_of(const KernelSpec& k, const DistanceRows<T>& r, double dot, int64_t gi, int64_t gj) {
+  const bool diag = gi == gj;
+  return kernel_entry(k, dot, k.type == kKernelRbf && !diag ? kernel_sq_dist(r, dot, gi, gj) : 0.0, diag);
 }
 
 }  // namespace
@@ -66,6 +82,7 @@ struct CpuKernelHsic : CpuBackend {
       a.scale.mutable_data_ptr<double>()[0] = s;
     });
     a.norms = cpu::row_sq(a.xs);
+    a.x = x;
     return a;
   }
 
@@ -85,14 +102,18 @@ struct CpuKernelHsic : CpuBackend {
     const int64_t n = a.xs.size(0);
     PassOutput o = zeroed_pass_output(a.xs, n);
     const double sx = host_s(a), sy = host_s(b);
-    const KernelSpec spx = spec_of(kx, gamma, 0, sx), spy = spec_of(ky, gamma, 1, sy);
+    KernelSpec spx = spec_of(kx, gamma, 0, sx), spy = spec_of(ky, gamma, 1, sy);
+    spx.shift = voted_shift(spx, a);
+    spy.shift = voted_shift(spy, b);
     double* m = o.m.mutable_data_ptr<double>();
     m[kmKappaX] = kx == kKernelLinear ? 1.0 / (sx * sx) : 1.0;
     m[kmKappaY] = ky == kKernelLinear ? 1.0 / (sy * sy) : 1.0;
+    m[kmShiftX] = spx.shift;
+    m[kmShiftY] = spy.shift;
     double *rk = o.rk.mutable_data_ptr<double>(), *rl = o.rl.mutable_data_ptr<double>();
     double *dk = o.dk.mutable_data_ptr<double>(), *dl = o.dl.mutable_data_ptr<double>();
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_pass", [&] {
-      const std::vector<scalar_t> nx = norms_as<scalar_t>(a), ny = norms_as<scalar_t>(b);
+      const DistanceRows<scalar_t> ra = distance_rows<scalar_t>(a, sx * sx), rb = distance_rows<scalar_t>(b, sy * sy);
       for_each_row_block(a.xs, &b.xs, true, [&](int64_t i0, int64_t rows, int64_t c0, int64_t w, const Tensor& gxt,
                                                 const Tensor& gyt) {
         const scalar_t *gx = gxt.const_data_ptr<scalar_t>(), *gy = gyt.const_data_ptr<scalar_t>();
@@ -107,26 +128,24 @@ struct CpuKernelHsic : CpuBackend {
               double skl = 0, skk = 0, sll = 0, rowk = 0, rowl = 0;
               for (int64_t jj = std::max(j0, gi - c0); jj < j1; ++jj) {
                 const int64_t gj = c0 + jj;
-                const bool diag = gi == gj;
-                const scalar_t k = kernel_value<scalar_t>(spx, gx[i * w + jj], nx[gi], nx[gj], diag);
-                const scalar_t l = kernel_value<scalar_t>(spy, gy[i * w + jj], ny[gi], ny[gj], diag);
-                const double wgt = diag ? 1.0 : 2.0, kd = k, ld = l;
-                skl += wgt * kd * ld;
-                skk += wgt * kd * kd;
-                sll += wgt * ld * ld;
-                rowk += kd;
-                rowl += ld;
-                if (diag) {
-                  dk[gi] = kd;
-                  dl[gi] = ld;
-                } else {
-                  rk[gj] += kd;  // column gj is owned by this chunk
-                  rl[gj] += ld;
+                const double k = entry_of(spx, ra, gx[i * w + jj], gi, gj);
+                const double l = entry_of(spy, rb, gy[i * w + jj], gi, gj);
+                if (gi == gj) {  // the diagonal is kept apart from every sum (tiled_hsic.h)
+                  dk[gi] = k;
+                  dl[gi] = l;
+                  continue;
                 }
+                skl += k * l;
+                skk += k * k;
+                sll += l * l;
+                rowk += k;
+                rowl += l;
+                rk[gj] += k;  // column gj is owned by this chunk
+                rl[gj] += l;
               }
-              pp[0] += skl;
-              pp[1] += skk;
-              pp[2] += sll;
+              pp[0] += 2.0 * skl;  // entries j > i stand for (i, j) and (j, i)
+              pp[1] += 2.0 * skk;
+              pp[2] += 2.0 * sll;
               pp[3 + 2 * i] = rowk;
               pp[4 + 2 * i] = rowl;
             }
@@ -155,10 +174,12 @@ struct CpuKernelHsic : CpuBackend {
     const double* m = o.m.const_data_ptr<double>();
     const double* g = grad.const_data_ptr<double>();
     const double sx = host_s(a), sy = host_s(b), kapx = m[kmKappaX], kapy = m[kmKappaY];
-    const KernelSpec spx = spec_of(kx, gamma, 0, sx), spy = spec_of(ky, gamma, 1, sy);
+    KernelSpec spx = spec_of(kx, gamma, 0, sx), spy = spec_of(ky, gamma, 1, sy);
+    spx.shift = m[kmShiftX];  // the forward pass's vote
+    spy.shift = m[kmShiftY];
     const double *rk = o.rk.const_data_ptr<double>(), *rl = o.rl.const_data_ptr<double>();
     const double *dk = o.dk.const_data_ptr<double>(), *dl = o.dl.const_data_ptr<double>();
-    // ρ (true units) per side and the sums S, T the coefficients need.
+    // ρ (true units) per side and the sums S (off-diagonal), T the coefficients need.
     std::vector<double> rho_k(n), rho_l(n);
     double s_k = 0, s_l = 0, t_k = 0, t_l = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -166,8 +187,8 @@ struct CpuKernelHsic : CpuBackend {
       s_l += rl[i] * kapy;
       t_k += dk[i] * kapx;
       t_l += dl[i] * kapy;
-      rho_k[i] = (rk[i] - (unbiased ? dk[i] : 0.0)) * kapx;
-      rho_l[i] = (rl[i] - (unbiased ? dl[i] : 0.0)) * kapy;
+      rho_k[i] = kernel_grad_rho(rk[i], dk[i], unbiased) * kapx;
+      rho_l[i] = kernel_grad_rho(rl[i], dl[i], unbiased) * kapy;
     }
     const KernelGradCoef cx = kernel_grad_coef(g[0], g[1], kapx, kapy, s_k, s_l, t_k, t_l, n, unbiased);
     const KernelGradCoef cy = kernel_grad_coef(g[0], g[2], kapy, kapx, s_l, s_k, t_l, t_k, n, unbiased);
@@ -182,7 +203,7 @@ struct CpuKernelHsic : CpuBackend {
     Tensor dx = empty_like_shape(a.xs, {n, p}, a.xs.scalar_type());
     Tensor dy = empty_like_shape(b.xs, {n, q}, b.xs.scalar_type());
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_grad", [&] {
-      const std::vector<scalar_t> nx = norms_as<scalar_t>(a), ny = norms_as<scalar_t>(b);
+      const DistanceRows<scalar_t> ra = distance_rows<scalar_t>(a, sx * sx), rb = distance_rows<scalar_t>(b, sy * sy);
       const scalar_t *xs = a.xs.const_data_ptr<scalar_t>(), *ys = b.xs.const_data_ptr<scalar_t>();
       scalar_t *ox = dx.mutable_data_ptr<scalar_t>(), *oy = dy.mutable_data_ptr<scalar_t>();
       for_each_row_block(a.xs, &b.xs, false, [&](int64_t i0, int64_t rows, int64_t, int64_t w, const Tensor& gxt,
@@ -198,10 +219,10 @@ struct CpuKernelHsic : CpuBackend {
             double sx_ = 0, sy_ = 0;
             for (int64_t j = 0; j < w; ++j) {
               const bool diag = gi == j;
-              const double k = kernel_value<scalar_t>(spx, gx[i * w + j], nx[gi], nx[j], diag);
-              const double l = kernel_value<scalar_t>(spy, gy[i * w + j], ny[gi], ny[j], diag);
-              const double vx = kernel_grad_weight(cx, static_cast<int>(kx), k, l, ux[gi], ux[j], diag);
-              const double vy = kernel_grad_weight(cy, static_cast<int>(ky), l, k, uy[gi], uy[j], diag);
+              const double k = entry_of(spx, ra, gx[i * w + j], gi, j);
+              const double l = entry_of(spy, rb, gy[i * w + j], gi, j);
+              const double vx = kernel_grad_weight(cx, static_cast<int>(kx), spx.shift, k, l, ux[gi], ux[j], diag);
+              const double vy = kernel_grad_weight(cy, static_cast<int>(ky), spy.shift, l, k, uy[gi], uy[j], diag);
               wxp[i * w + j] = static_cast<scalar_t>(vx);
               wyp[i * w + j] = static_cast<scalar_t>(vy);
               sx_ += vx;
@@ -230,7 +251,8 @@ struct CpuKernelHsic : CpuBackend {
   static std::vector<int64_t> distance_histogram(const ScaledRows& a, uint64_t prefix, int bits) {
     std::vector<int64_t> total(kDigitBins, 0);
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_histogram", [&] {
-      const double* nx = a.norms.const_data_ptr<double>();
+      const double s = host_s(a);
+      const DistanceRows<scalar_t> ra = distance_rows<scalar_t>(a, s * s);
       for_each_row_block(a.xs, nullptr, true, [&](int64_t i0, int64_t rows, int64_t c0, int64_t w, const Tensor& gxt,
                                                  const Tensor&) {
         const scalar_t* gx = gxt.const_data_ptr<scalar_t>();
@@ -241,8 +263,8 @@ struct CpuKernelHsic : CpuBackend {
             int64_t* h = part.data() + q * kDigitBins;
             for (int64_t i = 0; i < rows; ++i)
               for (int64_t jj = std::max(q * step, i0 + i + 1 - c0); jj < std::min(w, (q + 1) * step); ++jj) {
-                const uint64_t b = distance_bits(squared_distance(gx[i * w + jj], nx[i0 + i], nx[c0 + jj], false));
-                if (has_prefix(b, prefix, bits)) ++h[next_digit(b, bits)];
+                const int64_t digit = pair_digit(ra, gx[i * w + jj], i0 + i, c0 + jj, prefix, bits);
+                if (digit >= 0) ++h[digit];
               }
           }
         });
@@ -258,7 +280,8 @@ struct CpuKernelHsic : CpuBackend {
   static WindowPass distance_window(const ScaledRows& a, uint64_t lo, uint64_t hi) {
     WindowPass out;
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_window", [&] {
-      const double* nx = a.norms.const_data_ptr<double>();
+      const double s = host_s(a);
+      const DistanceRows<scalar_t> ra = distance_rows<scalar_t>(a, s * s);
       for_each_row_block(a.xs, nullptr, true, [&](int64_t i0, int64_t rows, int64_t c0, int64_t w, const Tensor& gxt,
                                                  const Tensor&) {
         const scalar_t* gx = gxt.const_data_ptr<scalar_t>();
@@ -270,10 +293,10 @@ struct CpuKernelHsic : CpuBackend {
             int64_t nb = 0;
             for (int64_t i = 0; i < rows; ++i)
               for (int64_t jj = std::max(q * step, i0 + i + 1 - c0); jj < std::min(w, (q + 1) * step); ++jj) {
-                const double d = squared_distance(gx[i * w + jj], nx[i0 + i], nx[c0 + jj], false);
-                const uint64_t b = distance_bits(d);
-                nb += b < lo;
-                if (in_window(b, lo, hi)) part[q].push_back(d);
+                double d = 0.0;
+                const int where = pair_window(ra, gx[i * w + jj], i0 + i, c0 + jj, lo, hi, &d);
+                nb += where < 0;
+                if (where == 0) part[q].push_back(d);
               }
             below[q] = nb;
           }
@@ -289,18 +312,18 @@ struct CpuKernelHsic : CpuBackend {
     return out;
   }
 
-  // The distances of the seeded sample of pairs (float64 dot products of the scaled rows).
+  // The exact distances of the seeded sample of pairs.
   static std::vector<double> sample_distances(const ScaledRows& a, int64_t m, uint64_t seed) {
-    const int64_t n = a.xs.size(0), p = a.xs.size(1);
+    const int64_t n = a.x.size(0), p = a.x.size(1);
+    const double s = host_s(a);
     std::vector<double> out(m);
-    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "sample_distances", [&] {
-      const scalar_t* xs = a.xs.const_data_ptr<scalar_t>();
-      const double* nx = a.norms.const_data_ptr<double>();
+    FASTCKA_DISPATCH_FLOATING(a.x.scalar_type(), "sample_distances", [&] {
+      const scalar_t* x = a.x.const_data_ptr<scalar_t>();
       torch::stable::parallel_for(0, m, 4096, [&](int64_t s0, int64_t s1) {
-        for (int64_t s = s0; s < s1; ++s) {
+        for (int64_t t = s0; t < s1; ++t) {
           int64_t i, j;
-          sampled_pair(seed, s, n, &i, &j);
-          out[s] = sampled_distance(xs, nx, p, i, j);
+          sampled_pair(seed, t, n, &i, &j);
+          out[t] = exact_sq_dist(x, p, i, j, s * s);
         }
       });
     });

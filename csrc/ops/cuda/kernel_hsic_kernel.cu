@@ -49,11 +49,45 @@ __device__ inline void tile_of_block(int64_t tiles, int64_t* ti, int64_t* tj) {
   *tj = s_tj;
 }
 
-__device__ inline KernelSpec device_spec(int type, const double* gamma, int side, const double* scale) {
+// A side's kernel: γ' from gamma and the shift c the vote kernel wrote into the moments (slot kmShiftX/Y).
+__device__ inline KernelSpec device_spec(int type, const double* gamma, int side, const double* scale,
+                                         const double* m) {
   KernelSpec k;
   k.type = type;
   k.gamma = gamma[side] / (scale[0] * scale[0]);
+  k.shift = m[side == 0 ? kmShiftX : kmShiftY];
   return k;
+}
+
+// The distance view with s² read on the device.
+template <typename T>
+__device__ inline DistanceRows<T> device_rows(DistanceRows<T> r, const double* scale) {
+  r.s2 = scale[0] * scale[0];
+  return r;
+}
+
+// The shift vote of one side (tiled_hsic.h), one block of kTileThreads threads: m[slot] = c, and the side's κ.
+template <typename T>
+__global__ void shift_vote_kernel(const T* x, int64_t n, int64_t p, int type, const double* gamma, int side,
+                                  const double* scale, double* m) {
+  const double s2 = scale[0] * scale[0], g = gamma[side] / s2;
+  double votes = 0.0;
+  if (type == kKernelRbf)
+    for (int64_t v = threadIdx.x; v < kShiftVotePairs; v += blockDim.x) votes += sampled_shift_vote(x, n, p, s2, g, v);
+  votes = block_sum(votes);
+  if (threadIdx.x == 0) {
+    m[side == 0 ? kmShiftX : kmShiftY] =
+        type == kKernelRbf ? kernel_shift_from_votes(static_cast<int64_t>(votes), kShiftVotePairs) : 0.0;
+    m[side == 0 ? kmKappaX : kmKappaY] = type == kKernelLinear ? 1.0 / s2 : 1.0;
+  }
+}
+
+// The shifted entry of pair (gi, gj) of one side from its tile dot product.
+template <typename T>
+__device__ inline double device_entry(const KernelSpec& k, const DistanceRows<T>& r, T dot, int64_t gi, int64_t gj) {
+  const bool diag = gi == gj;
+  const double d = static_cast<double>(dot);
+  return kernel_entry(k, d, k.type == kKernelRbf && !diag ? kernel_sq_dist(r, d, gi, gj) : 0.0, diag);
 }
 
 template <typename T>
@@ -71,8 +105,8 @@ __global__ void shift_normalise_kernel(const T* x, const T* shift, int64_t n, in
 }
 
 template <typename T>
-__global__ void hsic_pass_kernel(const T* xs, const T* ys, const double* nx, const double* ny, int64_t n, int64_t p,
-                                 int64_t q, int kx, int ky, const double* gamma, const double* scale_x,
+__global__ void hsic_pass_kernel(const T* xs, const T* ys, DistanceRows<T> rx, DistanceRows<T> ry, int64_t n,
+                                 int64_t p, int64_t q, int kx, int ky, const double* gamma, const double* scale_x,
                                  const double* scale_y, double* m, double* rk, double* rl, double* dk, double* dl) {
   const int64_t tiles = (n + kTile - 1) / kTile;
   int64_t ti, tj;
@@ -80,11 +114,9 @@ __global__ void hsic_pass_kernel(const T* xs, const T* ys, const double* nx, con
   T gx[kPerThread], gy[kPerThread];
   tile_dots(xs, n, p, ti, tj, gx);
   tile_dots(ys, n, q, ti, tj, gy);
-  const KernelSpec spx = device_spec(kx, gamma, 0, scale_x), spy = device_spec(ky, gamma, 1, scale_y);
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
-    m[kmKappaX] = kx == kKernelLinear ? 1.0 / (scale_x[0] * scale_x[0]) : 1.0;
-    m[kmKappaY] = ky == kKernelLinear ? 1.0 / (scale_y[0] * scale_y[0]) : 1.0;
-  }
+  const KernelSpec spx = device_spec(kx, gamma, 0, scale_x, m), spy = device_spec(ky, gamma, 1, scale_y, m);
+  rx = device_rows(rx, scale_x);
+  ry = device_rows(ry, scale_y);
   __shared__ double row_k[kTile], row_l[kTile], col_k[kTile], col_l[kTile];
   if (threadIdx.x < kTile) row_k[threadIdx.x] = row_l[threadIdx.x] = col_k[threadIdx.x] = col_l[threadIdx.x] = 0.0;
   __syncthreads();
@@ -93,22 +125,20 @@ __global__ void hsic_pass_kernel(const T* xs, const T* ys, const double* nx, con
     const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
     const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
     if (gi >= n || gj >= n || gj < gi) continue;
-    const bool diag = gi == gj;
-    const double k = kernel_value<T>(spx, gx[r], static_cast<T>(nx[gi]), static_cast<T>(nx[gj]), diag);
-    const double l = kernel_value<T>(spy, gy[r], static_cast<T>(ny[gi]), static_cast<T>(ny[gj]), diag);
-    const double w = pair_weight(gi, gj);
-    skl += w * k * l;
-    skk += w * k * k;
-    sll += w * l * l;
-    atomicAdd(&row_k[ii], k);
-    atomicAdd(&row_l[ii], l);
-    if (diag) {
+    const double k = device_entry(spx, rx, gx[r], gi, gj);
+    const double l = device_entry(spy, ry, gy[r], gi, gj);
+    if (gi == gj) {  // the diagonal is kept apart from every sum (tiled_hsic.h)
       dk[gi] = k;
       dl[gi] = l;
-    } else {
-      atomicAdd(&col_k[jj], k);
-      atomicAdd(&col_l[jj], l);
+      continue;
     }
+    skl += 2.0 * k * l;  // entries j > i stand for (i, j) and (j, i)
+    skk += 2.0 * k * k;
+    sll += 2.0 * l * l;
+    atomicAdd(&row_k[ii], k);
+    atomicAdd(&row_l[ii], l);
+    atomicAdd(&col_k[jj], k);
+    atomicAdd(&col_l[jj], l);
   }
   skl = block_sum(skl);
   if (threadIdx.x == 0) atomicAdd(m + kmKL, skl);
@@ -139,12 +169,12 @@ __device__ inline KernelGradCoef side_coef(const double* g, const double* m, boo
 }
 
 __device__ inline double rho(const double* r, const double* d, int64_t i, double kappa, bool unbiased) {
-  return (r[i] - (unbiased ? d[i] : 0.0)) * kappa;
+  return kernel_grad_rho(r[i], d[i], unbiased) * kappa;
 }
 
 // All tile pairs: W tiles in shared memory, then acc_x[gi, :] += Σ_j W^x_ij x'_j (float64 atomics) and W row sums.
 template <typename T>
-__global__ void hsic_grad_kernel(const T* xs, const T* ys, const double* nx, const double* ny, int64_t n, int64_t p,
+__global__ void hsic_grad_kernel(const T* xs, const T* ys, DistanceRows<T> rx, DistanceRows<T> ry, int64_t n, int64_t p,
                                  int64_t q, int kx, int ky, const double* gamma, const double* scale_x,
                                  const double* scale_y, const double* m, const double* rk, const double* rl,
                                  const double* dk, const double* dl, const double* g, bool unbiased, double* acc_x,
@@ -153,7 +183,9 @@ __global__ void hsic_grad_kernel(const T* xs, const T* ys, const double* nx, con
   T gx[kPerThread], gy[kPerThread];
   tile_dots(xs, n, p, ti, tj, gx);
   tile_dots(ys, n, q, ti, tj, gy);
-  const KernelSpec spx = device_spec(kx, gamma, 0, scale_x), spy = device_spec(ky, gamma, 1, scale_y);
+  const KernelSpec spx = device_spec(kx, gamma, 0, scale_x, m), spy = device_spec(ky, gamma, 1, scale_y, m);
+  rx = device_rows(rx, scale_x);
+  ry = device_rows(ry, scale_y);
   const KernelGradCoef cx = side_coef(g, m, true, n, unbiased), cy = side_coef(g, m, false, n, unbiased);
   const double kapx = m[kmKappaX], kapy = m[kmKappaY];
   __shared__ double wx[kTile][kTile + 1], wy[kTile][kTile + 1];
@@ -163,12 +195,14 @@ __global__ void hsic_grad_kernel(const T* xs, const T* ys, const double* nx, con
     double vx = 0.0, vy = 0.0;
     if (gi < n && gj < n) {
       const bool diag = gi == gj;
-      const double k = kernel_value<T>(spx, gx[r], static_cast<T>(nx[gi]), static_cast<T>(nx[gj]), diag);
-      const double l = kernel_value<T>(spy, gy[r], static_cast<T>(ny[gi]), static_cast<T>(ny[gj]), diag);
+      const double k = device_entry(spx, rx, gx[r], gi, gj);
+      const double l = device_entry(spy, ry, gy[r], gi, gj);
       const double rki = rho(rk, dk, gi, kapx, unbiased), rkj = rho(rk, dk, gj, kapx, unbiased);
       const double rli = rho(rl, dl, gi, kapy, unbiased), rlj = rho(rl, dl, gj, kapy, unbiased);
-      vx = kernel_grad_weight(cx, kx, k, l, cx.u_other * rli + cx.u_own * rki, cx.u_other * rlj + cx.u_own * rkj, diag);
-      vy = kernel_grad_weight(cy, ky, l, k, cy.u_other * rki + cy.u_own * rli, cy.u_other * rkj + cy.u_own * rlj, diag);
+      vx = kernel_grad_weight(cx, kx, spx.shift, k, l, cx.u_other * rli + cx.u_own * rki,
+                              cx.u_other * rlj + cx.u_own * rkj, diag);
+      vy = kernel_grad_weight(cy, ky, spy.shift, l, k, cy.u_other * rki + cy.u_own * rli,
+                              cy.u_other * rkj + cy.u_own * rlj, diag);
     }
     wx[ii][jj] = vx;
     wy[ii][jj] = vy;
@@ -221,8 +255,9 @@ __global__ void grad_finish_kernel(const double* acc, const double* wsum, const 
 // A radix pass over the pairs i < j of this tile pair: the histogram of the next digit of the distances that carry
 // the prefix.
 template <typename T>
-__global__ void distance_histogram_kernel(const T* xs, const double* nx, int64_t n, int64_t p, uint64_t prefix,
-                                          int bits, unsigned long long* hist) {
+__global__ void distance_histogram_kernel(const T* xs, DistanceRows<T> rx, const double* scale, int64_t n, int64_t p,
+                                          uint64_t prefix, int bits, unsigned long long* hist) {
+  rx = device_rows(rx, scale);
   const int64_t tiles = (n + kTile - 1) / kTile;
   int64_t ti, tj;
   tile_of_block(tiles, &ti, &tj);
@@ -232,16 +267,17 @@ __global__ void distance_histogram_kernel(const T* xs, const double* nx, int64_t
     const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
     const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
     if (gi >= n || gj >= n || gj <= gi) continue;
-    const uint64_t b = distance_bits(squared_distance(static_cast<double>(gx[r]), nx[gi], nx[gj], false));
-    if (has_prefix(b, prefix, bits)) atomicAdd(hist + next_digit(b, bits), 1ull);
+    const int64_t digit = pair_digit(rx, static_cast<double>(gx[r]), gi, gj, prefix, bits);
+    if (digit >= 0) atomicAdd(hist + digit, 1ull);
   }
 }
 
 // A window pass: counts the pairs i < j below [lo, hi] (one atomic per block) and collects those inside it while
 // they fit; count[1] keeps counting past the buffer, so the host sees an overflow.
 template <typename T>
-__global__ void distance_window_kernel(const T* xs, const double* nx, int64_t n, int64_t p, uint64_t lo, uint64_t hi,
-                                       double* collect, unsigned long long* count) {
+__global__ void distance_window_kernel(const T* xs, DistanceRows<T> rx, const double* scale, int64_t n, int64_t p,
+                                       uint64_t lo, uint64_t hi, double* collect, unsigned long long* count) {
+  rx = device_rows(rx, scale);
   __shared__ unsigned long long block_below;
   if (threadIdx.x == 0) block_below = 0;
   const int64_t tiles = (n + kTile - 1) / kTile;
@@ -254,10 +290,10 @@ __global__ void distance_window_kernel(const T* xs, const double* nx, int64_t n,
     const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
     const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
     if (gi >= n || gj >= n || gj <= gi) continue;
-    const double d = squared_distance(static_cast<double>(gx[r]), nx[gi], nx[gj], false);
-    const uint64_t b = distance_bits(d);
-    below += b < lo;
-    if (in_window(b, lo, hi)) {
+    double d = 0.0;
+    const int where = pair_window(rx, static_cast<double>(gx[r]), gi, gj, lo, hi, &d);
+    below += where < 0;
+    if (where == 0) {
       const unsigned long long slot = atomicAdd(count + 1, 1ull);
       if (slot < static_cast<unsigned long long>(kCollectCapacity)) collect[slot] = d;
     }
@@ -267,15 +303,16 @@ __global__ void distance_window_kernel(const T* xs, const double* nx, int64_t n,
   if (threadIdx.x == 0 && block_below) atomicAdd(count, block_below);
 }
 
-// The distances of the seeded sample of pairs, one thread per pair (float64 dot products of the scaled rows).
+// The exact distances of the seeded sample of pairs, one thread per pair (from the original rows).
 template <typename T>
-__global__ void sample_distances_kernel(const T* xs, const double* nx, int64_t n, int64_t p, int64_t m, uint64_t seed,
-                                        double* out) {
+__global__ void sample_distances_kernel(const T* x, const double* scale, int64_t n, int64_t p, int64_t m,
+                                        uint64_t seed, double* out) {
+  const double s2 = scale[0] * scale[0];
   for (int64_t s = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; s < m;
        s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t i, j;
     sampled_pair(seed, s, n, &i, &j);
-    out[s] = sampled_distance(xs, nx, p, i, j);
+    out[s] = exact_sq_dist(x, p, i, j, s2);
   }
 }
 
@@ -309,6 +346,7 @@ struct CudaKernelHsic : CudaBackend {
       cuda::check_launch("scale_rows");
     });
     a.norms = cuda::row_sq(a.xs);
+    a.x = x;
     return a;
   }
 
@@ -325,10 +363,16 @@ struct CudaKernelHsic : CudaBackend {
     const int64_t n = a.xs.size(0);
     PassOutput o = zeroed_pass_output(a.xs, n);
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_pass", [&] {
-      FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs),
-                     cuda::hsic_pass_kernel)(
-          a.xs.const_data_ptr<scalar_t>(), b.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(),
-          b.norms.const_data_ptr<double>(), n, a.xs.size(1), b.xs.size(1), static_cast<int>(kx), static_cast<int>(ky),
+      const cudaStream_t s = cuda::current_stream(a.xs);
+      FASTCKA_LAUNCH(1, cuda::kTileThreads, 0, s, cuda::shift_vote_kernel)(
+          a.x.const_data_ptr<scalar_t>(), n, a.xs.size(1), static_cast<int>(kx), gamma.const_data_ptr<double>(), 0,
+          a.scale.const_data_ptr<double>(), o.m.mutable_data_ptr<double>());
+      FASTCKA_LAUNCH(1, cuda::kTileThreads, 0, s, cuda::shift_vote_kernel)(
+          b.x.const_data_ptr<scalar_t>(), n, b.xs.size(1), static_cast<int>(ky), gamma.const_data_ptr<double>(), 1,
+          b.scale.const_data_ptr<double>(), o.m.mutable_data_ptr<double>());
+      FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, s, cuda::hsic_pass_kernel)(
+          a.xs.const_data_ptr<scalar_t>(), b.xs.const_data_ptr<scalar_t>(), distance_rows<scalar_t>(a, 0.0),
+          distance_rows<scalar_t>(b, 0.0), n, a.xs.size(1), b.xs.size(1), static_cast<int>(kx), static_cast<int>(ky),
           gamma.const_data_ptr<double>(), a.scale.const_data_ptr<double>(), b.scale.const_data_ptr<double>(),
           o.m.mutable_data_ptr<double>(), o.rk.mutable_data_ptr<double>(), o.rl.mutable_data_ptr<double>(),
           o.dk.mutable_data_ptr<double>(), o.dl.mutable_data_ptr<double>());
@@ -354,8 +398,8 @@ struct CudaKernelHsic : CudaBackend {
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_grad", [&] {
       FASTCKA_LAUNCH(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles)), cuda::kTileThreads, 0, s,
                      cuda::hsic_grad_kernel)(
-          a.xs.const_data_ptr<scalar_t>(), b.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(),
-          b.norms.const_data_ptr<double>(), n, p, q, static_cast<int>(kx), static_cast<int>(ky),
+          a.xs.const_data_ptr<scalar_t>(), b.xs.const_data_ptr<scalar_t>(), distance_rows<scalar_t>(a, 0.0),
+          distance_rows<scalar_t>(b, 0.0), n, p, q, static_cast<int>(kx), static_cast<int>(ky),
           gamma.const_data_ptr<double>(), a.scale.const_data_ptr<double>(), b.scale.const_data_ptr<double>(),
           o.m.const_data_ptr<double>(), o.rk.const_data_ptr<double>(), o.rl.const_data_ptr<double>(),
           o.dk.const_data_ptr<double>(), o.dl.const_data_ptr<double>(), grad.const_data_ptr<double>(), unbiased,
@@ -380,7 +424,8 @@ struct CudaKernelHsic : CudaBackend {
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_histogram", [&] {
       FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs),
                      cuda::distance_histogram_kernel)(
-          a.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(), n, a.xs.size(1), prefix, bits,
+          a.xs.const_data_ptr<scalar_t>(), distance_rows<scalar_t>(a, 0.0), a.scale.const_data_ptr<double>(), n,
+          a.xs.size(1), prefix, bits,
           reinterpret_cast<unsigned long long*>(hist.mutable_data_ptr<double>()));
       cuda::check_launch("distance_histogram");
     });
@@ -396,7 +441,8 @@ struct CudaKernelHsic : CudaBackend {
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_window", [&] {
       FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs),
                      cuda::distance_window_kernel)(
-          a.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(), n, a.xs.size(1), lo, hi,
+          a.xs.const_data_ptr<scalar_t>(), distance_rows<scalar_t>(a, 0.0), a.scale.const_data_ptr<double>(), n,
+          a.xs.size(1), lo, hi,
           buf.mutable_data_ptr<double>(), reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<double>()));
       cuda::check_launch("distance_window");
     });
@@ -416,7 +462,7 @@ struct CudaKernelHsic : CudaBackend {
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "sample_distances", [&] {
       FASTCKA_LAUNCH(cuda::blocks_for(m, cuda::kThreads), cuda::kThreads, 0, cuda::current_stream(a.xs),
                      cuda::sample_distances_kernel)(
-          a.xs.const_data_ptr<scalar_t>(), a.norms.const_data_ptr<double>(), a.xs.size(0), a.xs.size(1), m, seed,
+          a.x.const_data_ptr<scalar_t>(), a.scale.const_data_ptr<double>(), a.xs.size(0), a.xs.size(1), m, seed,
           out.mutable_data_ptr<double>());
       cuda::check_launch("sample_distances");
     });
