@@ -101,7 +101,7 @@ class CKAResult:
         form = "unbiased" if self.unbiased else "biased"
         est = "exact" if self.estimator == "exact" else "minibatch"
         return (f"{self.model_a} vs {self.model_b}: {est} {self.kernel} CKA ({form}), n={self.n:,} in "
-                f"{self.batches} batches")
+                f"{self.batches} batch{'es' if self.batches != 1 else ''}")
 
     def plot(self, path: Optional[Union[str, "os.PathLike[str]"]] = None, *, title: Optional[str] = None,
              annotate: Optional[bool] = None, ax: Any = None):
@@ -109,9 +109,19 @@ class CKAResult:
         fixed to [0, 1] and a title saying what was compared. Saved to ``path`` if given; returns the figure."""
         from .plot import cka_heatmap
 
-        return cka_heatmap(self.matrix, labels=self.layers_a, col_labels=self.layers_b,
-                           title=self.what if title is None else title, path=None if path is None else os.fspath(path),
-                           annotate=annotate, ax=ax, row_title=self.model_a, col_title=self.model_b)
+        title = self.what.replace(": ", "\n", 1) if title is None else title
+        fig = cka_heatmap(self.matrix, labels=self.layers_a, col_labels=self.layers_b, title=title, annotate=annotate,
+                          ax=ax, row_title=self.model_a, col_title=self.model_b)
+        width_in = fig.get_size_inches()[0]
+        longest = max(len(line) for line in title.splitlines()) if title else 1
+        # a character is about 0.55 em wide: the largest size (≤ 12 pt) at which the title, centred on the axes,
+        # stays inside the figure
+        fig.axes[0].title.set_fontsize(max(6.0, min(12.0, 0.62 * 72 * width_in / (0.55 * longest))))
+        if ax is None:
+            fig.tight_layout()
+        if path is not None:
+            fig.savefig(os.fspath(path), dpi=120)
+        return fig
 
     # -- saving --------------------------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:

@@ -265,3 +265,42 @@ def test_result_save_load_repr_and_plot(tmp_path):
     assert "Sequential vs Sequential" in ax.get_title() and ax.get_ylabel() == "Sequential"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "3", "6"]
     assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_cli_compares_two_grok_checkpoints_block_by_block(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from fastcka.cli import main
+    from fastcka.grok.train import TrainConfig, build, save_checkpoint
+
+    models = []
+    for seed in (0, 1):
+        cfg = TrainConfig(p=11, n_layers=3, d_model=16, n_heads=2, d_mlp=32, seed=seed, out=str(tmp_path / f"s{seed}"),
+                          device="cpu")
+        ds, model, opt, _ = build(cfg, torch.device("cpu"))
+        (tmp_path / f"s{seed}").mkdir()
+        save_checkpoint(tmp_path / f"s{seed}" / "checkpoint.pt", cfg, 5 + seed, model, opt, [], torch.zeros(()))
+        models.append((ds, model))
+    png, saved = tmp_path / "c.png", tmp_path / "c.json"
+    rc = main(["compare", str(tmp_path / "s0"), str(tmp_path / "s1" / "checkpoint.pt"), "--out", str(png),
+               "--save", str(saved), "--quiet", "--batch-size", "50"])
+    out = capsys.readouterr().out
+    assert rc == 0 and png.stat().st_size > 0 and "s0 (step 5) vs s1/checkpoint.pt (step 6)" in out
+    res = CKAResult.load(saved)
+    assert res.layers_a == res.layers_b == ["blocks.0", "blocks.1", "blocks.2"] and res.n == 121
+    ds = models[0][0]
+    x = torch.cat([ds.train_x, ds.test_x])  # run A's inputs, all of them
+    with torch.no_grad():
+        ra, rb = models[0][1](x)[1], models[1][1](x)[1]  # residual stream at the answer position after each block
+    want = torch.tensor([[fastcka.cka(u, v).item() for v in rb] for u in ra], dtype=F64)
+    torch.testing.assert_close(res.matrix, want, rtol=0, atol=1e-5)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"config": {}, "evil": Evil()}, tmp_path / "evil.pt")
+    assert main(["compare", str(tmp_path / "evil.pt"), str(tmp_path / "s0"), "--out", ""]) == 2
+    err = capsys.readouterr().err
+    assert "A: " in err and "not a readable fastcka grok checkpoint" in err and "UnpicklingError" in err
+    assert main(["compare", str(tmp_path / "s0"), str(tmp_path / "missing"), "--out", ""]) == 2
+    assert "fastcka compare: error: B: " in capsys.readouterr().err
