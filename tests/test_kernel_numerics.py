@@ -145,3 +145,46 @@ def test_gradcheck_across_sigma(unbiased, sigma_factor):
     torch.autograd.gradcheck(
         lambda a, b: fastcka.hsic(a, b, kernel="rbf", sigma=sigma, unbiased=unbiased), (x, y), eps=1e-6, atol=1e-7
     )
+
+
+# --- the same hard inputs through the raw op on every backend (CPU, and the CUDA sources under emulation) -----------
+from test_cuda_emu import BACKENDS  # noqa: E402
+
+
+@pytest.fixture(params=BACKENDS)
+def ops(request):
+    return torch.ops.fastcka if request.param == "cpu" else torch.ops.fastcka_emu
+
+
+def _op_cka(ops, x, y, sigma, unbiased):
+    gamma = torch.tensor([0.5 / sigma**2] * 2, dtype=torch.float64)
+    h = ops.kernel_hsic(x, y, gamma, 1, 1, unbiased)
+    return (h[0] / (h[1] * h[2]).sqrt()).item()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("sigma,unbiased", [(1e4, False), (1e4, True), (0.05, True), (0.05, False)])
+def test_backends_on_extreme_sigma(ops, dtype, tol, sigma, unbiased):
+    torch.manual_seed(1)
+    x = torch.randn(70, 4, dtype=torch.float64)
+    y = x + 0.3 * torch.randn(70, 4, dtype=torch.float64)
+    x, y = x.to(dtype), y.to(dtype)
+    want = _ref_rbf_cka_expm1(x, y, sigma, unbiased) if sigma > 1 else _ref_rbf_cka(x, y, sigma, unbiased=unbiased)
+    assert _op_cka(ops, x, y, sigma, unbiased) == pytest.approx(want, rel=tol, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backends_on_clusters_and_duplicates(ops, dtype):
+    torch.manual_seed(0)
+    lab = (torch.arange(90) < 30).double()[:, None]
+    x = torch.randn(90, 8, dtype=torch.float64) + 1e4 * lab
+    x[60:75] = x[60]  # 15 equal rows
+    x = x.to(dtype)
+    y = (torch.randn(90, 4, dtype=torch.float64) + x[:, :4].double()).to(dtype)
+    for method in (0, 1):
+        assert ops.median_sq_dist(x, method).item() == pytest.approx(
+            R.median_squared_distance(x.double()).item(), rel=1e-14
+        )
+    sigma = R.rbf_sigma(x.double()).item()
+    got = _op_cka(ops, x, y, sigma, False)
+    assert got == pytest.approx(_ref_rbf_cka(x, y, sigma), abs=1e-9 if dtype == torch.float64 else 1e-5)
