@@ -49,6 +49,8 @@ def frequency_concentration(w: torch.Tensor, top_k: int) -> torch.Tensor:
 def spectral_entropy(x: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of the normalised eigenvalues of the covariance of the (n, d) representation x."""
     x = x.detach().to(torch.float64)
+    if not bool(torch.isfinite(x).all()):  # a diverged run: NaN, as CKA gives (svdvals would raise)
+        return torch.tensor(math.nan, dtype=torch.float64, device=x.device)
     s = torch.linalg.svdvals(x - x.mean(0, keepdim=True)) ** 2
     p = s / s.sum().clamp_min(1e-300)
     return -(p * torch.log(p.clamp_min(1e-300))).sum()

@@ -1,7 +1,8 @@
 """One PNG per run: accuracies, Ô01 (raw and smoothed) with the detector's events, and the other progress measures.
 
-Panels share the step axis (log-x with ``logx=True``). Vertical lines mark memorisation (grey), the alarm (red) and
-the grok step (green); dotted grey ticks along the Ô01 panel mark train-loss spikes.
+Panels share the step axis (log-x with ``logx=True``). Vertical lines mark memorisation (grey), the alarm (red),
+the grok step (green) and, for a run that diverged, its first non-finite step (purple); dotted grey ticks along the
+Ô01 panel mark train-loss spikes. Non-finite values (a diverged run) are left out of the lines.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def plot_run(rows: list[dict], summary: dict, path: Path | str, logx: bool = Fal
         det.update(r["step"], r["o01"], r["train_acc"], r["train_loss_max"])
     d = det.result
     steps = [max(r["step"], 1) if logx else r["step"] for r in rows]
-    col = lambda k: [r[k] for r in rows]
+    col = lambda k: [r[k] if math.isfinite(r[k]) else math.nan for r in rows]  # inf would stretch an axis
 
     fig, (ax_acc, ax_o, ax_m) = plt.subplots(3, 1, figsize=(9, 9), sharex=True,
                                              gridspec_kw={"height_ratios": [1, 1.2, 1]})
@@ -58,8 +59,9 @@ def plot_run(rows: list[dict], summary: dict, path: Path | str, logx: bool = Fal
     ax_m.set_ylabel("progress measures")
     ax_m.set_xlabel("step")
 
+    diverged = summary.get("diverged") or {}
     events = [(summary.get("memorised_step"), "grey", "memorised"), (summary.get("alarm_step"), "tab:red", "alarm"),
-              (summary.get("grok_step"), "tab:green", "grokked")]
+              (summary.get("grok_step"), "tab:green", "grokked"), (diverged.get("step"), "tab:purple", "diverged")]
     for ax in (ax_acc, ax_o, ax_m):
         for s, c, label in events:
             if s is not None:
@@ -74,7 +76,8 @@ def plot_run(rows: list[dict], summary: dict, path: Path | str, logx: bool = Fal
     ax_acc.set_title(f"{what}, train {cfg['train_frac']:.0%}, seed {cfg['seed']}: alarm "
                      f"{summary.get('alarm_step') if summary.get('alarm_step') is not None else 'none'}, grok "
                      f"{summary.get('grok_step') if summary.get('grok_step') is not None else 'none'}"
-                     + (f", lead {lead}" if lead is not None else ""))
+                     + (f", lead {lead}" if lead is not None else "")
+                     + (f", DIVERGED at step {diverged['step']}" if diverged else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

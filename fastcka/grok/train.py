@@ -17,7 +17,12 @@ Determinism: on the CPU the same config and thread count gives the same log, bit
 threads); a different thread count changes the rounding and hence the trajectory (grok steps moved by ~100 steps in
 our runs). On CUDA, bit-for-bit repeats are not promised (atomic adds in the embedding backward). A checkpoint
 (``checkpoint.pt``: model, optimiser, log so far) is written every ``checkpoint_every`` steps, at the end and on
-Ctrl-C; resuming from it continues exactly as if the run had not stopped.
+Ctrl-C; resuming from it continues exactly as if the run had not stopped. It is read back with
+``torch.load(weights_only=True)`` (tensors and plain data only): a run directory from someone else cannot run code.
+
+Divergence: when the training loss (with ``--force-cka`` the whole loss) or the measured activations become non-finite,
+the run stops at the next logged row and still writes its log, summary, plot and checkpoint; ``summary["diverged"]``
+says at which step and why (None for a run that did not diverge). Tracking the first bad step costs no host sync.
 
 Speed: the fast forward (see model.py), subnormals flushed to zero (AdamW's second moments of tiny gradients go
 subnormal and subnormal arithmetic is ~100× slower on x86), and one host sync per logged row, none in between.
@@ -29,6 +34,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import signal
 import time
 from dataclasses import dataclass, field
@@ -105,6 +111,20 @@ class TrainConfig:
             raise ValueError(f"--train-frac: expected a fraction strictly between 0 and 1, got {self.train_frac}")
         if self.n_layers < 2:
             raise ValueError(f"--n-layers: Ô01 compares blocks 0 and 1, so at least 2 are needed, got {self.n_layers}")
+        for name in ("d_model", "n_heads", "d_mlp", "fourier_top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: expected at least 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise ValueError(f"--threads: expected 0 (torch's default) or a positive count, got {self.threads}")
+        for name in ("lr", "weight_decay", "force_cka", "grok_acc"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"--{name.replace('_', '-')}: expected a finite number, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay: expected a value >= 0, got {self.weight_decay}")
+        if not 0 < self.grok_acc <= 1:
+            raise ValueError(f"--grok-acc: expected a test accuracy in (0, 1], got {self.grok_acc}")
+        if not self.out.strip():
+            raise ValueError("--out: expected a run directory, got an empty path")
         for name in ("every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a positive number of steps, got {getattr(self, name)}")
@@ -230,13 +250,46 @@ def measure(cfg: TrainConfig, ds, model: Transformer, probe: torch.Tensor, step:
     return {k: (v if k == "step" else float(v)) for k, v in row.items()}
 
 
-def save_checkpoint(path: Path, cfg: TrainConfig, step: int, model, opt, rows, loss_max) -> None:
-    """Atomic: written to a temporary file, then renamed, so a Ctrl-C never leaves half a checkpoint."""
+def save_checkpoint(path: Path, cfg: TrainConfig, step: int, model, opt, rows, loss_max,
+                    diverged: Optional[dict] = None) -> None:
+    """Atomic: written to a temporary file, then renamed, so a Ctrl-C never leaves half a checkpoint. Holds tensors
+    and plain data only, so that :func:`load_checkpoint` can read it with ``weights_only=True``."""
     state = {"version": 1, "config": dataclasses.asdict(cfg), "step": step, "model": model.state_dict(),
-             "optimizer": opt.state_dict(), "rows": rows, "loss_max": loss_max}
+             "optimizer": opt.state_dict(), "rows": rows, "loss_max": loss_max, "diverged": diverged}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+CHECKPOINT_KEYS = ("config", "step", "model", "optimizer", "rows", "loss_max")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """A checkpoint written by :func:`save_checkpoint`, read with ``torch.load(weights_only=True)``: tensors and plain
+    data only, so a crafted file cannot run code. A file that is truncated, empty, not a checkpoint or holds anything
+    else gets a ValueError naming ``--resume``."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = str(e).split("WeightsUnpickler error:")[-1].strip()
+        detail = detail.splitlines()[0].split(". ")[0][:200] if detail else _first_line(e)
+        if "global" in detail.lower():  # a class or function reference: what a code-running pickle needs
+            raise ValueError(f"--resume: refused to load {path}: it holds more than tensors and plain data ({detail}); "
+                             "fastcka reads checkpoints with weights_only=True and never runs code from a run "
+                             "directory") from None
+        raise ValueError(f"--resume: {path} is not a fastcka checkpoint ({detail})") from None
+    except Exception as e:  # noqa: BLE001 - truncated, empty, not a torch file: all mean "unreadable"
+        raise ValueError(f"--resume: {path} is not a readable checkpoint, truncated or corrupt? "
+                         f"({type(e).__name__}: {_first_line(e)})") from None
+    missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else list(CHECKPOINT_KEYS)
+    if missing:
+        raise ValueError(f"--resume: {path} is not a fastcka grok checkpoint (no {', '.join(missing)})")
+    return state
 
 
 def write_log(out: Path, rows: list[dict]) -> None:
@@ -282,6 +335,19 @@ def summarise(cfg: TrainConfig, rows: list[dict], extra: dict) -> dict:
     }
 
 
+def divergence(bad_step: int, bad_loss: float, row: dict, forced: bool) -> Optional[dict]:
+    """Whether the run has diverged, seen at a logged row: ``{"step", "reason"}``, or None.
+
+    ``bad_step``/``bad_loss``: the first step (-1: none yet) whose loss was not finite, and that loss. A finite loss
+    with non-finite activations (Ô01 NaN: CKA is NaN exactly when its input is not finite) counts too."""
+    what = "loss" if forced else "train loss"
+    if bad_step >= 0:
+        return {"step": bad_step, "reason": f"the {what} became {bad_loss} at step {bad_step}"}
+    if not math.isfinite(row["o01"]) or not math.isfinite(row["spec_entropy"]):
+        return {"step": row["step"], "reason": f"the activations became non-finite by step {row['step']}"}
+    return None
+
+
 def train(cfg: TrainConfig, resume: bool = False, callback: Optional[Callable[[int], None]] = None) -> dict:
     """Train (or resume) the run in ``cfg.out``; write config.json, log.csv, summary.json, plot.png, checkpoint.pt.
     Returns the summary. ``callback(step)`` is called after every update (tests, custom monitors)."""
@@ -299,15 +365,30 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Optional[Callable[[i
     ds, model, opt, probe = build(cfg, device)
     step, rows, loss_max = 0, [], torch.zeros((), device=device)
     if resume:
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = load_checkpoint(ckpt_path, device)
+        if state.get("diverged"):
+            raise ValueError(f"--resume: the run in {out} diverged ({state['diverged'].get('reason')}); there is "
+                             "nothing to continue: start a new run (a smaller --lr?) with another --out or --overwrite")
+        if not isinstance(state["config"], dict):
+            raise ValueError(f"--resume: {ckpt_path} is not a fastcka grok checkpoint (its config is not a dict)")
         check_resumable(state["config"], cfg)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, rows, loss_max = state["step"], state["rows"], state["loss_max"].to(device)
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            step, rows, loss_max = int(state["step"]), list(state["rows"]), state["loss_max"].to(device)
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise ValueError(f"--resume: {ckpt_path} does not fit the run's config ({type(e).__name__}: "
+                             f"{_first_line(e)})") from None
         while rows and rows[-1]["step"] % cfg.every and rows[-1]["step"] == step:  # the extra last row of a
             rows.pop()  # run that ended between two log steps: an uninterrupted run would not have it
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    flag = "--resume" if resume else "--out"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag}: {out} is a file, not a run directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot write the run directory {out} ({e.strerror or _first_line(e)})") from None
 
     from tqdm.auto import tqdm
 
@@ -317,7 +398,9 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Optional[Callable[[i
     for r in rows:
         det.update(r["step"], r["o01"], r["train_acc"], r["train_loss_max"])
     grok = first_step(rows, "test_acc", cfg.grok_acc)
-    start_step, t0, interrupted = step, time.perf_counter(), False
+    start_step, t0, interrupted, diverged = step, time.perf_counter(), False, None
+    # the first step whose loss was not finite, and that loss: device tensors, read only at logged rows (no sync)
+    bad_step, bad_loss = torch.full((), -1, dtype=torch.long, device=device), torch.zeros((), device=device)
     with _StopOnCtrlC() as ctrl_c:
         while True:
             logits, resid = model(ds.train_x, fast=cfg.fast)
@@ -327,6 +410,9 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Optional[Callable[[i
             logged = bool(rows) and rows[-1]["step"] == step  # resumed from the checkpoint written at the end
             if not logged:
                 loss_max = torch.maximum(loss_max, ce.detach())
+            new_bad = (bad_step < 0) & ~torch.isfinite(loss.detach())
+            bad_step = torch.where(new_bad, step, bad_step)
+            bad_loss = torch.where(new_bad, loss.detach(), bad_loss)
             if not logged and (step % cfg.every == 0 or step == cfg.max_steps):
                 row = measure(cfg, ds, model, probe, step, ce.detach(), logits.detach(), [r.detach() for r in resid],
                               None if o is None else o.detach(), loss_max)
@@ -339,6 +425,10 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Optional[Callable[[i
                     grok = step
                 bar.set_postfix(train=f"{row['train_acc']:.2f}", test=f"{row['test_acc']:.2f}", o01=f"{row['o01']:.3f}",
                                 alarm=det.result.alarm_step, refresh=False)
+                diverged = divergence(int(bad_step), float(bad_loss), row, cfg.force_cka > 0)
+                if diverged is not None:
+                    bar.write(f"step {step}: stopping, the run diverged ({diverged['reason']})")
+                    break
             if step >= cfg.max_steps or (grok is not None and 0 <= cfg.stop_after_grok <= step - grok):
                 break
             if ctrl_c.requested:
@@ -357,10 +447,11 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Optional[Callable[[i
                 callback(step)
     bar.close()
     wall = time.perf_counter() - t0
-    save_checkpoint(ckpt_path, cfg, step, model, opt, rows, loss_max)
+    save_checkpoint(ckpt_path, cfg, step, model, opt, rows, loss_max, diverged)
     write_log(out, rows)
     extra = {"steps": step, "steps_this_session": step - start_step, "wall_s": wall,
              "steps_per_s": (step - start_step) / wall if wall > 0 else None, "interrupted": interrupted,
+             "diverged": diverged,
              "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
     summary = summarise(cfg, rows, extra)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -385,6 +476,9 @@ def format_report(s: dict) -> str:
         lines.append(f"  stopped {c['stop_after_grok']} steps after the grok step (--stop-after-grok)")
     if s["interrupted"]:
         lines.append(f"  interrupted at step {s['steps']}: continue with  fastcka grok --resume {c['out']}")
+    if s.get("diverged"):
+        lines.append(f"  DIVERGED: {s['diverged']['reason']}; stopped at step {s['steps']} (the log, summary, plot and "
+                     "checkpoint are written; a smaller --lr may help)")
 
     def at(step: Optional[int], none: str) -> str:
         return f"step {step}" if step is not None else none
