@@ -208,9 +208,98 @@ def run_study(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- fastcka compare --------------------------------------------------------------------------------------------
+
+def add_compare(sub: Any) -> None:
+    p = sub.add_parser("compare", help="compare two grokking checkpoints block by block (CKA heatmap)",
+                       description="Load two `fastcka grok` checkpoints (run directories or checkpoint.pt files: two "
+                       "seeds, or one run saved at two steps), run both models on run A's task inputs and write the "
+                       "CKA between every block of A and every block of B (fastcka.compare) as a heatmap, a table "
+                       "on stdout and, with --save, a result file.")
+    p.add_argument("run_a", metavar="A", help="run directory (with checkpoint.pt) or checkpoint file")
+    p.add_argument("run_b", metavar="B", help="run directory or checkpoint file (the same task and input size as A)")
+    p.add_argument("--layers", default="blocks.*", help="module names or globs, comma-separated (default: blocks.*)")
+    p.add_argument("--split", choices=("all", "train", "test"), default="all", help="which of A's inputs (default: all)")
+    p.add_argument("--reduce", choices=("last", "mean", "max", "flatten"), default="last",
+                   help="token outputs: the answer position (last, default, as Ô01), or over positions")
+    p.add_argument("--estimator", choices=("exact", "minibatch"), default="exact", help="default: exact")
+    p.add_argument("--unbiased", action="store_true", help="debiased CKA (exact estimator)")
+    p.add_argument("--batch-size", type=int, default=1024, help="examples per forward (default: 1024)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
+    p.add_argument("--out", default="cka_compare.png", help="the heatmap PNG (default: cka_compare.png; '' for none)")
+    p.add_argument("--save", metavar="PATH", help="also write the result (.json, or a torch file)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON after the table")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_compare)
+
+
+def _load_grok_run(path: str, flag: str, device: Any):
+    """(model with the checkpoint's weights, dataset, label) of a `fastcka grok` checkpoint, read with
+    weights_only=True (a crafted pickle is refused)."""
+    import pickle
+
+    import torch
+
+    from fastcka.grok.train import CHECKPOINT, TrainConfig, build
+
+    p = Path(path)
+    ckpt = p / CHECKPOINT if p.is_dir() else p
+    if not ckpt.is_file():
+        raise ValueError(f"{flag}: {path} is neither a checkpoint file nor a run directory with {CHECKPOINT}")
+    try:
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        cfg = TrainConfig(**{**state["config"], "device": str(device), "progress": False})
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as e:
+        raise ValueError(f"{flag}: {ckpt} is not a readable fastcka grok checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    ds, model, _, _ = build(cfg, device)
+    model.load_state_dict(state["model"])
+    name = p.name if p.is_dir() else f"{p.parent.name}/{p.name}"
+    return model, ds, f"{name} (step {state.get('step', '?')})"
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    import torch
+
+    import fastcka
+    from fastcka.grok.train import resolve_device
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: expected at least 1, got {args.batch_size}")
+    if args.max_batches is not None and args.max_batches < 1:
+        raise ValueError(f"--max-batches: expected at least 1, got {args.max_batches}")
+    if args.unbiased and args.estimator == "minibatch":
+        raise ValueError("--unbiased: the minibatch estimator is always unbiased per batch; drop --unbiased")
+    device = resolve_device(args.device)
+    model_a, ds, label_a = _load_grok_run(args.run_a, "A", device)
+    model_b, ds_b, label_b = _load_grok_run(args.run_b, "B", device)
+    if (ds.vocab_size, ds.seq_len) != (ds_b.vocab_size, ds_b.seq_len):
+        raise ValueError(f"B: its model reads {ds_b.seq_len} tokens of a vocabulary of {ds_b.vocab_size}, A's "
+                         f"{ds.seq_len} of {ds.vocab_size}: the two runs must be on the same task and size")
+    x = {"train": ds.train_x, "test": ds.test_x, "all": torch.cat([ds.train_x, ds.test_x])}[args.split]
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()]
+    reduce = -1 if args.reduce == "last" else args.reduce
+    res = fastcka.compare(model_a, model_b, torch.split(x, args.batch_size), layers_a=layers,
+                          estimator=args.estimator, unbiased=args.unbiased, reduce=reduce,
+                          max_batches=args.max_batches, progress=not args.quiet)
+    res.model_a, res.model_b = label_a, label_b
+    res.extra.update(split=args.split, run_a=str(args.run_a), run_b=str(args.run_b))
+    print(repr(res))
+    if args.out:
+        res.plot(args.out)
+        print(f"fastcka compare: wrote {args.out}")
+    if args.save:
+        res.save(args.save)
+        print(f"fastcka compare: wrote {args.save}")
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=1))
+    return 0
+
+
 # --- the command ------------------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_grok, add_study]
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_grok, add_study, add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:
