@@ -14,7 +14,7 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["as_matrix", "check_flag", "renamed_options"]
+__all__ = ["as_matrix", "check_flag", "renamed_options", "warn_renamed"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,6 +53,13 @@ def _stacklevel_outside_package() -> int:
     return level
 
 
+def warn_renamed(old: str, new: str) -> None:
+    """DeprecationWarning "<old> is deprecated ...; use <new>", attributed to the user's line (the first frame
+    outside fastcka)."""
+    warnings.warn(f"{old} is deprecated and will be removed in the next release; use {new}", DeprecationWarning,
+                  stacklevel=_stacklevel_outside_package())
+
+
 def renamed_options(where: str, legacy: Dict[str, Any], **options: Tuple[str, Any, Any]) -> Any:
     """Resolve options that were renamed, accepting the old keyword for one release with a DeprecationWarning.
 
@@ -67,8 +74,7 @@ def renamed_options(where: str, legacy: Dict[str, Any], **options: Tuple[str, An
             old_value = legacy.pop(old)
             if value is not default:
                 raise TypeError(f"{where}() got both {new}= and its deprecated name {old}=; pass {new}= only")
-            warnings.warn(f"{where}(): {old}= is deprecated and will be removed in the next release; use {new}=",
-                          DeprecationWarning, stacklevel=_stacklevel_outside_package())
+            warn_renamed(f"{where}(): {old}=", f"{new}=")
             value = old_value
         resolved.append(value)
     if legacy:

@@ -2,7 +2,8 @@
 
 Two families, each in a pair form and a matrix form (every layer against every layer):
 
-* :class:`LinearCKA` / :class:`LinearCKAMatrix` — the **exact** linear CKA (biased or debiased) of the whole
+* :class:`LinearCKA` / :class:`LinearCKAMatrix` — the **exact** linear CKA (biased, or debiased with
+  ``unbiased=True``) of the whole
   stream, as if all examples had been stacked into one matrix. The states are additive sums
   (derived below, under "Linear states"); centering happens only in :meth:`compute`.
 * :class:`MinibatchCKA` / :class:`MinibatchCKAMatrix` — minibatch CKA (Nguyen et al. 2021):
@@ -29,7 +30,7 @@ are brought to a common shift exactly: Z' = Z T for a (D × D) matrix T, so M' =
 At :meth:`compute`, with μ_l = (column sums)/n:
 
 * centred cross-products  C_lm = X_lᵀX_m − n μ_l μ_mᵀ  (= X_l,cᵀ X_m,c), biased HSIC ∝ ‖C_lm‖²_F;
-* debiased (Kornblith et al.'s feature-space form, ``reference.feature_space_linear_cka(debiased=True)``):
+* debiased (Kornblith et al.'s feature-space form, ``reference.feature_space_linear_cka(unbiased=True)``):
   with the centred row norms d_l,i = ‖x_l,i − x̄_l‖² (x̄_l the mean),
 
       HSIC₁ ∝ ‖C_lm‖²_F − n/(n−2) Σᵢ d_l,i d_m,i + (Σᵢ d_l,i)(Σᵢ d_m,i) / ((n−1)(n−2)).
@@ -42,7 +43,12 @@ At :meth:`compute`, with μ_l = (column sums)/n:
   Expanded, this uses Σ a_l a_m, the vectors Σ a_l x_m, the moment matrices and the column sums: the minimal
   additive set for the debiased form.
 
-CKA is 0 where a self-HSIC is ≤ 0 (a constant representation), as in :mod:`fastcka.reference`.
+CKA is 0 where a self-HSIC is ≤ 0 (a constant representation), as in :mod:`fastcka.reference`. Every
+``compute()`` returns float64, whatever the input dtype (the states are float64 sums).
+
+Inputs are checked as :func:`fastcka.cka` checks them (one validator, :func:`fastcka._validation.as_matrix`): real
+floating point (integer, bool and complex tensors raise TypeError), at least one feature per example. The option
+``unbiased=`` was called ``debiased=`` in fastcka 0.1; the old name is still accepted, with a DeprecationWarning.
 
 The update is one function, :func:`_moment_update` (one float64 GEMM on the concatenated [1, X − c, a]): it is
 the piece meant to become a single C++ op.
@@ -55,30 +61,21 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ._validation import as_matrix, check_flag, renamed_options, warn_renamed
+
 Tensor = torch.Tensor
 
 __all__ = ["LinearCKA", "LinearCKAMatrix", "MinibatchCKA", "MinibatchCKAMatrix"]
 
 _F64 = torch.float64
-_STATE_VERSION = 1
+# 2: the estimator flag is stored as "unbiased" (version 1 called it "debiased"; both load)
+_STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _as_rows(x: Any, name: str) -> Tensor:
-    """(n, ...) -> (n, features) view/copy; a 1-D input is one feature per example. Validates type and dtype."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.is_complex():
-        raise TypeError(f"{name} must be a real tensor, got dtype {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError(f"{name} must have shape (n, ...) with examples along dim 0, got a 0-d tensor")
-    if x.dim() == 1:
-        x = x[:, None]
-    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 def _block_indicator(widths: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -122,7 +119,7 @@ def _all_gather_meta(meta: Dict[str, Any], group: Any) -> List[Dict[str, Any]]:
 
 def _moment_update(moments: Tensor, shift: Tensor, reps: Sequence[Tensor], blocks: Optional[Tensor]) -> None:
     """``moments += Zᵀ Z`` in place, Z = [1, X − c, a] in float64 (a = per-representation ‖x − c‖², present
-    when ``blocks`` (the F × L block indicator) is given, i.e. for the debiased form).
+    when ``blocks`` (the F × L block indicator) is given, i.e. for the unbiased (debiased CKA) form).
 
     This is the whole per-batch update — a float64 copy into one (b × D) buffer, a shift, optionally a row-norm
     reduction, and one float64 GEMM — written to move into one C++ op (``fastcka::moment_update``) unchanged.
@@ -147,7 +144,11 @@ def _moment_update(moments: Tensor, shift: Tensor, reps: Sequence[Tensor], block
 
 
 def _reshift(moments: Tensor, old: Tensor, new: Tensor, blocks: Tensor, with_norms: bool) -> Tensor:
-    """Moments about shift ``old`` -> the same moments about shift ``new`` (exact linear map M' = Tᵀ M T)."""
+    """Moments about shift ``old`` -> the same moments about shift ``new`` (exact linear map M' = Tᵀ M T).
+
+    A column whose diagonal moment is not finite (a representation with a NaN/Inf entry, or one that overflowed)
+    keeps NaN in its row and column, and only there: the GEMMs run on the finite part (T's zeros would otherwise
+    turn its infinities into NaN everywhere)."""
     d = (new - old).to(moments.device, _F64)
     f = d.numel()
     t = torch.eye(moments.shape[0], dtype=_F64, device=moments.device)
@@ -155,29 +156,49 @@ def _reshift(moments: Tensor, old: Tensor, new: Tensor, blocks: Tensor, with_nor
     if with_norms:  # a' = a − 2 d·x + ‖d‖²
         t[0, 1 + f :] = (d * d) @ blocks
         t[1 : 1 + f, 1 + f :] = -2.0 * d[:, None] * blocks
-    return t.T @ moments @ t
+    bad = ~torch.isfinite(torch.diagonal(moments))
+    finite = torch.where(torch.isfinite(moments), moments, torch.zeros((), dtype=_F64, device=moments.device))
+    out = t.T @ finite @ t
+    return torch.where(bad[:, None] | bad[None, :], torch.full_like(out, math.nan), out)
 
 
-def _linear_hsic_from_moments(n: int, moments: Tensor, blocks: Tensor, debiased: bool) -> Tensor:
-    """(L × L) matrix of the (unnormalised) HSIC between every pair of representations; see the module docstring.
+def _linear_hsic_from_moments(n: int, moments: Tensor, blocks: Tensor, unbiased: bool) -> Tensor:
+    """(L × L) matrix of the (unnormalised) HSIC between every pair of representations, each representation l
+    scaled by an exact power of two d_l (entry (l, m) is d_l² d_m² HSIC_lm): the CKA ratio h_lm / √(h_ll h_mm) is
+    unchanged, bit for bit, and no value overflows. See the module docstring for the formulas.
 
-    A representation that had a NaN or Inf entry gives NaN in its own row and column only: its features' diagonal
-    moments are non-finite, so it is found there, its moments are zeroed for the GEMMs below (which would spread a
-    NaN to every pair), and its row and column are set to NaN at the end (on the device: no host sync)."""
+    The scaling brings each representation's largest diagonal moment near 1 before any product, so a float64
+    representation with entries of 1e150 still has its CKA with the others. A representation whose own moments are
+    not finite (a NaN or Inf entry, or values beyond ~1e154 whose squares overflow float64) gives NaN in its own row
+    and column only: its scale is 0, so it enters the GEMMs below as zeros (which would otherwise spread a NaN or an
+    Inf·0 to every pair), and its row and column are set to NaN at the end (on the device: no host sync)."""
     f, nl = blocks.shape
-    bad_feature = ~torch.isfinite(torch.diagonal(moments)[1 : 1 + f])
-    bad = (bad_feature.to(_F64) @ blocks) > 0  # (L,) representations with a non-finite entry
-    moments = torch.where(torch.isfinite(moments), moments, torch.zeros((), dtype=_F64, device=moments.device))
-    h = _linear_hsic_finite(n, moments, blocks, debiased)
+    dev = moments.device
+    zero = torch.zeros((), dtype=_F64, device=dev)
+    diag = torch.diagonal(moments)
+    # the largest feature moment of each representation, without multiplying a non-finite one by blocks' zeros
+    top = torch.where(blocks > 0, diag[1 : 1 + f, None], zero).amax(0)
+    bad = ~torch.isfinite(top)
+    if unbiased:  # the row-norm column can overflow (‖x‖⁴) before the features do (x²)
+        bad = bad | ~torch.isfinite(diag[1 + f :])
+    _, e = torch.frexp(torch.where(bad | (top <= 0), torch.ones_like(top), top))  # top = m·2^e, m ∈ [0.5, 1)
+    half = torch.clamp(-torch.div(e, 2, rounding_mode="floor"), -500, 500)  # d_l = 2^half: d_l²·top ∈ [0.5, 2)
+    d = torch.where(bad, zero, torch.ldexp(torch.ones_like(top), half))
+    col = torch.cat([torch.ones(1, dtype=_F64, device=dev),
+                     torch.where(blocks > 0, d, zero).amax(1)]  # features
+                    + ([d * d] if unbiased else []))  # row norms scale as d²
+    scaled = (moments * col[:, None]) * col[None, :]  # two steps: col_i·col_j alone could underflow
+    scaled = torch.where(torch.isfinite(scaled), scaled, zero)  # a bad representation's Inf·0
+    h = _linear_hsic_finite(n, scaled, blocks, unbiased)
     return torch.where(bad[:, None] | bad[None, :], torch.full_like(h, math.nan), h)
 
 
-def _linear_hsic_finite(n: int, moments: Tensor, blocks: Tensor, debiased: bool) -> Tensor:
+def _linear_hsic_finite(n: int, moments: Tensor, blocks: Tensor, unbiased: bool) -> Tensor:
     f, nl = blocks.shape
     s = moments[0, 1 : 1 + f]
     c = moments[1 : 1 + f, 1 : 1 + f] - torch.outer(s, s) / n  # centred cross-products X_cᵀ Y_c
     fro = blocks.T @ (c * c) @ blocks  # ‖C_lm‖²_F
-    if not debiased:
+    if not unbiased:
         return fro
     mu = s / n
     w = torch.zeros(moments.shape[0], nl, dtype=_F64, device=moments.device)
@@ -213,6 +234,70 @@ def _hsic1_terms(x: Tensor, y: Tensor, kernel: str, sigma_x: Optional[float], si
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _checked_state(state: Any, kind: str, keys: Sequence[str]) -> Mapping[str, Any]:
+    """``state`` after the checks every ``load_state_dict`` shares: a mapping, a readable version, the right
+    kind, every key present (ValueError naming the first missing one)."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state_dict must be a mapping from {kind}.state_dict(), got {type(state).__name__}")
+    readable = ", ".join(str(v) for v in _READABLE_VERSIONS)
+    if "version" not in state:
+        raise ValueError(f"state_dict has no 'version' entry: not a {kind}.state_dict() (this fastcka reads "
+                         f"versions {readable})")
+    version = state["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version not in _READABLE_VERSIONS:
+        raise ValueError(f"state_dict has version {version!r}; this fastcka reads versions {readable} (a state saved "
+                         "by a newer fastcka needs that version)")
+    if state.get("kind") != kind:
+        raise ValueError(f"state_dict is for {state.get('kind')!r}, not {kind!r}")
+    for key in keys:
+        if key not in state:
+            raise ValueError(f"state_dict has no {key!r} entry (a version-{version} {kind} state needs "
+                             f"{', '.join(repr(k) for k in keys)})")
+    return state
+
+
+def _state_int(state: Mapping[str, Any], key: str, minimum: int) -> int:
+    """``state[key]`` as an int ≥ ``minimum`` (ValueError naming the key otherwise)."""
+    v = state[key]
+    if isinstance(v, Tensor) and v.numel() == 1 and not v.is_floating_point():
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"state_dict[{key!r}] must be an int >= {minimum}, got {v!r}")
+    return v
+
+
+def _state_widths(state: Mapping[str, Any], num_layers: Optional[int]) -> Tuple[int, ...]:
+    """``state["widths"]``: one positive int per representation, as many as ``num_layers`` when that is set."""
+    w = state["widths"]
+    if not isinstance(w, (list, tuple)) or not w or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in w):
+        raise ValueError(f"state_dict['widths'] must be a non-empty sequence of positive ints, got {w!r}")
+    if num_layers is not None and len(w) != num_layers:
+        raise ValueError(f"state_dict['widths'] has {len(w)} entries but the state is for {num_layers} representations")
+    return tuple(w)
+
+
+def _state_tensor(state: Mapping[str, Any], key: str, shape: Tuple[int, ...]) -> Tensor:
+    """``state[key]``: a real floating-point tensor of exactly ``shape`` (ValueError naming the key otherwise)."""
+    t = state[key]
+    if not isinstance(t, Tensor) or t.is_complex() or not t.is_floating_point():
+        raise ValueError(f"state_dict[{key!r}] must be a floating-point tensor, got "
+                         f"{t.dtype if isinstance(t, Tensor) else type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"state_dict[{key!r}] has shape {tuple(t.shape)}, expected {shape} for the state's widths")
+    return t
+
+
+def _state_num_layers(state: Mapping[str, Any], mine: Optional[int]) -> Optional[int]:
+    """The state's ``num_layers`` (None or a positive int), which must agree with the accumulator's own."""
+    nl = state["num_layers"]
+    if nl is not None and (isinstance(nl, bool) or not isinstance(nl, int) or nl < 1):
+        raise ValueError(f"state_dict['num_layers'] must be None or a positive int, got {nl!r}")
+    if mine is not None and nl is not None and nl != mine:
+        raise ValueError(f"state_dict is for {nl} representations, this accumulator takes {mine}")
+    return nl if nl is not None else mine
+
+
 class _Accumulator:
     """Common plumbing: representation checks, sync/unsync bookkeeping, reset."""
 
@@ -246,7 +331,7 @@ class _Accumulator:
             raise ValueError(f"expected {self.num_layers} representations per update, got {len(reps)}")
         if len(reps) < 1:
             raise ValueError("update() needs at least one representation")
-        mats = [_as_rows(r, self._rep_name(i)) for i, r in enumerate(reps)]
+        mats = [as_matrix(r, self._rep_name(i)) for i, r in enumerate(reps)]
         n0 = mats[0].shape[0]
         for i, m in enumerate(mats[1:], 1):
             if m.shape[0] != n0:
@@ -293,15 +378,16 @@ class LinearCKAMatrix(_Accumulator):
     Each :meth:`update` takes the L representations of one minibatch (same number of rows, any widths; inputs of
     shape (n, ...) are flattened to (n, features)); :meth:`compute` returns the (L × L) matrix of the linear CKA of
     the whole stream — the value :func:`fastcka.reference.linear_cka` gives on all rows stacked (biased), or the
-    debiased CKA (``debiased=True``, HSIC₁ in Kornblith et al.'s feature-space form). See the module docstring
-    for the states and formulas.
+    debiased CKA (``unbiased=True``, HSIC₁ in Kornblith et al.'s feature-space form). See the module docstring
+    for the states and formulas. :meth:`compute` returns float64 whatever the input dtype.
 
-    Cost: one float64 GEMM of a (b × D) matrix per batch, D = 1 + Σ p_l (+ L if debiased); memory D² float64 for
+    Cost: one float64 GEMM of a (b × D) matrix per batch, D = 1 + Σ p_l (+ L if unbiased); memory D² float64 for
     the state. States are kept on the first batch's device and accumulate under ``torch.no_grad``.
 
     Args:
         num_layers: number of representations per update (inferred from the first update when ``None``).
-        debiased: compute the debiased CKA (needs n ≥ 4 examples in total) instead of the biased one (n ≥ 2).
+        unbiased: compute the debiased CKA (needs n ≥ 4 examples in total) instead of the biased one (n ≥ 2); a
+            bool (TypeError otherwise). ``debiased=`` is its deprecated name.
         names: optional names of the representations, used in error messages (sets ``num_layers``).
 
     Example::
@@ -316,10 +402,22 @@ class LinearCKAMatrix(_Accumulator):
     _kind = "LinearCKAMatrix"
 
     def __init__(
-        self, num_layers: Optional[int] = None, *, debiased: bool = False, names: Optional[Sequence[str]] = None
+        self,
+        num_layers: Optional[int] = None,
+        *,
+        unbiased: bool = False,
+        names: Optional[Sequence[str]] = None,
+        **deprecated: Any,
     ) -> None:
-        self.debiased = bool(debiased)
+        unbiased = renamed_options(type(self).__name__, deprecated, unbiased=("debiased", unbiased, False))
+        self.unbiased = check_flag(unbiased, "unbiased")
         super().__init__(num_layers, names)
+
+    @property
+    def debiased(self) -> bool:
+        """Deprecated name of :attr:`unbiased`."""
+        warn_renamed(f"{type(self).__name__}.debiased", ".unbiased")
+        return self.unbiased
 
     # -- state -----------------------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -346,7 +444,7 @@ class LinearCKAMatrix(_Accumulator):
         return None if self._moments is None else self._moments.device
 
     def _dim(self, widths: Sequence[int]) -> int:
-        return 1 + sum(widths) + (len(widths) if self.debiased else 0)
+        return 1 + sum(widths) + (len(widths) if self.unbiased else 0)
 
     def _init_states(self, widths: Tuple[int, ...], shift: Tensor, device: torch.device) -> None:
         self._widths = widths
@@ -377,7 +475,7 @@ class LinearCKAMatrix(_Accumulator):
                 self._init_states(tuple(m.shape[1] for m in mats), shift, mats[0].device)
             elif mats[0].device != self._moments.device:
                 raise ValueError(f"batch is on {mats[0].device} but the states are on {self._moments.device}")
-            _moment_update(self._moments, self._shift, mats, self._blocks if self.debiased else None)
+            _moment_update(self._moments, self._shift, mats, self._blocks if self.unbiased else None)
         self._n += b
         self._synced = None
 
@@ -391,7 +489,7 @@ class LinearCKAMatrix(_Accumulator):
         """(L × L) float64 CKA matrix on the states' device (global after :meth:`sync`, local otherwise).
 
         Entries are 0 where a representation is constant (its self-HSIC is ≤ 0). Raises RuntimeError before any
-        data, ValueError when n < 2 (biased) or n < 4 (debiased) examples were seen in total.
+        data, ValueError when n < 2 (biased) or n < 4 (unbiased) examples were seen in total.
         """
         n, _, moments = self._current()
         if n == 0 or moments is None:
@@ -400,14 +498,14 @@ class LinearCKAMatrix(_Accumulator):
                 f"{type(self).__name__}.compute() called before any data: no non-empty batch was seen {where}; "
                 "call update() first"
             )
-        need = 4 if self.debiased else 2
+        need = 4 if self.unbiased else 2
         if n < need:
-            form = "debiased" if self.debiased else "biased"
+            form = "unbiased" if self.unbiased else "biased"
             raise ValueError(f"the {form} linear CKA needs n >= {need} examples in total, got n={n}")
         blocks = self._blocks
         if blocks is None or blocks.device != moments.device:
             blocks = _block_indicator(self._widths, _F64, moments.device)
-        h = _linear_hsic_from_moments(n, moments, blocks, self.debiased)
+        h = _linear_hsic_from_moments(n, moments, blocks, self.unbiased)
         return _cka_from_hsic_matrix(h)
 
     # -- merge / distributed -----------------------------------------------------------------------------------
@@ -417,14 +515,14 @@ class LinearCKAMatrix(_Accumulator):
         shift = shift.to(self._moments.device, _F64)
         if torch.equal(shift, self._shift):
             return self._moments
-        return _reshift(self._moments, self._shift, shift, self._blocks, self.debiased)
+        return _reshift(self._moments, self._shift, shift, self._blocks, self.unbiased)
 
     def merge(self, other: "LinearCKAMatrix") -> "LinearCKAMatrix":
         """Add another accumulator's local states to this one (as if its batches had been fed here). Exact:
         the other's moments are moved to this accumulator's shift first. Returns ``self``."""
         self._check_merge(other)
-        if other.debiased != self.debiased:
-            raise ValueError(f"cannot merge debiased={other.debiased} into debiased={self.debiased}")
+        if other.unbiased != self.unbiased:
+            raise ValueError(f"cannot merge unbiased={other.unbiased} into unbiased={self.unbiased}")
         if other._moments is None:
             return self
         if self._moments is None:
@@ -453,7 +551,7 @@ class LinearCKAMatrix(_Accumulator):
             return self
         meta = {
             "kind": self._kind,
-            "debiased": self.debiased,
+            "unbiased": self.unbiased,
             "num_layers": self.num_layers,
             "n": self._n,
             "widths": self._widths,
@@ -461,9 +559,9 @@ class LinearCKAMatrix(_Accumulator):
         }
         metas = _all_gather_meta(meta, group)
         for m in metas:
-            if m["kind"] != self._kind or m["debiased"] != self.debiased:
-                raise ValueError(f"sync(): ranks disagree on the accumulator: {m['kind']}/debiased={m['debiased']} "
-                                 f"vs {self._kind}/debiased={self.debiased}")
+            if m["kind"] != self._kind or m["unbiased"] != self.unbiased:
+                raise ValueError(f"sync(): ranks disagree on the accumulator: {m['kind']}/unbiased={m['unbiased']} "
+                                 f"vs {self._kind}/unbiased={self.unbiased}")
         data = [m for m in metas if m["n"] > 0]
         total = sum(m["n"] for m in metas)
         if not data:
@@ -498,7 +596,7 @@ class LinearCKAMatrix(_Accumulator):
         return {
             "version": _STATE_VERSION,
             "kind": self._kind,
-            "debiased": self.debiased,
+            "unbiased": self.unbiased,
             "num_layers": self.num_layers,
             "names": self.names,
             "n": self._n,
@@ -508,23 +606,39 @@ class LinearCKAMatrix(_Accumulator):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore states from :meth:`state_dict` (copied, kept on the saved tensors' device; use :meth:`to`)."""
-        if state.get("kind") != self._kind:
-            raise ValueError(f"state_dict is for {state.get('kind')!r}, not {self._kind!r}")
-        if bool(state["debiased"]) != self.debiased:
-            raise ValueError(f"state_dict has debiased={state['debiased']} but this accumulator has {self.debiased}")
-        self.reset()
-        self.num_layers = state["num_layers"]
-        self.names = state.get("names", self.names)
+        """Restore states from :meth:`state_dict` (copied, kept on the saved tensors' device; use :meth:`to`).
+
+        Checked before anything changes: the version (1 or 2; version 1 named the flag ``debiased``), the kind,
+        every key (ValueError naming a missing one), the flag against this accumulator's ``unbiased``, the number
+        of representations, the widths, ``n`` (≥ 1, equal to the moments' count), and the shapes of ``shift``
+        (F,) and ``moments`` (D × D). An edited or truncated state is refused, not silently accumulated into."""
+        state = _checked_state(state, self._kind, ("num_layers", "n", "widths", "shift", "moments"))
+        flag = "unbiased" if state["version"] >= 2 else "debiased"
+        if flag not in state:
+            raise ValueError(f"state_dict has no {flag!r} entry (version {state['version']})")
+        if not isinstance(state[flag], bool) or state[flag] != self.unbiased:
+            raise ValueError(f"state_dict has {flag}={state[flag]!r} but this accumulator has unbiased={self.unbiased}")
+        num_layers = _state_num_layers(state, self.num_layers)
+        names = state.get("names", self.names)
+        loaded = None
         if state["moments"] is not None:
-            widths = tuple(int(w) for w in state["widths"])
-            moments = torch.as_tensor(state["moments"])
-            if moments.shape != (self._dim(widths),) * 2:
-                raise ValueError(f"state_dict moments have shape {tuple(moments.shape)}, expected "
-                                 f"{(self._dim(widths),) * 2} for widths {widths}")
-            self._init_states(widths, torch.as_tensor(state["shift"]).clone(), moments.device)
+            widths = _state_widths(state, num_layers)
+            n = _state_int(state, "n", 1)
+            d = self._dim(widths)
+            moments = _state_tensor(state, "moments", (d, d))
+            shift = _state_tensor(state, "shift", (sum(widths),))
+            if float(moments[0, 0]) != n:
+                raise ValueError(f"state_dict['n'] is {n} but its moments count {float(moments[0, 0]):g} examples")
+            loaded = (widths, n, moments, shift)
+        elif _state_int(state, "n", 0) != 0 or state["shift"] is not None:
+            raise ValueError("state_dict has no moments but a non-zero 'n' or a 'shift': it is incomplete")
+        self.reset()
+        self.num_layers, self.names = num_layers, names
+        if loaded is not None:
+            widths, n, moments, shift = loaded
+            self._init_states(widths, shift.detach().clone(), moments.device)
             self._moments.copy_(moments)
-            self._n = int(state["n"])
+            self._n = n
 
     def to(self, device: Union[str, torch.device]) -> "LinearCKAMatrix":
         """Move the states to ``device`` (in place); returns ``self``."""
@@ -536,7 +650,7 @@ class LinearCKAMatrix(_Accumulator):
         return self
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(num_layers={self.num_layers}, debiased={self.debiased}, n={self._n}, "
+        return (f"{type(self).__name__}(num_layers={self.num_layers}, unbiased={self.unbiased}, n={self._n}, "
                 f"widths={self._widths})")
 
 
@@ -544,13 +658,14 @@ class LinearCKA(LinearCKAMatrix):
     """Exact streaming linear CKA between two representations X and Y over a whole data set.
 
     ``update(x, y)`` with x of shape (b, ...) and y of shape (b, ...) (flattened to (b, p), (b, q)); ``compute()``
-    gives a 0-d float64 tensor equal (to ~1e-12 relative) to :func:`fastcka.reference.linear_cka` of all the
-    rows stacked — biased, or debiased with ``debiased=True`` (Kornblith et al.'s feature-space HSIC₁). 0 for a
+    gives a 0-d float64 tensor (whatever the input dtype) equal (to ~1e-12 relative) to
+    :func:`fastcka.reference.linear_cka` of all the rows stacked — biased, or the debiased CKA with
+    ``unbiased=True`` (Kornblith et al.'s feature-space HSIC₁; ``debiased=`` is the deprecated name). 0 for a
     constant representation. See :class:`LinearCKAMatrix` and the module docstring for states and formulas.
 
     Example (data parallel)::
 
-        metric = LinearCKA(debiased=True)
+        metric = LinearCKA(unbiased=True)
         for x, y in loader:                    # each rank its own shard; shards may be unequal or empty
             metric.update(layer1(x), layer2(x))
         value = metric.sync().compute()        # same value on every rank
@@ -558,8 +673,8 @@ class LinearCKA(LinearCKAMatrix):
 
     _kind = "LinearCKA"
 
-    def __init__(self, *, debiased: bool = False) -> None:
-        super().__init__(2, debiased=debiased, names=("x", "y"))
+    def __init__(self, *, unbiased: bool = False, **deprecated: Any) -> None:
+        super().__init__(2, unbiased=unbiased, names=("x", "y"), **deprecated)
 
     def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
         """Add one minibatch of paired rows. ValueError when x or y changes width or their row counts differ."""
@@ -575,12 +690,25 @@ class LinearCKA(LinearCKAMatrix):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _sigma_key(sigma: Any, count: Optional[int]) -> Any:
+    """A comparable form of a minibatch σ setting: one entry (None or a float) per representation when ``count``
+    is known, so that ``2.0`` and ``(2.0, 2.0)`` compare equal and ``(1.0, 3.0)`` differs from ``(3.0, 1.0)``."""
+    if isinstance(sigma, Tensor):
+        sigma = sigma.tolist()
+    if sigma is None or isinstance(sigma, (int, float)):
+        one = None if sigma is None else float(sigma)
+        return (one,) * count if count else one
+    return tuple(None if v is None else float(v) for v in sigma)
+
+
 class MinibatchCKAMatrix(_Accumulator):
     """Minibatch CKA (Nguyen et al. 2021) between every pair of L representations.
 
     Every batch adds HSIC₁(K_l, K_m) (unbiased HSIC, Song et al. 2012) for all l ≤ m to an (L × L) float64 sum;
     :meth:`compute` returns Σ_b HSIC₁(K_l,b, K_m,b) / √(Σ_b HSIC₁(K_l,b, K_l,b) · Σ_b HSIC₁(K_m,b, K_m,b)), 0 where
-    a self-sum is ≤ 0. Matches :func:`fastcka.reference.minibatch_cka`. Each batch needs ≥ 4 rows.
+    a self-sum is ≤ 0, in float64 whatever the input dtype. Matches :func:`fastcka.reference.minibatch_cka`. Each
+    batch needs ≥ 4 rows. Sums taken with another kernel or σ are refused by :meth:`merge`, :meth:`sync` and
+    :meth:`load_state_dict` (ValueError): adding them would blend two different estimators.
 
     Args:
         num_layers: representations per update (inferred from the first update when ``None``).
@@ -694,11 +822,23 @@ class MinibatchCKAMatrix(_Accumulator):
                                "call update() first")
         return _cka_from_hsic_matrix(h)
 
+    def _sigma_count(self, widths: Optional[Sequence[int]] = None) -> Optional[int]:
+        w = widths if widths is not None else self._widths
+        return len(w) if w is not None else self.num_layers
+
+    def _check_sigma_matches(self, other_sigma: Any, where: str, widths: Optional[Sequence[int]] = None) -> None:
+        count = self._sigma_count(widths)
+        if _sigma_key(other_sigma, count) != _sigma_key(self.sigma, count):
+            raise ValueError(f"{where} has sigma={other_sigma!r} but this accumulator has sigma={self.sigma!r}: "
+                             "minibatch HSIC sums taken with different bandwidths do not add up to one estimator")
+
     def merge(self, other: "MinibatchCKAMatrix") -> "MinibatchCKAMatrix":
-        """Add another accumulator's HSIC₁ sums (same kernel and widths). Returns ``self``."""
+        """Add another accumulator's HSIC₁ sums (same kernel, σ and widths; ValueError otherwise). Returns
+        ``self``."""
         self._check_merge(other)
         if other.kernel != self.kernel:
             raise ValueError(f"cannot merge kernel={other.kernel!r} into kernel={self.kernel!r}")
+        self._check_sigma_matches(other.sigma, "the merged accumulator", other._widths)
         if other._hsic is None:
             return self
         if self._hsic is None:
@@ -719,14 +859,15 @@ class MinibatchCKAMatrix(_Accumulator):
         self._synced = None
         if not _dist_active():
             return self
-        meta = {"kind": self._kind, "kernel": self.kernel, "n": self._n, "batches": self._batches,
-                "widths": self._widths}
+        meta = {"kind": self._kind, "kernel": self.kernel, "sigma": _sigma_key(self.sigma, None), "n": self._n,
+                "batches": self._batches, "widths": self._widths}
         metas = _all_gather_meta(meta, group)
         data = [m for m in metas if m["batches"] > 0]
         for r, m in enumerate(metas):
             if m["kind"] != self._kind or m["kernel"] != self.kernel:
                 raise ValueError(f"sync(): rank {r} has {m['kind']}/kernel={m['kernel']!r}, this rank "
                                  f"{self._kind}/kernel={self.kernel!r}")
+            self._check_sigma_matches(m["sigma"], f"sync(): rank {r}", m["widths"])
         if not data:
             self._synced = (0, None)
             return self
@@ -758,18 +899,28 @@ class MinibatchCKAMatrix(_Accumulator):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore states from :meth:`state_dict`."""
-        if state.get("kind") != self._kind:
-            raise ValueError(f"state_dict is for {state.get('kind')!r}, not {self._kind!r}")
+        """Restore states from :meth:`state_dict`. Checked before anything changes: version, kind, every key
+        (ValueError naming a missing one), kernel and σ against this accumulator's, the number of representations,
+        the widths, ``n`` and ``batches`` (ints ≥ 0, both 0 without sums) and the (L × L) shape of the sums."""
+        state = _checked_state(state, self._kind, ("kernel", "sigma", "num_layers", "n", "batches", "widths", "hsic"))
         if state["kernel"] != self.kernel:
             raise ValueError(f"state_dict has kernel={state['kernel']!r} but this accumulator has {self.kernel!r}")
+        num_layers = _state_num_layers(state, self.num_layers)
+        n, batches = _state_int(state, "n", 0), _state_int(state, "batches", 0)
+        widths, hsic = None, None
+        if state["hsic"] is not None:
+            widths = _state_widths(state, num_layers)
+            hsic = _state_tensor(state, "hsic", (len(widths), len(widths)))
+            if batches < 1 or n < 4 * batches:
+                raise ValueError(f"state_dict has sums but batches={batches}, n={n} (each batch has at least 4 rows)")
+        elif n or batches:
+            raise ValueError("state_dict has no sums ('hsic' is None) but a non-zero 'n' or 'batches'")
+        self._check_sigma_matches(state["sigma"], "state_dict", widths)
         self.reset()
-        self.num_layers = state["num_layers"]
+        self.num_layers = num_layers
         self.names = state.get("names", self.names)
-        self._n = int(state["n"])
-        self._batches = int(state["batches"])
-        self._widths = None if state["widths"] is None else tuple(state["widths"])
-        self._hsic = None if state["hsic"] is None else torch.as_tensor(state["hsic"]).clone()
+        self._n, self._batches, self._widths = n, batches, widths
+        self._hsic = None if hsic is None else hsic.detach().to(_F64).clone()
 
     def to(self, device: Union[str, torch.device]) -> "MinibatchCKAMatrix":
         """Move the states to ``device``; returns ``self``."""

@@ -42,13 +42,13 @@ def rel(a, b) -> float:
 @pytest.mark.parametrize("debiased", [False, True])
 def test_uneven_batches_with_large_offset_equal_one_shot(debiased):
     x, y = stream_data(sum(SIZES))
-    acc = LinearCKA(debiased=debiased)
+    acc = LinearCKA(unbiased=debiased)
     for xb, yb in batches(SIZES, x, y):
         acc.update(xb, yb)
     assert acc.n == sum(SIZES)
     got = acc.compute()
     assert got.dtype == F64 and got.dim() == 0
-    want = ref.feature_space_linear_cka(x, y, debiased=debiased)
+    want = ref.feature_space_linear_cka(x, y, unbiased=debiased)
     assert 0.2 < float(want) < 0.95
     assert rel(got, want) < 1e-9
 
@@ -59,7 +59,7 @@ def test_matches_sample_space_reference(debiased):
     # the sample-space reference itself loses digits on uncentred offset data, so it gets the centred rows)
     sizes = [1, 2, 37, 5, 200, 11, 64]
     x, y = stream_data(sum(sizes), seed=3)
-    acc = LinearCKA(debiased=debiased)
+    acc = LinearCKA(unbiased=debiased)
     for xb, yb in batches(sizes, x, y):
         acc.update(xb, yb)
     want = ref.linear_cka(x - x.mean(0), y - y.mean(0), unbiased=debiased)
@@ -71,10 +71,10 @@ def test_float32_and_nd_inputs(debiased):
     x, y = stream_data(600, p=12, q=6, seed=4)
     x32 = x.float().reshape(600, 3, 4)  # (n, seq, d): flattened to 12 features
     y32 = y.float()
-    acc = LinearCKA(debiased=debiased)
+    acc = LinearCKA(unbiased=debiased)
     for xb, yb in batches([100, 1, 299, 200], x32, y32):
         acc.update(xb, yb)
-    want = ref.feature_space_linear_cka(x32.double(), y32.double(), debiased=debiased)
+    want = ref.feature_space_linear_cka(x32.double(), y32.double(), unbiased=debiased)
     assert rel(acc.compute(), want) < 1e-9
 
 
@@ -95,8 +95,8 @@ def test_matrix_form_equals_per_pair(debiased):
             for w in widths]
     reps.append(torch.full((n, 2), 3.25, dtype=F64))  # a constant representation: CKA 0 with everything
     sizes = [1, 300, 2, 97, 500]
-    mat = LinearCKAMatrix(debiased=debiased)
-    pairs = {(i, j): LinearCKA(debiased=debiased) for i in range(5) for j in range(5) if i < j}
+    mat = LinearCKAMatrix(unbiased=debiased)
+    pairs = {(i, j): LinearCKA(unbiased=debiased) for i in range(5) for j in range(5) if i < j}
     for chunk in batches(sizes, *reps):
         mat.update(*chunk)
         for (i, j), acc in pairs.items():
@@ -108,10 +108,10 @@ def test_matrix_form_equals_per_pair(debiased):
     assert torch.all(m[4] == 0) and torch.all(m[:, 4] == 0)
     for (i, j), acc in pairs.items():
         assert abs(float(m[i, j]) - float(acc.compute())) < 1e-12
-        want = ref.feature_space_linear_cka(reps[i], reps[j], debiased=debiased)
+        want = ref.feature_space_linear_cka(reps[i], reps[j], unbiased=debiased)
         assert abs(float(m[i, j]) - float(want)) < 1e-9 * max(abs(float(want)), 1e-3)
     # a list works as well as varargs
-    mat2 = LinearCKAMatrix(5, debiased=debiased)
+    mat2 = LinearCKAMatrix(5, unbiased=debiased)
     mat2.update(list(reps))
     assert torch.allclose(mat2.compute(), m, rtol=1e-10, atol=1e-12)
 
@@ -120,7 +120,7 @@ def test_matrix_form_equals_per_pair(debiased):
 def test_constant_representation_gives_zero(debiased):
     x, _ = stream_data(40, seed=8)
     c = torch.full((40, 3), 1e3 + 0.1, dtype=F64)
-    acc = LinearCKA(debiased=debiased)
+    acc = LinearCKA(unbiased=debiased)
     for xb, cb in batches([13, 27], x, c):
         acc.update(xb, cb)
     v = acc.compute()
@@ -131,7 +131,7 @@ def test_constant_representation_gives_zero(debiased):
 def test_merge_equals_one_stream(debiased):
     x, y = stream_data(3000, seed=9)
     x2, y2 = stream_data(1500, seed=10, offset=3 * OFFSET)  # different data and a far-away shift
-    a, b, both = LinearCKA(debiased=debiased), LinearCKA(debiased=debiased), LinearCKA(debiased=debiased)
+    a, b, both = LinearCKA(unbiased=debiased), LinearCKA(unbiased=debiased), LinearCKA(unbiased=debiased)
     for xb, yb in batches([1, 999, 2000], x, y):
         a.update(xb, yb)
         both.update(xb, yb)
@@ -141,20 +141,20 @@ def test_merge_equals_one_stream(debiased):
     merged = a.merge(b)
     assert merged is a and a.n == 4500
     assert rel(a.compute(), both.compute()) < 1e-10
-    want = ref.feature_space_linear_cka(torch.cat([x, x2]), torch.cat([y, y2]), debiased=debiased)
+    want = ref.feature_space_linear_cka(torch.cat([x, x2]), torch.cat([y, y2]), unbiased=debiased)
     assert rel(a.compute(), want) < 1e-9
     # merging into / from an empty accumulator
-    empty = LinearCKA(debiased=debiased)
+    empty = LinearCKA(unbiased=debiased)
     assert rel(empty.merge(b).compute(), b.compute()) < 1e-15
-    assert rel(b.merge(LinearCKA(debiased=debiased)).compute(), empty.compute()) < 1e-15
+    assert rel(b.merge(LinearCKA(unbiased=debiased)).compute(), empty.compute()) < 1e-15
 
 
 def test_merge_rejects_mismatch():
-    a, b = LinearCKA(), LinearCKA(debiased=True)
+    a, b = LinearCKA(), LinearCKA(unbiased=True)
     x, y = stream_data(10)
     a.update(x, y)
     b.update(x, y)
-    with pytest.raises(ValueError, match="debiased"):
+    with pytest.raises(ValueError, match="unbiased"):
         a.merge(b)
     c = LinearCKA()
     c.update(x[:, :3], y)
@@ -168,8 +168,8 @@ def test_merge_rejects_mismatch():
 def test_state_dict_round_trip_resumes_exactly(debiased):
     x, y = stream_data(2000, seed=11)
     sizes = [1, 500, 333, 166, 1000]
-    full = LinearCKA(debiased=debiased)
-    first = LinearCKA(debiased=debiased)
+    full = LinearCKA(unbiased=debiased)
+    first = LinearCKA(unbiased=debiased)
     for k, (xb, yb) in enumerate(batches(sizes, x, y)):
         full.update(xb, yb)
         if k < 3:
@@ -177,7 +177,7 @@ def test_state_dict_round_trip_resumes_exactly(debiased):
     buf = io.BytesIO()
     torch.save(first.state_dict(), buf)
     buf.seek(0)
-    resumed = LinearCKA(debiased=debiased)
+    resumed = LinearCKA(unbiased=debiased)
     resumed.load_state_dict(torch.load(buf, weights_only=False))
     for k, (xb, yb) in enumerate(batches(sizes, x, y)):
         if k >= 3:
@@ -189,8 +189,8 @@ def test_state_dict_round_trip_resumes_exactly(debiased):
     sd = full.state_dict()
     full.update(x[:5], y[:5])
     assert not torch.equal(sd["moments"], full.state_dict()["moments"])
-    with pytest.raises(ValueError, match="debiased"):
-        LinearCKA(debiased=not debiased).load_state_dict(sd)
+    with pytest.raises(ValueError, match="unbiased"):
+        LinearCKA(unbiased=not debiased).load_state_dict(sd)
     with pytest.raises(ValueError, match="LinearCKAMatrix"):
         LinearCKAMatrix().load_state_dict(sd)
 
@@ -237,14 +237,14 @@ def test_width_change_names_both_widths():
 
 
 def test_compute_before_update_is_a_clear_error():
-    for acc in (LinearCKA(), LinearCKA(debiased=True), LinearCKAMatrix(3), MinibatchCKA()):
+    for acc in (LinearCKA(), LinearCKA(unbiased=True), LinearCKAMatrix(3), MinibatchCKA()):
         with pytest.raises(RuntimeError, match=r"compute\(\) called before any data"):
             acc.compute()
 
 
 def test_too_few_examples():
     x, y = stream_data(5)
-    acc = LinearCKA(debiased=True)
+    acc = LinearCKA(unbiased=True)
     acc.update(x[:2], y[:2])
     acc.update(x[2:3], y[2:3])
     with pytest.raises(ValueError, match=r"n >= 4.*n=3"):
@@ -345,10 +345,10 @@ from hypothesis import strategies as st  # noqa: E402
 def test_any_split_equals_one_shot(cuts, seed, offset, debiased):
     x, y = stream_data(200, p=4, q=3, seed=seed, offset=offset)
     bounds = [0] + sorted(set(cuts)) + [200]
-    acc = LinearCKA(debiased=debiased)
+    acc = LinearCKA(unbiased=debiased)
     for a, b in zip(bounds[:-1], bounds[1:]):
         acc.update(x[a:b], y[a:b])
-    want = ref.feature_space_linear_cka(x, y, debiased=debiased)
+    want = ref.feature_space_linear_cka(x, y, unbiased=debiased)
     assert abs(float(acc.compute()) - float(want)) <= 1e-9 * max(abs(float(want)), 1e-6)
 
 
@@ -359,11 +359,11 @@ def test_non_finite_input_gives_nan_only_where_it_belongs(debiased, bad):
     reps = [torch.randn(40, w, generator=g, dtype=F64) for w in (3, 4, 2)]
     dirty = [r.clone() for r in reps]
     dirty[1][7, 2] = bad  # in the second batch, not at the shift row
-    pair = LinearCKA(debiased=debiased)
+    pair = LinearCKA(unbiased=debiased)
     pair.update(dirty[0][:20], dirty[1][:20])
     pair.update(dirty[0][20:], dirty[1][20:])
     assert pair.compute().isnan()  # the README's promise: NaN in, NaN out (not 0)
-    clean, acc = LinearCKAMatrix(debiased=debiased), LinearCKAMatrix(debiased=debiased)
+    clean, acc = LinearCKAMatrix(unbiased=debiased), LinearCKAMatrix(unbiased=debiased)
     for part in (slice(0, 20), slice(20, 40)):
         clean.update(*(r[part] for r in reps))
         acc.update(*(r[part] for r in dirty))

@@ -46,8 +46,8 @@ def make_batches(seed: int = 0) -> List[tuple]:
 def run_scenarios(rank: int, owner: List[int]) -> Dict[str, torch.Tensor]:
     """Feed this rank's batches to every accumulator kind; return synced and local values."""
     data = make_batches()
-    lin = {d: LinearCKA(debiased=d) for d in (False, True)}
-    mat = LinearCKAMatrix(3, debiased=True)
+    lin = {d: LinearCKA(unbiased=d) for d in (False, True)}
+    mat = LinearCKAMatrix(3, unbiased=True)
     mb = MinibatchCKA()
     res: Dict[str, torch.Tensor] = {}
     for k, (x, y, w) in enumerate(data):
@@ -78,7 +78,7 @@ def run_scenarios(rank: int, owner: List[int]) -> Dict[str, torch.Tensor]:
         from fastcka.integrations.torchmetrics import CKA
 
         for d in (False, True):
-            m = CKA(debiased=d)
+            m = CKA(unbiased=d)
             for k, (x, y, _) in enumerate(data):
                 if owner[k] != rank:
                     continue
@@ -88,6 +88,18 @@ def run_scenarios(rank: int, owner: List[int]) -> Dict[str, torch.Tensor]:
                     m.update(x, y)
             res[f"tm{int(d)}"] = m.compute()
     return res
+
+
+def sigma_mismatch(rank: int) -> str:
+    """Issue 18 W5: ranks whose minibatch accumulators use different σ must refuse to sync (the error message)."""
+    x, y, _ = make_batches()[1]
+    acc = MinibatchCKA(kernel="rbf", sigma=1.0 if rank == 0 else 3.0)
+    acc.update(x[:40], y[:40])
+    try:
+        acc.sync()
+    except ValueError as e:
+        return str(e)
+    return "synced"
 
 
 def _worker(rank: int, port: int, outdir: str) -> None:
@@ -100,6 +112,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         results = {
             "interleaved": run_scenarios(rank, OWNER),
             "rank1_empty": run_scenarios(rank, [0] * len(SIZES)),
+            "sigma_mismatch": sigma_mismatch(rank),
         }
         torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
@@ -124,8 +137,8 @@ def dist_results(tmp_path_factory):
 def single_process(owner_filter=None, extra_per_rank: int = 0) -> Dict[str, torch.Tensor]:
     """Every batch (and ``extra_per_rank`` copies of the extra batch) through one accumulator of each kind."""
     data = make_batches()
-    lin = {d: LinearCKA(debiased=d) for d in (False, True)}
-    mat = LinearCKAMatrix(3, debiased=True)
+    lin = {d: LinearCKA(unbiased=d) for d in (False, True)}
+    mat = LinearCKAMatrix(3, unbiased=True)
     mb = MinibatchCKA()
     for k, (x, y, w) in enumerate(data):
         if owner_filter is not None and not owner_filter(k):
@@ -180,3 +193,8 @@ def test_torchmetrics_adapter_two_ranks_equals_plain_accumulator(dist_results, s
     for rank in range(WORLD):
         got = dist_results[rank][scenario]
         assert close(got["tm0"], want["lin0"]) and close(got["tm1"], want["lin1"])
+
+
+def test_sync_refuses_ranks_with_different_sigma(dist_results):
+    for rank in range(WORLD):
+        assert "sigma=" in dist_results[rank]["sigma_mismatch"], dist_results[rank]["sigma_mismatch"]
