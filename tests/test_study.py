@@ -115,10 +115,11 @@ def test_report_from_run_directories(synthetic, tmp_path):
     assert (tmp_path / "docs" / "study" / "runs.png").exists() and (tmp_path / "docs" / "study" / "leads.png").exists()
     assert "| g-s0 |" in text and "| c-s1 |" in text
     # fast-regime runs only: the pilot's claims stay untested, the fast regime is reported beside them
-    assert "**Ô01 re-rises before the jump in every grokking run (pilot: 16/16).** not yet tested in the pilot's" in text
+    assert ("**Ô01 re-rises before the jump in every grokking run and in no run that does not grok (pilot: 16/16 "
+            "against 0/5).** not yet tested in the pilot's regime") in text
     assert "Fast regime (p 59, lr 3e-3; not the pilot's regime, no verdict): 2/3" in text
-    assert "Fast regime: false alarms in 1/2 runs that did not grok (c-s1)" in text
-    assert "not yet tested (no parity run finished)" in text
+    assert "false alarms in 1/2 runs that did not grok (c-s1)" in text
+    assert "**On k-sparse parity the signal blurs / Ô01 drops instead of rising.** not yet tested: no parity run" in text
     assert study.write_report(runs_dir, tmp_path / "docs" / "STUDY.md").read_text() == text  # regenerable
 
 
@@ -206,11 +207,12 @@ def test_pilot_regime_verdicts_partly_and_false_alarm(tmp_path):
     make_run(runs, "fast-s0", "grok", grok=2000, rise_at=1000)  # fast regime: must not enter the pilot's counts
     text = _report(tmp_path, runs)
     v1 = _verdict(text, "Ô01 re-rises")
-    assert v1.startswith("partly: the alarm fired before the grok step in 2/4 pilot-regime grokking runs"), v1
-    assert "provisional: 4 grokking runs, fewer than the pilot's 16" in v1 and "no verdict): 1/1" in v1
-    v3 = _verdict(text, "No alarm in runs")
-    assert v3.startswith("not: the Ô01 alarm fired in 1/1 pilot-regime runs that did not grok") and "pc-s0" in v3
-    assert "provisional" not in v3.split(" Rule:")[0]  # one false alarm refutes "0/5" however few controls there are
+    # one discriminating claim: a false alarm in a control that ran past the slowest grok refutes it at any count
+    assert v1.startswith("not: the alarm fired before the grok step in 2/4 pilot-regime grokking runs"), v1
+    assert "and in 1/1 pilot-regime runs that did not grok (Wilson 95% [21%, 100%]): pc-s0" in v1
+    assert "no verdict): 1/1" in v1 and "provisional" not in v1.split(" Rule:")[0]
+    assert "| Ô01 re-rises before the jump in every grokking run and in no run that does not grok (pilot: 16/16 " \
+           "against 0/5) | not; 2/4 grokking runs vs 1/1 that did not grok alarmed" in text
     v6 = _verdict(text, "Runs with no re-rise")
     # 3 of the 5 tested runs contradict the implication: more than half, so "not"
     assert v6.startswith("not") and "3/4 pilot-regime grokking runs had no rise by step 1,000 (pa-s1, pa-s2, pc-s1)" in v6
@@ -235,7 +237,7 @@ def test_lead_verdicts_reproduced_and_not(tmp_path):
     assert lead.startswith("reproduced: median lead") and "in 2/2 pilot-regime addition runs" in lead
     assert "provisional: 2 pilot-regime addition runs, fewer than the pilot's 10" in lead
     mul = _verdict(text, "Multiplication")
-    assert mul.startswith("not: median lead") and "outside 3,083 ± 372" in mul
+    assert mul.startswith("not: median lead") and "within 2 SD (3,083 ± 372)" in mul
 
 
 def test_parity_and_forcing_verdicts(tmp_path):
@@ -405,31 +407,33 @@ def test_frozen_share_counts_the_hold_window_after_a_spike():
     assert _frozen_fraction(rows[:8], Detector(det).result) is None  # never memorised
 
 
-def test_brief_table_keeps_the_verdict_word_and_drops_numbers_only_lines():
-    lines = ["- **Claim A (pilot: 16/16).** reproduced: 9/9 runs (provisional: 9 grokking runs, fewer than the pilot's 16).",
-             "- **Claim B.** not: 2/2 false alarms. Rule: reproduced = none (provisional below the pilot's 5).",
-             "- **Test acc?** (the issue's question) pilot regime: yes — x; fast regime: no — y. Rule: ...",
-             "- **Architecture** (numbers only). lr 0.003: 3/3 grokked.",
-             # a numbers-only line is dropped even where its text reads like a per-regime answer
-             "- **Architecture 2** (the issue's question; numbers only). fast regime: 4/4 — pilot regime: 1/1 — z.",
-             # a verdict with no parenthesis of its own, followed by a numbers-only clause, keeps its row
-             "- **Lead.** not: no alarm before the jump in 0/8 runs. Fast regime (numbers only): 2/4."]
-    assert study.verdicts.brief_table(lines) == [
-        "| claim | verdict |", "|---|---|",
-        "| Claim A (pilot: 16/16) | reproduced (provisional: fewer runs than the pilot) |",
-        "| Claim B | not |",
-        "| Test acc? | pilot regime: yes; fast regime: no |",
-        "| Lead | not |"]
+def test_brief_table_and_prose_come_from_the_same_records(synthetic):
+    """Issue 20: the table is rendered from the verdict records, never parsed back out of the prose."""
+    from fastcka.grok.study.records import Verdict, render_line
+
+    runs = study.load_runs(synthetic[0])
+    facts = [study.analyse_run(r) for r in runs]
+    records = study.verdicts.claim_verdicts(facts)
+    assert all(isinstance(v, Verdict) for v in records)
+    table = study.verdicts.brief_table(records)
+    shown = [v for v in records if v.table]
+    assert len(table) == 2 + len(shown) and not any("numbers only" in row for row in table)
+    for v, row in zip(shown, table[2:]):
+        assert row == f"| {v.claim.rstrip('.')} | {'; '.join((v.verdict, *v.caveats))} |"
+        assert render_line(v).startswith(f"- **{v.claim}** {v.verdict}")
+    # the numbers-only records (baselines, architecture) are in the prose, not the table
+    assert {v.claim.split(" (")[0] for v in records if not v.table} == {"What the baselines detect",
+                                                                       "Architecture: pre-LN blocks"}
 
 
-def test_lead_outside_in_steps_but_inside_as_a_share_of_the_grok_step_is_partly(tmp_path):
+def test_lead_outside_in_steps_is_not_even_inside_as_a_share_of_the_grok_step(tmp_path):
     runs = tmp_path / "runs"
     for s in range(2):  # the jump at 8,000 (twice the pilot's ~4,000) and the rise near 1,400: lead ~0.8 of the grok step
         make_run(runs, f"pa-s{s}", "grok", grok=8000, rise_at=1400, steps=9000, seed=s, **PILOT_CFG)
     lead = _verdict(_report(tmp_path, runs), "The lead is")
-    assert lead.startswith("partly: median lead"), lead
-    assert "outside 3,297 ± 922 in steps" in lead and "these runs jumped at steps 8000–8000" in lead
-    assert "is inside the pilot's (3,297 ± 922) / 4,000 = 0.59–1.00 (capped at 1: a lead cannot exceed its grok step)" in lead
+    # issue 20: the share of the grok step no longer rescues a lead outside the band in steps (any early alarm passes)
+    assert lead.startswith("not: median lead"), lead
+    assert "the jumps came at 8000–8000" in lead and "as a share of the grok step 0.80 (reported, not decisive" in lead
 
 
 def test_watching_test_accuracy_must_be_beaten_both_ways(tmp_path):
@@ -437,17 +441,19 @@ def test_watching_test_accuracy_must_be_beaten_both_ways(tmp_path):
     for s in range(2):  # test accuracy creeps (0.01 → 0.2) at 1,000, before the Ô01 rise at 1,400: both watchers win
         make_run(runs, f"pa-s{s}", "grok", grok=2800, rise_at=1400, seed=s, test_creep=1000, **PILOT_CFG)
     v = _verdict(_report(tmp_path, runs), "Does the Ô01 alarm beat")
-    assert v.startswith("(the issue's question, not a pilot claim) pilot regime: no — "), v
+    assert v.startswith("pilot regime: no: pilot regime: the Ô01 alarm came"), v
     assert "before both in 0/2" in v
     runs2 = tmp_path / "runs2"
     for s in range(2):  # no creep: test accuracy moves only at the jump, long after the Ô01 alarm
         make_run(runs2, f"pa-s{s}", "grok", grok=2800, rise_at=1000, seed=s, **PILOT_CFG)
     v = _verdict(_report(tmp_path, runs2), "Does the Ô01 alarm beat")
-    assert "pilot regime: yes — " in v and "before both in 2/2" in v, v
+    assert v.startswith("pilot regime: yes: ") and "before both in 2/2" in v, v
 
 
 def test_parity_verdict_needs_both_guards_leaves_out_short_delays_and_reports_relapses(tmp_path):
     import copy
+
+    from fastcka.grok.study.records import render_line
 
     runs = tmp_path / "runs"
     for s in range(2):  # Ô01 drops and stays down; the run groks at 2,500 and relapses at 2,700
@@ -458,7 +464,8 @@ def test_parity_verdict_needs_both_guards_leaves_out_short_delays_and_reports_re
     facts = [study.analyse_run(r) for r in loaded]
     assert [f["relapse"] for f in facts] == [2700, 2700, None]
     by_guard = {g: [study.analyse_run(r, g) for r in loaded] for g in study.verdicts.GUARDS}
-    par = lambda bg: next(l for l in study.verdicts.claim_verdicts(facts, bg) if "k-sparse parity" in l)  # noqa: E731
+    par = lambda bg: next(render_line(v) for v in study.verdicts.claim_verdicts(facts, bg)  # noqa: E731
+                          if "k-sparse parity" in v.claim)
     v = par(by_guard).split("**", 2)[2].strip()
     assert v.startswith("reproduced: Ô01 dropped by ≥ 0.05 after memorisation in 2/2 parity runs"), v
     assert "with the spike guard off in 0/2" in v and "(par-s2: 75 steps)" in v
@@ -512,21 +519,30 @@ def test_a_rise_set_at_a_spike_is_told_apart_from_a_gradual_one():
     assert _rise_made_at_spike(flat, result(flat), det, 25) is None
 
 
-def test_a_share_that_rounds_to_the_band_edge_is_printed_with_three_digits():
+def test_lead_is_decided_on_timing_not_on_the_share_of_the_grok_step():
+    """Issue 20: a lead of ~3,000 steps is a timing: the alarm must follow the jump. Alarms at a fixed step before
+    ever later jumps give leads that spread with the grok step: not reproduced, whatever their share."""
+    import statistics
+
     from fastcka.grok.study.verdicts import _lead_verdict
 
-    def fact(lead, grok):
-        return {"grok": grok, "leads": {"o01": lead}, "alarms": {"o01": grok - lead}}
+    def fact(alarm, grok):
+        return {"grok": grok, "leads": {"o01": grok - alarm}, "alarms": {"o01": alarm, "test_acc": grok - 500},
+                "half": grok - 100}
 
-    # multiplication band: (3,083 ± 372) / 4,000 = 0.678–0.864; a median share of 0.861 prints as 0.86 at two digits
-    fs = [fact(8610, 10000), fact(8610, 10000)]
-    v = _lead_verdict(fs, 3083, 186, 6, "runs")
-    assert v.startswith("partly") and "median lead 0.861 is inside" in v and "= 0.678–0.864" in v, v
-    fs = [fact(8000, 10000), fact(8000, 10000)]  # 0.80: clear of both edges, two digits
-    assert "median lead 0.80 is inside" in _lead_verdict(fs, 3083, 186, 6, "runs")
-    fs = [fact(8660, 10000), fact(8660, 10000)]  # 0.866 > 0.864: outside, and 0.87 against 0.86 already reads so
-    v = _lead_verdict(fs, 3083, 186, 6, "runs")
-    assert v.startswith("not") and "0.87 is outside" in v and "= 0.68–0.86" in v, v
+    timed = [fact(g - 3083 + d, g) for g, d in ((5000, 0), (7000, 100), (9000, -100), (11000, 50))]
+    v, ev, num = _lead_verdict(timed, 3083, 186, 6, "runs")
+    assert v == "reproduced" and num["lead_sd"] <= 372
+    alarms, groks = [f["alarms"]["o01"] for f in timed], [f["grok"] for f in timed]
+    assert num["r_alarm_grok"] == pytest.approx(statistics.correlation(groks, alarms))  # an independent formula
+    assert num["median_lead_to_ramp"] == 2558 and num["median_lead_to_half"] == 2958  # medians of lead − 500, − 100
+    fixed = [fact(1300, g) for g in (3500, 4000, 4400, 4600)]  # median lead inside the band, but the alarm is fixed
+    v, ev, num = _lead_verdict(fixed, 3083, 186, 6, "runs")
+    assert v == "partly" and num["lead_sd"] > 372 and math.isnan(num["r_alarm_grok"])
+    late = [fact(1300, g) for g in (8000, 10000, 12000, 14000)]  # shares 0.84–0.91, leads far outside the band
+    v, ev, num = _lead_verdict(late, 3083, 186, 6, "runs")
+    assert v == "not" and num["r_lead_grok"] == pytest.approx(1.0) and "not decisive" in ev
+    assert _lead_verdict(late[:3], 3083, 186, 6, "runs", verdict=False)[0] == "numbers only"
 
 
 def test_control_lengths_name_a_control_shorter_than_the_slowest_grok():
@@ -611,7 +627,8 @@ def test_a_false_alarm_only_in_a_censored_control_gives_partly(tmp_path):
     runs = tmp_path / "runs"
     make_run(runs, "pa-s0", "grok", grok=2500, rise_at=700, **PILOT_CFG)
     make_run(runs, "pc-s0", "control", grok=None, rise_at=1000, steps=2000, **PILOT_CFG)  # stopped before 2,500
-    v = _verdict(_report(tmp_path, runs), "No alarm in runs")
-    assert v.startswith("partly: the Ô01 alarm fired in 1/1 pilot-regime runs that did not grok"), v
+    v = _verdict(_report(tmp_path, runs), "Ô01 re-rises")
+    assert v.startswith("partly: the alarm fired before the grok step in 1/1 pilot-regime grokking runs"), v
+    assert "and in 1/1 pilot-regime runs that did not grok" in v and "censored: pc-s0" in v
     make_run(runs, "pc-s1", "control", grok=None, rise_at=1000, steps=3000, seed=1, **PILOT_CFG)  # ran past it
-    assert _verdict(_report(tmp_path, runs), "No alarm in runs").startswith("not: ")
+    assert _verdict(_report(tmp_path, runs), "Ô01 re-rises").startswith("not: ")

@@ -41,6 +41,10 @@ SIGNALS = [
 # p = 59, train fraction 0.4), and an absolute threshold below it fires at memorisation in every run.
 TEST_ACC_GAIN = 0.10
 TEST_ACC_LABEL = "test acc +0.10"
+# A run with no weight decay that did not grok within this many steps is *unresolved*, neither a negative nor a false
+# alarm: without weight decay grokking, if it comes, can come far later than with it (issue 20; the pilot regime's
+# weight-decay-0 controls ran 13,000 and 20,000 steps, the fast regime's 3,000 while their Ô01 was still rising).
+WD0_HORIZON = 20000
 # A run "relapses" when test accuracy falls this far below the grok threshold after the grok step (parity runs at
 # lr 1e-3 fell back to chance after generalising): the grok step still counts, and the report says so.
 RELAPSE_DROP = 0.25
@@ -123,6 +127,10 @@ def analyse_run(run: dict, spike_guard: Optional[str] = None) -> dict:
     onset_after_window = any(0 < o.result.rise_onset_step - (sp + det.spike_window) <= 2 * c.get("every", 25)
                              for sp in o.result.spike_steps) if o.result.rise_onset_step is not None else False
     rise_at_spike = _rise_made_at_spike(rows, o.result, det, c.get("every", 25))
+    mem_row = next((r for r in rows if o.result.memorised_step is not None and r["step"] == o.result.memorised_step),
+                   None)
+    after = [r["test_acc"] for r in rows if grok is not None and r["step"] > grok]
+    sawtooth = {span: spike_sawtooth(rows, det, span) for span in SAWTOOTH_SPANS}
     return {"name": run["name"], "group": s["study"]["group"], "role": s["study"]["role"], "seed": c["seed"],
             "task": c["task"], "p": c["p"], "regime": regime(c), "grok": grok, "relapse": relapse,
             "onset_after_window": onset_after_window, "rise_at_spike": rise_at_spike,
@@ -135,7 +143,14 @@ def analyse_run(run: dict, spike_guard: Optional[str] = None) -> dict:
             "frozen_frac": _frozen_fraction(rows, o.result),
             "o01_post_median": quantile([r["o01"] for r in rows if o.result.memorised_step is not None
                                          and r["step"] >= o.result.memorised_step and math.isfinite(r["o01"])], 0.5),
-            "wall_s": s.get("study", {}).get("wall_s_total", s.get("wall_s")), "config": c}
+            "wall_s": s.get("study", {}).get("wall_s_total", s.get("wall_s")), "config": c,
+            # issue 20: the test-accuracy ramp, chance, instability after the grok, the spike sawtooth
+            "half": next((r["step"] for r in rows if r["test_acc"] >= 0.5), None),
+            "test_acc_at_mem": None if mem_row is None else mem_row["test_acc"],
+            "chance": 0.5 if c["task"] == "parity" else 1.0 / c["p"],
+            "post_grok_low": sum(x < 0.5 for x in after) / len(after) if after else None,
+            "unresolved": grok is None and c.get("weight_decay", 1.0) == 0 and (rows[-1]["step"] if rows else 0) < WD0_HORIZON,
+            "sawtooth": sawtooth}
 
 
 
@@ -182,3 +197,47 @@ def spike_jumps(rows: list[dict], det: DetectorConfig) -> tuple[list[float], lis
         if math.isfinite(jump):
             (at if b["step"] in spikes else other).append(jump)
     return at, other
+
+
+SAWTOOTH_SPANS = (0, 1, 2, 4)  # rows after a spike's row counted in its increment (0: the spike's row only)
+
+
+def spike_sawtooth(rows: list[dict], det: DetectorConfig, span: int = 1) -> dict:
+    """How raw Ô01 moves around the train-loss spikes after memorisation (the spikes of the detector's rule).
+
+    A spike's *increment* is raw Ô01 ``span`` rows after the spike's row minus the row before the spike (span 0: the
+    spike's row itself). ``pre_spike_rise``: the largest raw Ô01 above its running post-memorisation minimum before
+    the first spike after memorisation (None if the run never memorised); ``jumps``: the increments; ``falls``: for
+    each spike followed by another, raw Ô01 on the row before the next spike minus the row where the increment ended
+    (negative: it fell back between them); ``removed_alarm``: the detector with the spike guard off on Ô01 with every
+    increment subtracted from all later points and the rows inside an increment left out (NaN): the series without
+    what the spikes added. How much of a rise the removal takes away grows with ``span``, so report several."""
+    if span < 0:
+        raise ValueError(f"span: expected >= 0 rows, got {span}")
+    d = Detector(dataclasses.replace(det, spike_guard="hold"))
+    for r in rows:
+        d.update(r["step"], r["o01"], r["train_acc"], r["train_loss_max"])
+    mem = d.result.memorised_step
+    index = {r["step"]: i for i, r in enumerate(rows)}
+    spans = [(index[s], min(index[s] + span, len(rows) - 1)) for s in d.result.spike_steps
+             if mem is not None and s > mem and index[s] > 0]
+    jumps = [rows[j]["o01"] - rows[i - 1]["o01"] for i, j in spans]
+    falls = [rows[b - 1]["o01"] - rows[j]["o01"] for (_, j), (b, _) in zip(spans, spans[1:]) if b - 1 > j]
+    pre = None
+    if mem is not None:
+        first = spans[0][0] if spans else len(rows)
+        low = math.inf
+        for r in rows[index[mem]:first]:
+            if math.isfinite(r["o01"]):
+                low = min(low, r["o01"])
+                pre = max(pre or 0.0, r["o01"] - low)
+    off = Detector(dataclasses.replace(det, spike_guard="off"))
+    shift, k = 0.0, 0
+    for t, r in enumerate(rows):
+        while k < len(spans) and spans[k][1] <= t:
+            shift += jumps[k] if math.isfinite(jumps[k]) else 0.0
+            k += 1
+        inside = any(i <= t < j for i, j in spans[k:k + span + 1])
+        off.update(r["step"], math.nan if inside else r["o01"] - shift, r["train_acc"], r["train_loss_max"])
+    return {"spikes": [rows[i]["step"] for i, _ in spans], "jumps": jumps, "falls": falls, "pre_spike_rise": pre,
+            "removed_alarm": off.result.alarm_step}

@@ -24,7 +24,7 @@ def plot_runs(runs: Sequence[dict], facts: Sequence[dict], path: Path) -> None:
     n = len(runs)
     ncols = min(4, max(1, n))
     nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, run, f in zip(axes.flat, runs, facts):
@@ -46,7 +46,8 @@ def plot_runs(runs: Sequence[dict], facts: Sequence[dict], path: Path) -> None:
         for s, c in ((f["memorised"], "grey"), (f["alarms"]["o01"], "tab:red"), (f["grok"], "tab:green")):
             if s is not None:
                 ax.axvline(s, color=c, lw=1.2)
-        ax.set_title(f"{f['name']}: alarm {fmt_num(f['alarms']['o01'])}, grok {fmt_num(f['grok'])}", fontsize=8)
+        ax.set_title(f"{f['regime']} · {f['role']} · {f['name']}\nÔ01 alarm {fmt_num(f['alarms']['o01'])}, grok "
+                     f"{fmt_num(f['grok'])}", fontsize=8)
         ax.tick_params(labelsize=7)
     h1, l1 = axes.flat[0].get_legend_handles_labels()
     fig.legend(h1 + [plt.Line2D([], [], color="tab:blue"), plt.Line2D([], [], color="tab:orange"),
@@ -99,5 +100,57 @@ def plot_leads(facts: Sequence[dict], path: Path) -> None:
     fig.legend(handles + [plt.Rectangle((0, 0), 1, 1, color="tab:red", alpha=0.12)], groups + ["pilot 3,297 ± 461"],
                fontsize=7, loc="center left", bbox_to_anchor=(0.86, 0.5), frameon=False)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+REGIME_ORDER = ("pilot", "fast", "parity", "forcing", "layernorm", "other")
+ROLE_ORDER = ("grok", "control", "parity", "forcing", "arch")
+
+
+def run_order(f: dict) -> tuple:
+    """Sort key of a run in the report's figures and tables: by regime, then role, then task, p and seed."""
+    reg = REGIME_ORDER.index(f["regime"]) if f["regime"] in REGIME_ORDER else len(REGIME_ORDER)
+    role = ROLE_ORDER.index(f["role"]) if f["role"] in ROLE_ORDER else len(ROLE_ORDER)
+    return (reg, role, f["task"], f["p"] or 0, f["seed"], f["name"])
+
+
+def plot_alarm_vs_grok(facts: Sequence[dict], path: Path, regime: str = "pilot") -> None:
+    """The Ô01 alarm step against the grok step, one point per run of a regime (grok- and control-role runs), with
+    the y = x line (above it: the alarm came after the jump) and the line y = x − the pilot's lead. Runs that did not
+    grok are unresolved: drawn at their last step with a ▶ (their grok step, if any, is later)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fs = [f for f in facts if f["regime"] == regime and f["role"] in ("grok", "control")]
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    colors = {"add": "tab:blue", "mul": "tab:orange"}
+    xs = []
+    for f in fs:
+        a = f["alarms"]["o01"]
+        if a is None:
+            continue
+        x = f["grok"] if f["grok"] is not None else f["steps"]
+        xs.append(x)
+        ax.scatter(x, a, color=colors.get(f["task"], "grey"), marker="o" if f["grok"] is not None else ">",
+                   s=30 if f["grok"] is not None else 45, edgecolor="black" if f["grok"] is None else None, lw=0.6)
+    top = max(xs, default=1000) * 1.05
+    ax.plot([0, top], [0, top], color="black", lw=0.8, label="y = x (alarm at the jump)")
+    ax.plot([PILOT["lead"], top], [0, top - PILOT["lead"]], color="tab:red", lw=0.8, ls="--",
+            label=f"alarm {PILOT['lead']:,} steps before the jump (the pilot)")
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [plt.Line2D([], [], marker="o", ls="", color=c) for c in colors.values()]
+    labels += [f"{t}: grokked (x = grok step)" for t in colors]
+    handles.append(plt.Line2D([], [], marker=">", ls="", color="grey", markeredgecolor="black"))
+    labels.append("did not grok: unresolved (x = last step)")
+    ax.legend(handles, labels, fontsize=7, loc="upper left")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("grok step (test accuracy ≥ 0.95)")
+    ax.set_ylabel("Ô01 alarm step (guard hold)")
+    ax.set_title(f"{regime} regime: does the alarm's timing follow the jump?", fontsize=9)
+    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -57,3 +57,18 @@ def signal_stats(facts: Sequence[dict], signal: str) -> dict:
             "lead_ci": bootstrap_median_ci(leads), "frac_median": quantile(fracs, 0.5),
             "frac_q1": quantile(fracs, 0.25), "frac_q3": quantile(fracs, 0.75), "beats_test_acc": len(beats),
             "gain_median": quantile(gain, 0.5), "leads": leads}
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Pearson's correlation of paired values (NaN with fewer than 3 pairs or a constant side)."""
+    if len(xs) != len(ys):
+        raise ValueError(f"ys: expected as many values as xs ({len(xs)}), got {len(ys)}")
+    n = len(xs)
+    if n < 3:
+        return math.nan
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return math.nan
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / math.sqrt(sxx * syy)

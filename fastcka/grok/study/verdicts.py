@@ -4,14 +4,15 @@ claims are judged only from the pilot's own regime (p 97/113, lr 1e-3); parity a
 
 from __future__ import annotations
 
-import re
+import math
 import statistics
 from typing import Optional, Sequence
 
 from ..detect import DetectorConfig
-from .analysis import RELAPSE_DROP, TEST_ACC_LABEL
+from .analysis import RELAPSE_DROP, TEST_ACC_LABEL, WD0_HORIZON
 from .fmt import fmt_ci, fmt_num
-from .stats import quantile, wilson
+from .records import Verdict, render_table
+from .stats import pearson, quantile, wilson
 
 GUARDS = ("hold", "off", "rebase")
 # the pilot's abstract: lead 3,297 ± 461 (addition), 3,083 ± 186 (multiplication), the jump near step 4,000
@@ -37,108 +38,176 @@ def _provisional(n: int, pilot_n: int, what: str) -> str:
     return f" (provisional: {n} {what}, fewer than the pilot's {pilot_n})" if n < pilot_n else ""
 
 
-def _lead_verdict(fs: Sequence[dict], mean: float, sd: float, pilot_n: int, what: str, verdict: bool = True) -> str:
-    """Reproduced = an alarm in every grokking run and a median lead within 2 SD of the pilot's mean; partly = alarms
-    in only some runs with a median inside that band, or a median outside it in steps but inside it as a share of the
-    grok step (the pilot's band over its jump near step 4,000: our runs may jump later than the pilot's); not
-    otherwise. With ``verdict=False`` only the numbers (for a regime that is not the pilot's)."""
+def _lead_verdict(fs: Sequence[dict], mean: float, sd: float, pilot_n: int, what: str,
+                  verdict: bool = True) -> tuple[str, str, dict]:
+    """The lead claim decided on timing: (verdict, evidence, numbers). Reproduced = an alarm before the jump in every
+    grokking run, a median lead within 2 SD of the pilot's mean, and leads no more spread than twice the pilot's SD
+    (a lead that is a timing does not spread with the grok step); partly = the median inside that band but alarms
+    missing or the leads spread more; not = the median outside it. The share of the grok step, r(alarm step, grok
+    step) and the leads to the test-accuracy ramp are reported, never decide (issue 20: any early alarm passes a
+    share band). With ``verdict=False`` only the numbers (for a regime that is not the pilot's)."""
     g, h, _, _ = _split(fs)
     if not g:
-        return "not yet tested (no such run has finished and grokked)" if verdict else "no grokking run yet"
+        return ("not yet tested" if verdict else "no grokking run yet",
+                "no such run has finished and grokked" if verdict else "", {})
     if not h:
-        return (f"not: no alarm before the jump in 0/{len(g)} {what}" if verdict
-                else f"no alarm before the jump in 0/{len(g)} {what}")
+        return ("not" if verdict else "no alarm", f"no alarm before the jump in 0/{len(g)} {what}", {"hits": 0, "n": len(g)})
     leads = [f["leads"]["o01"] for f in h]
     med = quantile(leads, 0.5)
     share = quantile([f["leads"]["o01"] / f["grok"] for f in h], 0.5)
-    lo, hi = (mean - 2 * sd) / PILOT["grok"], min(1.0, (mean + 2 * sd) / PILOT["grok"])  # a lead < its grok step
+    spread = statistics.stdev(leads) if len(leads) > 1 else 0.0
+    r_alarm = pearson([f["grok"] for f in h], [f["alarms"]["o01"] for f in h])
+    r_lead = pearson([f["grok"] for f in h], leads)
+    ramp = [f["alarms"]["test_acc"] - f["alarms"]["o01"] for f in h if f["alarms"].get("test_acc") is not None]
+    half = [f["half"] - f["alarms"]["o01"] for f in h if f.get("half") is not None]
     inside = abs(med - mean) <= 2 * sd
-    share_inside = lo <= share <= hi
-    v = ("reproduced" if inside and len(h) == len(g) else "partly" if inside or share_inside else "not")
-    if not verdict:
-        return f"median lead {fmt_num(med)} steps ({fmt_num(share, 2)} of the grok step) in {len(h)}/{len(g)} {what}"
+    timed = spread <= 2 * sd
+    numbers = {"hits": len(h), "n": len(g), "median_lead": med, "lead_sd": spread, "share": share,
+               "r_alarm_grok": r_alarm, "r_lead_grok": r_lead, "median_lead_to_ramp": quantile(ramp, 0.5),
+               "median_lead_to_half": quantile(half, 0.5)}
+    v = "reproduced" if inside and timed and len(h) == len(g) else "partly" if inside else "not"
     groks = [f["grok"] for f in g]
-    # one more digit where two would print the share equal to the band's edge (then "inside" would read as a tie)
-    nd = 3 if f"{share:.2f}" in (f"{lo:.2f}", f"{hi:.2f}") else 2
-    where = ("" if inside else
-             f", outside {mean:,.0f} ± {2 * sd:,.0f} in steps; these runs jumped at steps {fmt_num(min(groks))}–"
-             f"{fmt_num(max(groks))} (median {fmt_num(quantile(groks, 0.5))}), the pilot's near {PILOT['grok']:,}; as a "
-             f"share of the grok step the median lead {fmt_num(share, nd)} is {'inside' if share_inside else 'outside'} "
-             f"the pilot's ({mean:,.0f} ± {2 * sd:,.0f}) / {PILOT['grok']:,} = {lo:.{nd}f}–{hi:.{nd}f}"
-             + (" (capped at 1: a lead cannot exceed its grok step)" if (mean + 2 * sd) / PILOT["grok"] > 1 else "")
-             + (" — at the band's edge" if share_inside and min(share - lo, hi - share) < 0.01 else "")
-             + (f"; the leads' SD is {statistics.stdev(leads):,.0f} steps, the pilot's {sd:,.0f}" if len(leads) > 1
-                else ""))
-    return (f"{v}: median lead {fmt_num(med)} steps (IQR {fmt_num(quantile(leads, 0.25))}–{fmt_num(quantile(leads, 0.75))}; "
-            f"{fmt_num(share, 2)} of the grok step) in {len(h)}/{len(g)} {what}{where}"
-            f"{_provisional(len(g), pilot_n, what)}")
+    alarms = [f["alarms"]["o01"] for f in h]
+    r = lambda x: "–" if math.isnan(x) else f"{x:.2f}"  # noqa: E731
+    timing = (f"; the alarms fired at steps {fmt_num(min(alarms))}–{fmt_num(max(alarms))} and the jumps came at "
+              f"{fmt_num(min(groks))}–{fmt_num(max(groks))}: r(alarm step, grok step) = {r(r_alarm)}, r(lead, grok "
+              f"step) = {r(r_lead)}" + (" — the lead is the grok step minus a near-constant, not a timing"
+                                        if not math.isnan(r_lead) and r_lead > 0.9 and (math.isnan(r_alarm) or r_alarm < 0.5)
+                                        else "")
+              + f"; the leads' SD is {spread:,.0f} steps, the pilot's {sd:,.0f}; lead to the start of the test-"
+              f"accuracy ramp ({TEST_ACC_LABEL}) median {fmt_num(quantile(ramp, 0.5))}, to test accuracy 0.5 median "
+              f"{fmt_num(quantile(half, 0.5))}; as a share of the grok step {fmt_num(share, 2)} (reported, not "
+              "decisive: any alarm well before a late jump has a large share)")
+    evidence = (f"median lead {fmt_num(med)} steps (IQR {fmt_num(quantile(leads, 0.25))}–"
+                f"{fmt_num(quantile(leads, 0.75))}) in {len(h)}/{len(g)} {what}" + timing
+                + _provisional(len(g), pilot_n, what))
+    if not verdict:
+        return "numbers only", evidence, numbers
+    return v, evidence, numbers
 
 
-def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[str]:
-    """The pilot's claims, the modular-arithmetic ones judged from the finished runs of the pilot's own regime (p 97/113,
-    lr 1e-3), parity and forcing from their own groups; the fast regime is reported beside the modular ones but never
-    decides their verdicts. Rules are stated next to each verdict."""
+def _lead_rule(mean: float, sd: float) -> str:
+    return (f"reproduced = an alarm before the jump in every grokking run, the median lead within 2 SD "
+            f"({mean:,.0f} ± {2 * sd:,.0f}) and the leads' SD at most twice the pilot's ({2 * sd:,.0f}: a lead that is "
+            "a timing does not spread with the grok step); partly = the median inside the band but alarms missing or "
+            "the leads spread more; not = the median outside the band")
+
+
+def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> list[Verdict]:
+    """The pilot's claims as verdict records, the modular-arithmetic ones judged from the finished runs of the pilot's
+    own regime (p 97/113, lr 1e-3), parity and forcing from their own groups; the fast regime is reported beside the
+    modular ones but never decides their verdicts. Each record states its rule."""
     pilot, fast = modular_runs(facts, "pilot"), modular_runs(facts, "fast")
-    out = []
+    return [discriminating_verdict(pilot, fast, by_guard),
+            lead_verdict(facts, "add"), lead_verdict(facts, "mul"),
+            parity_verdict(facts, by_guard), rise_1000_verdict(pilot, fast), watch_test_acc_verdict(pilot, fast),
+            baselines_record(facts), layernorm_record(facts, by_guard), forcing_verdict(facts, fast)]
 
-    def hits_line(fs, label):
-        g, h, _, _ = _split(fs)
-        return f"{label}: {len(h)}/{len(g)}" if g else f"{label}: no grokking run yet"
 
-    # 1. every grokking run re-rises before the jump
-    g, h, _, _ = _split(pilot)
-    if not g:
-        v = "not yet tested in the pilot's regime (no pilot-regime run has finished and grokked)"
+def discriminating_verdict(pilot: Sequence[dict], fast: Sequence[dict], by_guard: Optional[dict] = None) -> Verdict:
+    """The pilot's one discriminating claim: an alarm before the jump in every grokking run and in none that does not
+    grok (16/16 against 0/5)."""
+    claim = ("Ô01 re-rises before the jump in every grokking run and in no run that does not grok (pilot: 16/16 "
+             "against 0/5).")
+    rule = ("reproduced = an alarm before the jump in every pilot-regime grokking run and no alarm in any that did not "
+            "grok (provisional below the pilot's 16 and 5); not = an alarm in a run that did not grok and ran at "
+            "least as long as the slowest grok (the alarm then does not tell the two apart, at any count), or no alarm "
+            "before any jump; partly otherwise (alarms before only some jumps, or false alarms only in runs stopped "
+            "earlier, censored). \"Did not grok\" means not within the run's max steps")
+    g, h, nev, fa = _split(pilot)
+    gf, hf, nevf, faf = _split(fast)
+    unres = [f for f in nevf if f.get("unresolved")]
+    fa_res = [f for f in faf if not f.get("unresolved")]
+    fast_part = (f"Fast regime (p 59, lr 3e-3; not the pilot's regime, no verdict): {len(hf)}/{len(gf)} grokking "
+                 f"runs alarmed before the jump; false alarms in {len(fa_res)}/{len(nevf) - len(unres)} runs that did "
+                 "not grok" + (f" ({', '.join(f['name'] for f in fa_res)})" if fa_res else "")
+                 + (f"; {len(unres)} weight-decay-0 control(s) are unresolved, neither negatives nor false alarms "
+                    f"(no weight decay, stopped at {', '.join(fmt_num(f['steps']) for f in unres)} steps, well short of "
+                    f"the {WD0_HORIZON:,} a run without weight decay may need: {', '.join(f['name'] for f in unres)})"
+                    if unres else ""))
+    if not g and not nev:
+        return Verdict(claim, "not yet tested in the pilot's regime", {}, (),
+                       "no pilot-regime run has finished. " + fast_part, rule)
+    censored = _stopped_early(nev, g)
+    fa_full = [f for f in fa if f not in censored]
+    if fa_full or not h:
+        v = "not"
+    elif len(h) == len(g) and not fa and nev:
+        v = "reproduced"
     else:
-        v = ("reproduced" if len(h) == len(g) else "partly" if h else "not") + \
-            f": the alarm fired before the grok step in {len(h)}/{len(g)} pilot-regime grokking runs (Wilson 95% " \
-            f"{fmt_ci(wilson(len(h), len(g)), True)})" + _provisional(len(g), 16, "grokking runs")
-    gf, hf, _, _ = _split(fast)
+        v = "partly"
+    numbers = {"hits": len(h), "grokked": len(g), "false_alarms": len(fa), "did_not_grok": len(nev),
+               "false_alarms_uncensored": len(fa_full)}
+    caveats = [f"{len(h)}/{len(g)} grokking runs vs {len(fa)}/{len(nev)} that did not grok alarmed"]
+    if v != "not" and (len(g) < 16 or len(nev) < 5):  # a false alarm past the slowest grok refutes at any count
+        caveats.append("provisional: fewer runs than the pilot")
+    evidence = (f"the alarm fired before the grok step in {len(h)}/{len(g)} pilot-regime grokking runs (Wilson 95% "
+                f"{fmt_ci(wilson(len(h), len(g)), True)}) and in {len(fa)}/{len(nev)} pilot-regime runs that did not "
+                f"grok (Wilson 95% {fmt_ci(wilson(len(fa), len(nev)), True)})"
+                + (f": {', '.join(f['name'] for f in fa)}" if fa else "")
+                + (f"; {len(censored)} of these stopped before the slowest grok (censored: "
+                   f"{', '.join(f['name'] for f in censored)})" if censored else "")
+                + (_provisional(len(g), 16, "grokking runs") if v != "not" else "") + _control_lengths(pilot, "pilot regime"))
+    evidence += ". " + fast_part
     guard_src, guard_label = (g, "pilot regime") if g else (gf, "fast regime")
-    guards = ""
     if by_guard and guard_src:
         names = {x["name"] for x in guard_src}
-        guards = (f" The same logs ({guard_label}) with each spike guard: " + "; ".join(
+        evidence += (f". The same logs ({guard_label}) with each spike guard: " + "; ".join(
             f"{gd}: {sum(1 for f in by_guard[gd] if f['name'] in names and (f['leads']['o01'] or 0) > 0)}/"
-            f"{len(guard_src)}" for gd in GUARDS) + ". (`rebase` restarts the average and the running minimum after every spike window; "
-            "it removes level shifts made at a spike, but also any slow rise that spans spikes, so a low count under "
-            "rebase alone does not show that the rise is made of spikes.)")
-    out.append(f"- **Ô01 re-rises before the jump in every grokking run (pilot: 16/16).** {v}. Fast regime (p 59, "
-               f"lr 3e-3; not the pilot's regime, no verdict): {len(hf)}/{len(gf)}. Rule: reproduced = all, partly = "
-               f"some, not = none." + guards + _spike_made_clause(h))
-    # 2. the lead (addition) and 4. multiplication
-    out.append(f"- **The lead is ~3,000 steps (3,297 ± 461) in the pilot's regime.** "
-               f"{_lead_verdict(modular_runs(facts, 'pilot', 'add'), PILOT['lead'], PILOT['lead_sd'], 10, 'pilot-regime addition runs')}."
-               f" Fast regime (numbers only): {_lead_verdict(modular_runs(facts, 'fast', 'add'), PILOT['lead'], PILOT['lead_sd'], 0, 'fast-regime runs', verdict=False)}."
-               " Rule: reproduced = an alarm in every grokking run and a median lead within 2 SD (±922) of 3,297; "
-               "partly = alarms in only some runs with the median inside that band, or the median outside it in steps "
-               "but inside it as a share of the grok step (the band divided by the pilot's jump near step 4,000); not "
-               "otherwise. (The pilot gives a mean ± SD over its addition runs; we compare our median with it, and "
-               "read its 3,297 ± 461 as the addition runs' figure, since it quotes multiplication separately.)")
-    out.append(f"- **Multiplication: 6/6, lead 3,083 ± 186.** "
-               f"{_lead_verdict(modular_runs(facts, 'pilot', 'mul'), PILOT['mul_lead'], PILOT['mul_lead_sd'], 6, 'pilot-regime multiplication runs')}."
-               " Rule: as for addition, with 3,083 ± 372 (a share of 0.68–0.86).")
-    # 3. no alarm in runs that do not grok
-    g, _, nev, fa = _split(pilot)
-    _, _, nevf, faf = _split(fast)
-    fa_full = [f for f in fa if f not in _stopped_early(nev, g)]  # ran past every jump: not censored
-    if not nev:
-        v = "not yet tested in the pilot's regime (no pilot-regime run has finished without grokking)"
-    else:
-        v = ("not" if fa_full else "partly" if fa else "reproduced") + \
-            f": the Ô01 alarm fired in {len(fa)}/{len(nev)} pilot-regime runs that did not grok (Wilson 95% " \
-            f"{fmt_ci(wilson(len(fa), len(nev)), True)})" + (f": {', '.join(f['name'] for f in fa)}" if fa else "") + \
-            ("" if fa else _provisional(len(nev), 5, "pilot-regime runs that did not grok"))  # one false alarm refutes
-    out.append(f"- **No alarm in runs that do not grok (pilot: 0/5).** {v}. Fast regime: false alarms in "
-               f"{len(faf)}/{len(nevf)} runs that did not grok" + (f" ({', '.join(f['name'] for f in faf)})" if faf
-                                                                    else "")
-               + _control_lengths(pilot, "pilot regime") + _control_lengths(fast, "fast regime")
-               + ". Rule: reproduced = no alarm in any pilot-regime run that did not grok (provisional below the "
-               "pilot's 5); not = an alarm in one that ran at least as long as the slowest grok (one false alarm "
-               "refutes \"0/5\" at any count); partly = alarms only in runs stopped earlier (censored: they might "
-               "have grokked later). \"Did not grok\" means not "
-               "within the run's max steps (censored).")
-    # 5. parity
+            f"{len(guard_src)}" for gd in GUARDS) + " (`rebase` restarts the average and the running minimum after every "
+            "spike window; it removes level shifts made at a spike, but also any slow rise that spans spikes)")
+    made = [f for f in h if f["rise_at_spike"]]
+    if h:
+        evidence += (f". In {len(made)}/{len(h)} of these alarms the rise was a level set at a train-loss spike "
+                     "(defined under *The spike guard*)")
+        if made:
+            caveats.append(f"in {len(made)}/{len(h)} the rise was a level set at a train-loss spike")
+    removed = _removed_counts(g)
+    if removed:
+        evidence += (". With the spikes' Ô01 increments removed, the detector (guard off) fires before the jump in "
+                     + ", ".join(f"{k}/{len(g)} (increment over {span} row(s) after the spike)" for span, k in removed)
+                     + " — the re-rise is built from the spikes (see *The spike sawtooth*)")
+        caveats.append("spikes' increments removed: before the jump in "
+                       + ", ".join(f"{k}/{len(g)}" for _, k in removed) + f" (spans {', '.join(str(s) for s, _ in removed)})")
+    numbers["removed_alarms"] = dict(removed)
+    return Verdict(claim, v, numbers, tuple(caveats), evidence, rule)
+
+
+def _removed_counts(grokked: Sequence[dict]) -> list[tuple[int, int]]:
+    """(span, grokking runs whose spikes-removed Ô01 alarm, guard off, fires before the jump) per sawtooth span."""
+    if not grokked or "sawtooth" not in grokked[0]:
+        return []
+    spans = sorted(grokked[0]["sawtooth"])
+    return [(span, sum(1 for f in grokked if f["sawtooth"][span]["removed_alarm"] is not None
+                       and f["sawtooth"][span]["removed_alarm"] < f["grok"])) for span in spans]
+
+
+def lead_verdict(facts: Sequence[dict], task: str) -> Verdict:
+    """The lead (addition: 3,297 ± 461 over 10 runs; multiplication: 3,083 ± 186 over 6), decided on timing."""
+    mean, sd, n_pilot, claim, what = (
+        (PILOT["lead"], PILOT["lead_sd"], 10, "The lead is ~3,000 steps (3,297 ± 461) in the pilot's regime.",
+         "pilot-regime addition runs") if task == "add" else
+        (PILOT["mul_lead"], PILOT["mul_lead_sd"], 6, "Multiplication: 6/6, lead 3,083 ± 186.",
+         "pilot-regime multiplication runs"))
+    v, evidence, numbers = _lead_verdict(modular_runs(facts, "pilot", task), mean, sd, n_pilot, what)
+    _, fast_ev, _ = _lead_verdict(modular_runs(facts, "fast", task), mean, sd, 0, "fast-regime runs", verdict=False)
+    if fast_ev:
+        evidence += f". Fast regime (numbers only): {fast_ev}"
+    caveats = []
+    if numbers.get("r_alarm_grok") is not None and not math.isnan(numbers.get("r_alarm_grok", math.nan)):
+        caveats.append(f"r(alarm step, grok step) = {numbers['r_alarm_grok']:.2f}")
+    if "provisional" in evidence.split(". Fast regime")[0]:
+        caveats.append("provisional: fewer runs than the pilot")
+    rule = _lead_rule(mean, sd) + (" (the pilot gives a mean ± SD over its addition runs; we compare our median with "
+                                   "it)" if task == "add" else "")
+    return Verdict(claim, v, numbers, tuple(caveats), evidence, rule)
+
+
+def parity_verdict(facts: Sequence[dict], by_guard: Optional[dict] = None) -> Verdict:
+    """On k-sparse parity the signal blurs / Ô01 drops instead of rising."""
+    claim = "On k-sparse parity the signal blurs / Ô01 drops instead of rising."
+    rule = ("reproduced = a drop and no re-rise alarm in every parity run, with the spike guard on and off; not = a "
+            "re-rise alarm in every one under both; partly otherwise")
     parity = [f for f in facts if f["regime"] == "parity"]
     # grokking is generalisation *after* memorisation: a run that generalised by the time it memorised has no delay,
     # and one whose delay is not longer than the detector's persistence cannot show an alarm before the jump
@@ -149,54 +218,62 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
     measured = [f for f in parity if f["o01_peak"] is not None and f["o01_min"] is not None
                 and f not in instant and f not in short]
     unmeasured = len(parity) - len(measured) - len(instant) - len(short)
+    numbers = {"runs": len(parity), "measured": len(measured)}
     if not parity:
-        v = "not yet tested (no parity run finished)"
-    elif (instant or short) and not measured:
+        return Verdict(claim, "not yet tested", numbers, (), "no parity run finished", rule)
+    if (instant or short) and not measured:
         where = ", ".join(f"{f['name']} memorised at {f['memorised']}, generalised at {f['grok']}" for f in instant + short)
-        v = (f"not tested: {len(instant) + len(short)}/{len(parity)} parity runs generalised by the step they memorised "
-             f"or within the detector's persistence after it ({where}): no grokking delay the detector could see, so "
-             "this parity setting cannot test the claim; a harder one (more bits, less data) is needed")
-    elif not measured:
-        v = f"inconclusive: none of the {len(parity)} parity runs has a measurable Ô01 drop (no memorisation or no finite Ô01)"
-    else:
-        min_drop = DetectorConfig(**measured[0]["config"]["detector"]).min_drop
-        dropped = [f for f in measured if f["o01_peak"] - f["o01_min"] >= min_drop]
+        return Verdict(claim, "not tested", numbers, (), f"{len(instant) + len(short)}/{len(parity)} parity runs "
+                       "generalised by the step they memorised or within the detector's persistence after it "
+                       f"({where}): no grokking delay the detector could see, so this parity setting cannot test the "
+                       "claim; a harder one (more bits, less data) is needed", rule)
+    if not measured:
+        return Verdict(claim, "inconclusive", numbers, (), f"none of the {len(parity)} parity runs has a measurable Ô01 "
+                       "drop (no memorisation or no finite Ô01)", rule)
+    min_drop = DetectorConfig(**measured[0]["config"]["detector"]).min_drop
+    dropped = [f for f in measured if f["o01_peak"] - f["o01_min"] >= min_drop]
 
-        def rose_in(fs):  # an alarm before the jump, or at all in a run that did not grok
-            return [f for f in fs if f["alarms"]["o01"] is not None and (f["grok"] is None or f["alarms"]["o01"] < f["grok"])]
+    def rose_in(fs):  # an alarm before the jump, or at all in a run that did not grok
+        return [f for f in fs if f["alarms"]["o01"] is not None and (f["grok"] is None or f["alarms"]["o01"] < f["grok"])]
 
-        rose = rose_in(measured)
-        names = {f["name"] for f in measured}
-        rose_off = rose_in([f for f in by_guard["off"] if f["name"] in names]) if by_guard else rose
-        grokked = [f for f in measured if f["grok"] is not None]
-        relapsed = [f for f in parity if f["relapse"] is not None]
-        off_where = ", ".join(f"{f['name']} at {fmt_num(f['alarms']['o01'])}" for f in rose_off)
-        short_where = ", ".join(f"{f['name']}: {f['grok'] - f['memorised']} steps" for f in short)
-        relapse_where = ", ".join(f"{f['name']} at {fmt_num(f['relapse'])}" for f in relapsed)
-        counts = (f"Ô01 dropped by ≥ {min_drop:g} after memorisation in {len(dropped)}/{len(measured)} parity runs and "
-                  f"re-rose (an alarm before the jump, or at all in a run with no jump) in {len(rose)}/{len(measured)}"
-                  + (f", with the spike guard off in {len(rose_off)}/{len(measured)}"
-                     + (f" ({off_where})" if rose_off else "") if by_guard else "")
-                  + f"; {len(grokked)}/{len(measured)} grokked"
-                  + (f"; {unmeasured} run(s) without a measurable Ô01 left out" if unmeasured else "")
-                  + (f"; {len(instant)} run(s) with no grokking delay left out" if instant else "")
-                  + (f"; {len(short)} run(s) whose delay was not longer than the detector's persistence left out "
-                     f"({short_where})" if short else "")
-                  + (f". {len(relapsed)}/{len(parity)} parity runs relapsed: test accuracy fell below "
-                     f"{measured[0]['config']['grok_acc'] - RELAPSE_DROP:.2f} after their grok step ({relapse_where}); "
-                     "their grok step still counts" if relapsed else ""))
-        if not grokked:
-            v = (f"not tested: none of the {len(measured)} parity runs generalised within its max steps (the claim is "
-                 f"about runs that do); {counts}")
-        else:
-            clean = len(dropped) == len(measured) and not rose and not rose_off
-            v = ("reproduced" if clean else "not" if len(rose) == len(rose_off) == len(measured) else "partly") + \
-                f": {counts}"
-    out.append(f"- **On k-sparse parity the signal blurs / Ô01 drops instead of rising.** {v}. Rule: reproduced = "
-               "a drop and no re-rise alarm in every parity run, with the spike guard on and off; not = a re-rise "
-               "alarm in every one under both; partly otherwise.")
-    # 6. no rise by step 1,000 → no grok (the pilot's regime: rise near 750, jump near 4,000). A "rise" here is the
-    # first step at which the detector's rise condition held at all (first_rise), persistent or not.
+    rose = rose_in(measured)
+    names = {f["name"] for f in measured}
+    rose_off = rose_in([f for f in by_guard["off"] if f["name"] in names]) if by_guard else rose
+    grokked = [f for f in measured if f["grok"] is not None]
+    relapsed = [f for f in parity if f["relapse"] is not None]
+    off_where = ", ".join(f"{f['name']} at {fmt_num(f['alarms']['o01'])}" for f in rose_off)
+    short_where = ", ".join(f"{f['name']}: {f['grok'] - f['memorised']} steps" for f in short)
+    relapse_where = ", ".join(f"{f['name']} at {fmt_num(f['relapse'])}" for f in relapsed)
+    counts = (f"Ô01 dropped by ≥ {min_drop:g} after memorisation in {len(dropped)}/{len(measured)} parity runs and "
+              f"re-rose (an alarm before the jump, or at all in a run with no jump) in {len(rose)}/{len(measured)}"
+              + (f", with the spike guard off in {len(rose_off)}/{len(measured)}"
+                 + (f" ({off_where})" if rose_off else "") if by_guard else "")
+              + f"; {len(grokked)}/{len(measured)} grokked"
+              + (f"; {unmeasured} run(s) without a measurable Ô01 left out" if unmeasured else "")
+              + (f"; {len(instant)} run(s) with no grokking delay left out" if instant else "")
+              + (f"; {len(short)} run(s) whose delay was not longer than the detector's persistence left out "
+                 f"({short_where})" if short else "")
+              + (f". {len(relapsed)}/{len(parity)} parity runs relapsed: test accuracy fell below "
+                 f"{measured[0]['config']['grok_acc'] - RELAPSE_DROP:.2f} after their grok step ({relapse_where}); "
+                 "their grok step still counts" if relapsed else ""))
+    numbers.update({"dropped": len(dropped), "rose": len(rose), "rose_off": len(rose_off), "grokked": len(grokked)})
+    if not grokked:
+        return Verdict(claim, "not tested", numbers, (), f"none of the {len(measured)} parity runs generalised within "
+                       f"its max steps (the claim is about runs that do); {counts}", rule)
+    clean = len(dropped) == len(measured) and not rose and not rose_off
+    v = "reproduced" if clean else "not" if len(rose) == len(rose_off) == len(measured) else "partly"
+    return Verdict(claim, v, numbers, (), counts, rule)
+
+
+def rise_1000_verdict(pilot: Sequence[dict], fast: Sequence[dict]) -> Verdict:
+    """No re-rise by step 1,000 → no grok (the pilot's regime: rise near 750, jump near 4,000). A "rise" is the first
+    step at which the detector's rise condition held at all (first_rise), persistent or not."""
+    claim = ("Runs with no re-rise by step 1,000 do not grok (rise begins near step 750, only in runs that will "
+             "grok).")
+    rule = ("reproduced = both kinds of run tested and no counterexample of either kind; not = more than half of the "
+            "tested runs counterexamples; partly = some. The step-1,000 mark is the pilot's regime's; it cannot "
+            "transfer to runs that memorise later or grok earlier")
+
     def rise_1000(fs):
         g, _, nev, _ = _split(fs)
         late = [f for f in g if f["first_rise"] is None or f["first_rise"] > 1000]
@@ -205,34 +282,39 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
 
     g, nev, late, early_nev = rise_1000(pilot)
     counter = len(late) + len(early_nev)
-    if not g and not nev:
-        v = "not yet tested in the pilot's regime"
-    else:
-        if counter and 2 * counter > len(g) + len(nev):  # the claim is an implication: most runs contradict it
-            v = "not"
-        elif counter:
-            v = "partly"
-        elif g and nev:
-            v = "reproduced"
-        else:
-            v = "no counterexample yet, half tested"
-        v += (" (no pilot-regime run failed to grok)" if not nev else "") + \
-            (" (no pilot-regime run grokked)" if not g else "") + \
-            f": {len(late)}/{len(g)} pilot-regime grokking runs had no rise by step 1,000" + \
-            (f" ({', '.join(f['name'] for f in late)})" if late else "") + \
-            f"; {len(early_nev)}/{len(nev)} that did not grok had one by step 1,000" + \
-            (f" ({', '.join(f['name'] for f in early_nev)})" if early_nev else "") + _rise_ranges(g, nev)
     gf, nevf, latef, earlyf = rise_1000(fast)
-    out.append(f"- **Runs with no re-rise by step 1,000 do not grok (rise begins near step 750, only in runs that "
-               f"will grok).** {v}. Fast regime: {len(latef)}/{len(gf)} grokking runs without a rise by 1,000, "
-               f"{len(earlyf)}/{len(nevf)} non-grokking runs with one. A rise is the first step where smoothed Ô01 "
-               f"stood `rise` above its post-memorisation minimum after a real drop, whether or not it persisted. "
-               f"Rule: reproduced = both kinds of run tested and no counterexample of either kind; not = more than half "
-               f"of the tested runs counterexamples; partly = some. The step-1,000 mark is the pilot's regime's; it cannot "
-               f"transfer to runs that memorise later or grok earlier.")
-    # the issue's question: does Ô01 beat watching test accuracy? Two ways to watch it: test acc +0.10 over its value
-    # at memorisation, and the same detector on test accuracy (`test_acc_rise`); Ô01 must beat both
-    parts = []
+    fast_part = (f". Fast regime: {len(latef)}/{len(gf)} grokking runs without a rise by 1,000, {len(earlyf)}/"
+                 f"{len(nevf)} non-grokking runs with one. A rise is the first step where smoothed Ô01 stood `rise` "
+                 "above its post-memorisation minimum after a real drop, whether or not it persisted")
+    numbers = {"grokked_without_rise": len(late), "grokked": len(g), "never_with_rise": len(early_nev),
+               "did_not_grok": len(nev)}
+    if not g and not nev:
+        return Verdict(claim, "not yet tested in the pilot's regime", numbers, (), fast_part.lstrip(". "), rule)
+    if counter and 2 * counter > len(g) + len(nev):  # the claim is an implication: most runs contradict it
+        v = "not"
+    elif counter:
+        v = "partly"
+    elif g and nev:
+        v = "reproduced"
+    else:
+        v = "no counterexample yet, half tested"
+    v += (" (no pilot-regime run failed to grok)" if not nev else "") + (" (no pilot-regime run grokked)" if not g else "")
+    evidence = (f"{len(late)}/{len(g)} pilot-regime grokking runs had no rise by step 1,000"
+                + (f" ({', '.join(f['name'] for f in late)})" if late else "")
+                + f"; {len(early_nev)}/{len(nev)} that did not grok had one by step 1,000"
+                + (f" ({', '.join(f['name'] for f in early_nev)})" if early_nev else "") + _rise_ranges(g, nev)
+                + fast_part)
+    return Verdict(claim, v, numbers, (), evidence, rule)
+
+
+def watch_test_acc_verdict(pilot: Sequence[dict], fast: Sequence[dict]) -> Verdict:
+    """The issue's question: does Ô01 beat watching test accuracy? Two ways to watch it: test acc +0.10 over its value
+    at memorisation, and the same detector on test accuracy (`test_acc_rise`); Ô01 must beat both."""
+    claim = "Does the Ô01 alarm beat simply watching test accuracy? (the issue's question, not a pilot claim)"
+    rule = (f"yes = earlier than both ways of watching test accuracy ({TEST_ACC_LABEL}, and the detector on test "
+            "accuracy) in every grokking run with no more false alarms than either; no = earlier than both in fewer "
+            "than half the grokking runs; in some runs otherwise")
+    parts, answers, numbers = [], [], {}
     for label, fs in (("pilot regime", pilot), ("fast regime", fast)):
         g, h, nev, fa = _split(fs)
         if not g:
@@ -242,50 +324,101 @@ def claim_verdicts(facts: Sequence[dict], by_guard: Optional[dict] = None) -> li
         earlier_rise = [f for f in h if before(f, "test_acc_rise")]
         earlier_both = [f for f in h if before(f, "test_acc") and before(f, "test_acc_rise")]
         fat, far = _split(fs, "test_acc")[3], _split(fs, "test_acc_rise")[3]
+        hit_t = _split(fs, "test_acc")[1]
         if len(earlier_both) == len(g):
             v = "yes" if len(fa) <= min(len(fat), len(far)) else "earlier, but with more false alarms"
         else:
             v = "no" if 2 * len(earlier_both) < len(g) else "in some runs"
-        parts.append(f"{label}: {v} — the Ô01 alarm came before {TEST_ACC_LABEL} in {len(earlier)}/{len(g)} grokking "
-                     f"runs, before the test-accuracy detector (`test_acc_rise`) in {len(earlier_rise)}/{len(g)}, "
-                     f"before both in {len(earlier_both)}/{len(g)}; false alarms in runs that did not grok: Ô01 "
-                     f"{len(fa)}/{len(nev)}, {TEST_ACC_LABEL} {len(fat)}/{len(nev)}, `test_acc_rise` "
-                     f"{len(far)}/{len(nev)}")
-    out.append("- **Does the Ô01 alarm beat simply watching test accuracy?** (the issue's question, not a pilot claim) "
-               + ("; ".join(parts) if parts else "not yet tested") + f". Rule: yes = earlier than both ways of "
-               f"watching test accuracy ({TEST_ACC_LABEL}, and the detector on test accuracy) in every grokking run "
-               "with no more false alarms than either; no = earlier than both in fewer than half the grokking runs; "
-               "in some runs otherwise.")
-    out.append(layernorm_line(facts, by_guard))
-    # 7. forcing
+        answers.append(f"{label}: {v}")
+        at_mem = [f["test_acc_at_mem"] for f in fs if f.get("test_acc_at_mem") is not None]
+        times = [f["test_acc_at_mem"] / f["chance"] for f in fs if f.get("test_acc_at_mem") is not None]
+        numbers[label] = {"answer": v, "earlier_both": len(earlier_both), "grokked": len(g),
+                          "test_acc_hits": len(hit_t), "test_acc_false": len(fat), "o01_false": len(fa)}
+        parts.append(f"{label}: the Ô01 alarm came before {TEST_ACC_LABEL} in {len(earlier)}/{len(g)} grokking runs, "
+                     f"before the test-accuracy detector (`test_acc_rise`) in {len(earlier_rise)}/{len(g)}, before both "
+                     f"in {len(earlier_both)}/{len(g)}; false alarms in runs that did not grok: Ô01 {len(fa)}/{len(nev)}, "
+                     f"{TEST_ACC_LABEL} {len(fat)}/{len(nev)}, `test_acc_rise` {len(far)}/{len(nev)}; {TEST_ACC_LABEL} "
+                     f"fired before the jump in {len(hit_t)}/{len(g)} grokking runs"
+                     + (f"; test accuracy at memorisation {fmt_num(min(at_mem), 3)}–{fmt_num(max(at_mem), 3)}, "
+                        f"{min(times):.0f}–{max(times):.0f}× chance — the split is not at chance when the net has "
+                        "memorised" if at_mem else ""))
+    if not parts:
+        return Verdict(claim, "not yet tested", {}, (), "", rule)
+    return Verdict(claim, "; ".join(answers), numbers, (), "; ".join(parts), rule)
+
+
+def baselines_record(facts: Sequence[dict]) -> Verdict:
+    """What two of the baseline signals detect (numbers only): the Fourier concentration in the additive basis per
+    operation, and how early the weight-norm alarm fires in runs with weight decay."""
+    claim = "What the baselines detect (numbers only)"
+    pilot = modular_runs(facts, "pilot")
+    parts, numbers = [], {}
+    counts = []
+    for task in ("add", "mul"):
+        g, h, _, _ = _split([f for f in pilot if f["task"] == task], "fourier")
+        if g:
+            counts.append(f"{len(h)}/{len(g)} pilot-regime {'addition' if task == 'add' else 'multiplication'} runs")
+            numbers[f"fourier_{task}"] = (len(h), len(g))
+    if counts:
+        parts.append("Fourier concentration of W_E (additive basis) fired before the jump in " + " and ".join(counts))
+    if "fourier_mul" in numbers:
+        parts[-1] += (" — multiplication mod p is addition of discrete logarithms, so its circuit is sparse in the "
+                      "multiplicative basis (residues 1…p−1 indexed by their discrete log, "
+                      "`frequency_concentration(..., basis=\"multiplicative\")`), not in the additive one")
+    wd = [f["alarms"]["weight_norm"] for f in facts if f["config"].get("weight_decay", 1.0) > 0
+          and f["alarms"].get("weight_norm") is not None and f["regime"] in ("pilot", "fast")]
+    n_wd = sum(1 for f in facts if f["config"].get("weight_decay", 1.0) > 0 and f["regime"] in ("pilot", "fast"))
+    if wd:
+        parts.append(f"the weight-norm alarm fired in {len(wd)}/{n_wd} modular runs with weight decay, at steps "
+                     f"{fmt_num(min(wd))}–{fmt_num(max(wd))} (median {fmt_num(quantile(wd, 0.5))}), whether or not "
+                     "they grokked: it detects weight decay shrinking the weights, not the coming jump")
+        numbers["weight_norm_alarms"] = (len(wd), n_wd)
+    return Verdict(claim, "numbers only", numbers, (), "; ".join(parts) if parts else "no run yet", "", table=False)
+
+
+def forcing_verdict(facts: Sequence[dict], fast: Sequence[dict]) -> Verdict:
+    """Forcing Ô01 → 1 does not stop grokking (pilot: 2/3 at 20k steps)."""
+    claim = "Forcing Ô01 → 1 does not stop grokking (pilot: 2/3 at 20k steps)."
+    rule = ("among runs where the term held the median post-memorisation Ô01 ≥ 0.9, reproduced = ≥ 2/3 grokked, not = "
+            "none did (within our max steps, shorter than the pilot's 20k: a run that did not grok may grok later). "
+            "Forced runs are in the fast regime, p 59, lr 3e-3: the pilot does not say which regime it forced")
     forced = [f for f in facts if f["regime"] == "forcing"]
     if not forced:
-        v = "not yet tested (no forced run finished)"
+        return Verdict(claim, "not yet tested", {}, (), "no forced run finished", rule)
+    gf_steps = [f["grok"] for f in fast if f["grok"] is not None]
+    per, effective = [], []
+    for lam in sorted({f["config"]["force_cka"] for f in forced}):
+        fs = [f for f in forced if f["config"]["force_cka"] == lam]
+        held = [f for f in fs if (f.get("o01_post_median") or 0) >= 0.9]
+        effective += held
+        per.append(f"λ = {lam:g}: {sum(f['grok'] is not None for f in fs)}/{len(fs)} grokked within "
+                   f"{max(f['config']['max_steps'] for f in fs):,} steps (grok steps "
+                   f"{', '.join(fmt_num(f['grok']) for f in fs)}), median post-memorisation Ô01 "
+                   f"{', '.join(fmt_num(f.get('o01_post_median'), 2) for f in fs)}")
+    eg = [f for f in effective if f["grok"] is not None]
+    if not effective:
+        v, evidence = "inconclusive", "the loss term did not hold Ô01 near 1 (median post-memorisation Ô01 < 0.9 in every run)"
     else:
-        gf_steps = [f["grok"] for f in fast if f["grok"] is not None]
-        per, effective = [], []
-        for lam in sorted({f["config"]["force_cka"] for f in forced}):
-            fs = [f for f in forced if f["config"]["force_cka"] == lam]
-            held = [f for f in fs if (f.get("o01_post_median") or 0) >= 0.9]
-            effective += held
-            per.append(f"λ = {lam:g}: {sum(f['grok'] is not None for f in fs)}/{len(fs)} grokked within "
-                       f"{max(f['config']['max_steps'] for f in fs):,} steps (grok steps "
-                       f"{', '.join(fmt_num(f['grok']) for f in fs)}), median post-memorisation Ô01 "
-                       f"{', '.join(fmt_num(f.get('o01_post_median'), 2) for f in fs)}")
-        eg = [f for f in effective if f["grok"] is not None]
-        if not effective:
-            v = "inconclusive: the loss term did not hold Ô01 near 1 (median post-memorisation Ô01 < 0.9 in every run)"
-        else:
-            v = ("reproduced" if 3 * len(eg) >= 2 * len(effective) else "partly" if eg else "not") + \
-                f": {len(eg)}/{len(effective)} runs in which forcing held Ô01 ≥ 0.9 still grokked" + \
-                _provisional(len(effective), 3, "effectively forced runs")
-        v += ". " + "; ".join(per) + (f". Unforced fast-regime grok steps for comparison: median {fmt_num(quantile(gf_steps, 0.5))}"
-                                      if gf_steps else "")
-    out.append(f"- **Forcing Ô01 → 1 does not stop grokking (pilot: 2/3 at 20k steps).** {v}. (Forced runs are in the "
-               "fast regime, p 59, lr 3e-3: the pilot does not say which regime it forced.) Rule: among runs where "
-               "the term held the median post-memorisation Ô01 ≥ 0.9, reproduced = ≥ 2/3 grokked, not = none did "
-               "(within our max steps, shorter than the pilot's 20k: a run that did not grok may grok later).")
-    return out
+        v = "reproduced" if 3 * len(eg) >= 2 * len(effective) else "partly" if eg else "not"
+        evidence = (f"{len(eg)}/{len(effective)} runs in which forcing held Ô01 ≥ 0.9 still grokked"
+                    + _provisional(len(effective), 3, "effectively forced runs"))
+    evidence += ". " + "; ".join(per) + (f". Unforced fast-regime grok steps for comparison: median "
+                                         f"{fmt_num(quantile(gf_steps, 0.5))}" if gf_steps else "")
+    rates = [10000 * f["spikes"] / f["steps"] for f in forced if f["steps"]]
+    low = [f["post_grok_low"] for f in forced if f.get("post_grok_low") is not None]
+    g, h, _, _ = _split(fast)
+    caveats = []
+    if rates:
+        evidence += (f". The forced runs are unstable: {min(rates):.0f}–{max(rates):.0f} train-loss spikes per 10,000 "
+                     "steps" + (f", and test accuracy back below 0.5 at {100 * min(low):.0f}–{100 * max(low):.0f}% of "
+                                "the logged points after the grok" if low else ""))
+        caveats.append(f"unstable: {min(rates):.0f}–{max(rates):.0f} spikes per 10,000 steps")
+    if g:
+        evidence += (f"; and they are in the fast regime, where the Ô01 alarm came before the jump in only "
+                     f"{len(h)}/{len(g)} unforced grokking runs: Ô01 does not predict grokking there anyway, so "
+                     "forcing it there says little about the pilot's regime")
+        caveats.append(f"fast regime, where Ô01 alarmed before {len(h)}/{len(g)} jumps")
+    return Verdict(claim, v, {"effective": len(effective), "grokked": len(eg)}, tuple(caveats), evidence, rule)
 
 
 def _stopped_early(never: Sequence[dict], grokked: Sequence[dict]) -> list[dict]:
@@ -348,14 +481,14 @@ def _rise_ranges(grokked: Sequence[dict], never: Sequence[dict]) -> str:
     return out
 
 
-def layernorm_line(facts: Sequence[dict], by_guard: Optional[dict] = None) -> str:
+def layernorm_record(facts: Sequence[dict], by_guard: Optional[dict] = None) -> Verdict:
     """Pre-LN blocks against none (the issue's architecture question): numbers only, no verdict — the pilot did not
     say which it used. Per learning rate: how many grokked, how often the train loss spiked, how much of the run the
     hold guard froze, and the Ô01 alarm count before the jump under each spike guard."""
-    head = "- **Architecture: pre-LN blocks** (the issue's question, not a pilot claim; numbers only)."
+    claim = "Architecture: pre-LN blocks (the issue's question, not a pilot claim; numbers only)."
     ln = [f for f in facts if f["regime"] == "layernorm"]
     if not ln:
-        return head + " not yet tested (no pre-LN run has finished)."
+        return Verdict(claim, "not yet tested", {}, (), "no pre-LN run has finished", "", table=False)
 
     def describe(fs: Sequence[dict], label: str) -> str:
         names = {f["name"] for f in fs}
@@ -377,7 +510,7 @@ def layernorm_line(facts: Sequence[dict], by_guard: Optional[dict] = None) -> st
     if fast:
         parts.append(describe([f for f in fast if f["role"] == "grok"],
                               "no LayerNorm for comparison (fast regime, lr 3e-3, its grok-role runs)"))
-    return head + " " + "; ".join(parts) + "."
+    return Verdict(claim, "numbers only", {"runs": len(ln)}, (), "; ".join(parts), "", table=False)
 
 
 def in_short(facts: Sequence[dict]) -> str:
@@ -395,6 +528,10 @@ def in_short(facts: Sequence[dict]) -> str:
            f"{fmt_num(quantile([f['leads']['o01'] for f in h], 0.5))} steps — the pilot's {PILOT['lead']:,} for "
            f"addition, {PILOT['mul_lead']:,} for multiplication — or "
            f"{fmt_num(share, 2)} of the grok step).")
+    r = pearson([f["grok"] for f in h], [f["alarms"]["o01"] for f in h])
+    if not math.isnan(r):
+        out += (f" The alarm's step hardly follows the jump's (r(alarm step, grok step) = {r:.2f}), so that lead is the "
+                "grok step minus a near-constant, not a warning time.")
     if any(f["rise_at_spike"] for f in h):
         out += _spike_made_clause(h)
     if nev:
@@ -419,30 +556,6 @@ def in_short(facts: Sequence[dict]) -> str:
     return out
 
 
-_VERDICT = re.compile(r"^(reproduced|partly|not yet tested|not tested|not|inconclusive)\b")
-_SPIKE_MADE = re.compile(r"In (\d+)/(\d+) of these alarms the rise was a level set")
-_PER_REGIME = re.compile(r"(pilot regime|fast regime): (.*?) — ")
-
-
-def brief_table(claims: Sequence[str]) -> list[str]:
-    """The verdicts of :func:`claim_verdicts` as a table: each claim and its verdict word (marked provisional where
-    the line says so); the question of test accuracy gets its answer per regime; numbers-only lines are left out."""
-    out = ["| claim | verdict |", "|---|---|"]
-    for line in claims:
-        _, claim, rest = line.split("**", 2)
-        rest = rest.strip()
-        if re.match(r"\([^)]*numbers only\)", rest):  # "(…; numbers only)" right after the claim: no verdict
-            continue
-        m = _VERDICT.match(rest)
-        if m:
-            evidence = rest.split(" Rule:")[0]  # a rule may mention "provisional" itself
-            verdict = m.group(1) + (" (provisional: fewer runs than the pilot)" if "provisional" in evidence else "")
-            spike = _SPIKE_MADE.search(rest)
-            if spike and spike.group(1) != "0":
-                verdict += f"; in {spike.group(1)}/{spike.group(2)} the rise was a level set at a train-loss spike"
-        elif _PER_REGIME.search(rest):
-            verdict = "; ".join(f"{reg}: {v}" for reg, v in _PER_REGIME.findall(rest))
-        else:
-            continue
-        out.append(f"| {claim.rstrip('.')} | {verdict} |")
-    return out
+def brief_table(verdicts: Sequence[Verdict]) -> list[str]:
+    """The verdict records of :func:`claim_verdicts` as the brief table (numbers-only records left out)."""
+    return render_table(list(verdicts))

@@ -1,0 +1,303 @@
+"""Every CUDA kernel, executed on the CPU: the op tests of each op parametrised over the CPU backend
+(torch.ops.fastcka) and the CUDA emulation (torch.ops.fastcka_emu: the csrc/ops/cuda/*.cu sources, kernels and
+launchers, compiled against csrc/emu/cuda_emu.h; built by `make emu`), against the float64 reference.
+
+The emulation runs a block's threads as fibers that meet at real barriers, with per-block shared memory, lock-step
+warp shuffles, real atomics and blocks in a shuffled order on several OS threads (see cuda_emu.h). Sizes are small
+and chosen for the kernels' geometry: 32×32 tiles (n = 31, 32, 33: a tile ± 1, a single partial tile), several
+blocks meeting in float64 atomics (n ≥ 65, p > 256), feature counts that are not a multiple of the warp or the
+tile's 32-feature chunks, odd n. The float64 sums that the CUDA kernels reduce with atomics (and the CPU with a
+different blocking) are equal to the reference only up to summation order: those comparisons use rtol 1e-9 and an
+absolute floor relative to the largest term, never bit equality; the median and the counts are compared exactly.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import fastcka  # noqa: F401  (loads torch.ops.fastcka)
+import fastcka.reference as R
+from conftest import correlated_pair, randn
+from test_center_gram import _count_asymmetric
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMU_LIB = os.path.join(ROOT, "build-emu", "fastcka_emu.so")
+
+
+def _emu_skip_reason() -> str | None:
+    """Why the emulated backend cannot run here (None when it can)."""
+    if not os.path.exists(EMU_LIB):
+        return "the CUDA-emulation extension is not built (run `make emu`; it lands in build-emu/)"
+    sources = glob.glob(os.path.join(ROOT, "csrc", "**", "*.*"), recursive=True)
+    newest = max(os.path.getmtime(s) for s in sources if s.endswith((".h", ".cuh", ".cu", ".cpp")))
+    if newest > os.path.getmtime(EMU_LIB):
+        return "build-emu/fastcka_emu.so is older than csrc/ (run `make emu` to rebuild it)"
+    if not hasattr(torch.ops, "fastcka_emu") or not hasattr(torch.ops.fastcka_emu, "kernel_hsic"):
+        torch.ops.load_library(EMU_LIB)
+    return None
+
+
+_SKIP = _emu_skip_reason()
+BACKENDS = ["cpu", pytest.param("cuda-emu", marks=pytest.mark.skipif(_SKIP is not None, reason=_SKIP or ""))]
+
+
+@pytest.fixture(params=BACKENDS)
+def ops(request):
+    """The op namespace of one backend: the CPU kernels or the emulated CUDA kernels (both on CPU tensors)."""
+    return torch.ops.fastcka if request.param == "cpu" else torch.ops.fastcka_emu
+
+
+@pytest.fixture
+def emu():
+    if _SKIP is not None:
+        pytest.skip(_SKIP)
+    return torch.ops.fastcka_emu
+
+
+LINEAR, RBF = 0, 1
+FEATURE, SAMPLE = 1, 2
+MEDIAN_AUTO, MEDIAN_RADIX, MEDIAN_WINDOW_ONLY, MEDIAN_WINDOW_MISS = 0, 1, 2, 3
+
+
+def close(got: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-9, scale: float = 0.0) -> None:
+    """Equal up to float64 summation order: rtol, and an absolute floor at 1e-12 of the largest reference entry (or
+    of `scale`, the size of the inputs, where the result may cancel to ~0)."""
+    floor = 1e-12 * max(ref.abs().max().item(), scale, 1e-300)
+    torch.testing.assert_close(got, ref.to(got.dtype), rtol=rtol, atol=floor)
+
+
+def gram(x: torch.Tensor, kernel: int, gamma: float) -> torch.Tensor:
+    """The float64 reference Gram of one side: X Xᵀ or exp(−γ‖xᵢ − xⱼ‖²)."""
+    return R.gram_linear(x) if kernel == LINEAR else torch.exp(-gamma * R.squared_distances(x))
+
+
+def ref_terms(k: torch.Tensor, l: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    return torch.stack([R.hsic(k, l, unbiased), R.hsic(k, k, unbiased), R.hsic(l, l, unbiased)])
+
+
+def ref_grads(x, y, terms_fn, g):
+    """d(g · terms)/dx, d(g · terms)/dy by autograd through the float64 reference."""
+    xr, yr = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
+    (terms_fn(xr, yr) * g).sum().backward()
+    return xr.grad, yr.grad
+
+
+G = torch.tensor([1.0, -0.7, 0.4], dtype=torch.float64)  # a gradient of the three HSIC terms
+
+# --- linear HSIC: column_sums, subtract_means, normalise, dot, row_sq, linear_combine, linear_grad_assemble ----------
+# (4, 1, 2): the smallest unbiased n, one thread per column; (33, 31, 33): p around the warp; (70, 40, 65): row_sq's
+# warps over partial 32-feature chunks; (130, 257, 5): column_sums with two row chunks (blockIdx.y) and two column
+# blocks, dot products over several blocks.
+LINEAR_SIZES = [(4, 1, 2), (33, 31, 33), (70, 40, 65), (130, 257, 5)]
+
+
+@pytest.mark.parametrize("n,p,q", LINEAR_SIZES)
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("method", [FEATURE, SAMPLE])
+def test_linear_hsic_forward(ops, n, p, q, unbiased, method):
+    x, y = correlated_pair(n, p, q, seed=n + p)
+    got = ops.linear_hsic(x, y, unbiased, method)
+    close(got, ref_terms(R.gram_linear(x), R.gram_linear(y), unbiased))
+
+
+@pytest.mark.parametrize("n,p,q", LINEAR_SIZES[:3])
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("method", [FEATURE, SAMPLE])
+def test_linear_hsic_backward(ops, n, p, q, unbiased, method):
+    x, y = correlated_pair(n, p, q, seed=3 * n)
+    dx, dy = ops._linear_hsic_backward(G, x, y, unbiased, method)
+    rx, ry = ref_grads(x, y, lambda a, b: ref_terms(R.gram_linear(a), R.gram_linear(b), unbiased), G)
+    close(dx, rx)
+    close(dy, ry)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_linear_hsic_matrix(ops, unbiased, symmetric):
+    xs = [randn(37, p, seed=p) for p in (3, 33, 70)]
+    ys = [] if symmetric else [randn(37, q, seed=100 + q) for q in (5, 40)]
+    got = ops.linear_hsic_matrix(xs, ys, unbiased, 0)
+    other = xs if symmetric else ys
+    ref = torch.tensor([[R.hsic(R.gram_linear(a), R.gram_linear(b), unbiased).item() for b in other] for a in xs],
+                       dtype=torch.float64)
+    close(got, ref)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_linear_hsic_float32_agrees_with_float64(ops, unbiased):
+    x, y = correlated_pair(65, 33, 7, seed=5)
+    ref = ref_terms(R.gram_linear(x), R.gram_linear(y), unbiased)
+    got = ops.linear_hsic(x.float(), y.float(), unbiased, SAMPLE)
+    torch.testing.assert_close(got, ref, rtol=2e-5, atol=2e-6 * ref.abs().max().item())
+
+
+# --- kernel HSIC: shift_normalise, normalise, row_sq, hsic_pass, dot, kernel_combine, hsic_grad, grad_finish ---------
+# n: a single partial tile (5), a tile − 1, a tile, a tile + 1, four tiles (97: ten triangle blocks); p, q around
+# the 32-feature chunks of tile_dots.
+KERNEL_SIZES = {5: (1, 2), 31: (33, 3), 32: (32, 64), 33: (35, 1), 97: (7, 40)}
+KERNEL_PAIRS = [(RBF, RBF), (LINEAR, LINEAR), (RBF, LINEAR)]
+
+
+@pytest.mark.parametrize("n", sorted(KERNEL_SIZES))
+@pytest.mark.parametrize("kernels", KERNEL_PAIRS)
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_kernel_hsic_forward(ops, n, kernels, unbiased):
+    p, q = KERNEL_SIZES[n]
+    x, y = correlated_pair(n, p, q, seed=n)
+    gamma = torch.tensor([0.5 / p, 0.3 / q], dtype=torch.float64)
+    got = ops.kernel_hsic(x, y, gamma, kernels[0], kernels[1], unbiased)
+    ref = ref_terms(gram(x, kernels[0], gamma[0].item()), gram(y, kernels[1], gamma[1].item()), unbiased)
+    close(got, ref)
+
+
+@pytest.mark.parametrize("n", [5, 33, 97])
+@pytest.mark.parametrize("kernels", KERNEL_PAIRS)
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_kernel_hsic_backward(ops, n, kernels, unbiased):
+    p, q = KERNEL_SIZES[n]
+    x, y = correlated_pair(n, p, q, seed=2 * n)
+    gamma = torch.tensor([0.4 / p, 0.6 / q], dtype=torch.float64)
+    dx, dy = ops._kernel_hsic_backward(G, x, y, gamma, kernels[0], kernels[1], unbiased)
+    rx, ry = ref_grads(x, y, lambda a, b: ref_terms(gram(a, kernels[0], gamma[0].item()),
+                                                    gram(b, kernels[1], gamma[1].item()), unbiased), G)
+    close(dx, rx, rtol=1e-8)
+    close(dy, ry, rtol=1e-8)
+
+
+def test_kernel_hsic_beyond_the_shift_subset(ops):
+    """n > 255: the shift is the column median of a seeded row subset (index_select), 45 triangle blocks."""
+    x, y = correlated_pair(290, 9, 4, seed=7)
+    x = x + 50.0  # a mean far from zero: the shift matters
+    gamma = torch.tensor([0.05, 0.1], dtype=torch.float64)
+    for unbiased in (False, True):
+        got = ops.kernel_hsic(x, y, gamma, RBF, RBF, unbiased)
+        close(got, ref_terms(gram(x, RBF, 0.05), gram(y, RBF, 0.1), unbiased))
+    dx, dy = ops._kernel_hsic_backward(G, x, y, gamma, RBF, LINEAR, True)
+    rx, ry = ref_grads(x, y, lambda a, b: ref_terms(gram(a, RBF, 0.05), gram(b, LINEAR, 0.1), True), G)
+    close(dx, rx, rtol=1e-8)
+    close(dy, ry, rtol=1e-8)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_kernel_hsic_float32_agrees_with_float64(ops, unbiased):
+    x, y = correlated_pair(70, 33, 5, seed=11)
+    gamma = torch.tensor([0.02, 0.1], dtype=torch.float64)
+    ref = ref_terms(gram(x, RBF, 0.02), gram(y, RBF, 0.1), unbiased)
+    got = ops.kernel_hsic(x.float(), y.float(), gamma, RBF, RBF, unbiased)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+# --- the exact median: sample_distances + distance_window (window), distance_histogram + distance_window (radix) -----
+def numpy_median(x: torch.Tensor) -> float:
+    d = ((x[:, None].double() - x[None].double()) ** 2).sum(-1).numpy()
+    return float(np.median(d))
+
+
+@pytest.mark.parametrize("n", [2, 3, 31, 32, 33, 65, 120])
+def test_median_all_methods_exact_on_integer_data(ops, n):
+    """Small integers: every squared distance is exact, so each method must return numpy's median to the bit.
+    Ties everywhere: the window's edges are shared by many pairs; odd n² (one middle entry) and even n²."""
+    x = torch.randint(0, 4, (n, 3), generator=torch.Generator().manual_seed(n)).double()
+    methods = [MEDIAN_AUTO, MEDIAN_RADIX, MEDIAN_WINDOW_MISS] + ([MEDIAN_WINDOW_ONLY] if n >= 31 else [])
+    for method in methods:
+        assert ops.median_sq_dist(x, method).item() == numpy_median(x), method
+
+
+@pytest.mark.parametrize("n", [33, 97])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_median_methods_agree_to_the_bit_on_random_data(ops, n, dtype):
+    """Every pass computes the same distances, so window and radix return the same float; the reference computes
+    them from differences, so it agrees only up to rounding."""
+    x, _ = correlated_pair(n, 37, 1, seed=n, dtype=dtype)
+    radix = ops.median_sq_dist(x, MEDIAN_RADIX).item()
+    for method in (MEDIAN_AUTO, MEDIAN_WINDOW_ONLY, MEDIAN_WINDOW_MISS):
+        assert ops.median_sq_dist(x, method).item() == radix, method
+    ref = R.median_squared_distance(x.double()).item()
+    assert radix == pytest.approx(ref, rel=1e-12 if dtype == torch.float64 else 1e-5, abs=0)
+
+
+@pytest.mark.parametrize("half", [2, 3, 40])
+def test_median_when_the_two_middle_entries_differ(ops, half):
+    """Half the entries 0, half 4: the two middle ranks lie in different radix bins (each walked on its own)."""
+    x = torch.cat([torch.zeros(half, 1), torch.full((half, 1), 2.0)]).double()
+    for method in (MEDIAN_AUTO, MEDIAN_RADIX, MEDIAN_WINDOW_MISS):
+        assert ops.median_sq_dist(x, method).item() == 2.0, method
+
+
+def test_median_beyond_the_shift_subset(ops):
+    x = torch.randint(-3, 4, (300, 2), generator=torch.Generator().manual_seed(3)).double() + 1000.0
+    for method in (MEDIAN_RADIX, MEDIAN_WINDOW_ONLY):
+        assert ops.median_sq_dist(x, method).item() == numpy_median(x), method
+
+
+# --- Gram centring: center_sums, center_totals, center_apply; asymmetric_pairs ---------------------------------------
+@pytest.mark.parametrize("n", [1, 3, 33, 257, 300])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_center_gram(ops, n, unbiased):
+    """n = 257, 300: a row longer than the block (256 threads) and column sums meeting from many row blocks."""
+    if unbiased and n < 3:
+        pytest.skip("unbiased centring needs n >= 3")
+    a = randn(n, n, seed=n)
+    k = a + a.T
+    close(ops.center_gram(k, int(unbiased)), R.center_gram(k, unbiased), scale=k.abs().max().item())
+
+
+@pytest.mark.parametrize("n", [3, 40, 270])
+def test_center_gram_adjoint_mode(ops, n):
+    """Mode 2 is the adjoint of mode 1: ⟨C₁(A), B⟩ = ⟨A, C₂(B)⟩ for any square A, B."""
+    a, b = randn(n, n, seed=1), randn(n, n, seed=2)
+    lhs = (ops.center_gram(a, 1) * b).sum()
+    rhs = (a * ops.center_gram(b, 2)).sum()
+    torch.testing.assert_close(lhs, rhs, rtol=1e-10, atol=1e-10)
+    close(ops.center_gram(a, 1), R.center_gram(a, True), scale=a.abs().max().item())
+
+
+@pytest.mark.parametrize("n", [1, 31, 33, 70])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_asymmetric_pairs(ops, n, dtype):
+    """Planted asymmetries in diagonal and off-diagonal tiles, some below the threshold; counts compared exactly."""
+    g = torch.Generator().manual_seed(n)
+    a = torch.randn(n, n, generator=g, dtype=torch.float64)
+    noise = torch.randn(n, n, generator=g, dtype=torch.float64) * (torch.rand(n, n, generator=g) < 0.1)
+    k = (a + a.T + noise).to(dtype)
+    for threshold in (0.0, 0.5, 3.0):
+        got = ops.gram_asymmetric_pairs(k, torch.tensor(threshold, dtype=torch.float64))
+        assert got.item() == _count_asymmetric(k, threshold), threshold
+
+
+def test_gram_asymmetric_pairs_nan_and_inf(ops):
+    a = randn(70, 70, seed=3)
+    k = a + a.T
+    k[5, 66] = k[66, 5] = float("nan")
+    k[2, 69] = float("nan")  # NaN facing a finite entry: not counted
+    k[10, 11] = k[11, 10] = float("inf")
+    assert ops.gram_asymmetric_pairs(k, torch.tensor(0.0, dtype=torch.float64)).item() == 0
+    k[40, 41] = -float("inf")
+    assert ops.gram_asymmetric_pairs(k, torch.tensor(float("inf"), dtype=torch.float64)).item() == 1
+
+
+# --- frequency spectrum: fourier_basis, spectrum_fold, spectrum_fold_backward -----------------------------------------
+@pytest.mark.parametrize("p", [2, 7, 32, 33])
+@pytest.mark.parametrize("grid", [False, True])
+@pytest.mark.parametrize("method", [1, 2])
+def test_frequency_spectrum(ops, p, grid, method):
+    x = randn(p, p, 3, seed=p) if grid else randn(p, 300, seed=p)  # 300 columns: a fold longer than the block
+    ref = R.frequency_spectrum(x, dim=(0, 1) if grid else 0)
+    close(ops.frequency_spectrum(x, method), ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("p", [2, 7, 33])
+@pytest.mark.parametrize("grid", [False, True])
+def test_frequency_spectrum_backward(ops, p, grid):
+    x = randn(p, p, 2, seed=p) if grid else randn(p, 5, seed=p)
+    dim = (0, 1) if grid else 0
+    h = p // 2 + 1
+    g = randn(*((h, h) if grid else (h,)), seed=p + 1)
+    xr = x.clone().requires_grad_()
+    (R.frequency_spectrum(xr, dim=dim) * g).sum().backward()
+    close(ops._frequency_spectrum_backward(g, x, 1), xr.grad, rtol=1e-10)
