@@ -12,7 +12,7 @@ SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -n
 CUDA_VENV := .venv-cuda
 CUDA_SRC := build-cuda-src
 
-.PHONY: demo test bench bench-full cuda-check install clean
+.PHONY: demo test bench bench-full cuda-check install clean emu
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,14 @@ demo: $(STAMP)
 	$(PY) -m fastcka grok --task add --p 59 --train-frac 0.4 --seed 0 --max-steps 3000 --stop-after-grok 500 \
 	  --out runs/demo --overwrite
 
-test: $(STAMP)
+test: $(STAMP) emu
 	$(PY) -m pytest tests
+
+# The CUDA emulation (tests/test_cuda_emu.py): the CUDA sources, kernels and launchers, compiled by the host compiler
+# against csrc/emu/cuda_emu.h into build-emu/fastcka_emu.so (torch.ops.fastcka_emu.*, CPU tensors; test-only, never
+# in the wheel); ninja rebuilds only what changed.
+emu: $(STAMP)
+	MAX_JOBS=$${MAX_JOBS:-2} $(PY) csrc/emu/build.py > build-emu.log 2>&1 || (tail -40 build-emu.log; exit 1)
 
 bench: $(STAMP)
 	$(PY) -m pytest bench --benchmark-only -q -o addopts="" -p no:cacheprovider $(BENCH_ARGS)
@@ -56,4 +62,4 @@ cuda-check:
 	  -o addopts="" test_registration.py
 
 clean:
-	rm -rf build $(CUDA_SRC) fastcka/_C*.so *.egg-info build.log build-cuda.log
+	rm -rf build $(CUDA_SRC) fastcka/_C*.so *.egg-info build.log build-cuda.log build-emu build-emu.log

@@ -301,3 +301,45 @@ def test_frequency_spectrum_backward(ops, p, grid):
     xr = x.clone().requires_grad_()
     (R.frequency_spectrum(xr, dim=dim) * g).sum().backward()
     close(ops._frequency_spectrum_backward(g, x, 1), xr.grad, rtol=1e-10)
+
+
+# --- the emulation itself, and the shared block reductions at block sizes the ops never launch -----------------------
+@pytest.mark.parametrize("threads", [1, 7, 31, 32, 33, 100, 256, 1024])
+def test_block_sum_and_max_at_any_block_size(emu, threads):
+    """cuda::block_sum/block_max (csrc/ops/cuda/primitives.cuh) for any block size: partial last warps and blocks
+    under 32 threads included (they used to need a multiple of 32: a full-mask shuffle on a partial warp)."""
+    short = threads // 2  # the last block is partial (its absent values read as 0)
+    x = randn(3 * threads - short, seed=threads).abs() + 1.0
+    got = emu._emu_block_reduce(x, threads)
+    pad = torch.cat([x, torch.zeros(short, dtype=torch.float64)]).reshape(3, threads)
+    close(got[:, 0], pad.sum(1), rtol=1e-13)
+    assert torch.equal(got[:, 1], pad.max(1).values)
+
+
+@pytest.mark.parametrize("threads", [32, 256, 1000])
+def test_emulated_barrier_and_shared_memory(emu, threads):
+    """With the barrier every thread sees its neighbour's write; without it some read the slot unwritten (the
+    emulation runs a block's threads as fibers up to the barrier, so the race is certain); shared memory is per
+    block (each block's values carry its own index)."""
+    want = (torch.arange(threads) + 1) % threads + 1000 * torch.arange(4)[:, None]
+    assert torch.equal(emu._emu_shared_neighbour(torch.zeros(1), 4, threads, True), want)
+    assert not torch.equal(emu._emu_shared_neighbour(torch.zeros(1), 4, threads, False), want)
+
+
+def test_emulated_atomics_and_block_order(emu):
+    blocks, threads = 96, 64
+    out = emu._emu_atomics(torch.zeros(1), blocks, threads)
+    assert out[0] == out[1] == blocks * threads and out[2] == blocks * threads - 1
+    order = out[3:]
+    assert sorted(order.tolist()) == list(range(blocks))
+    assert order.tolist() != list(range(blocks))  # not the launch order
+
+
+def test_emulation_reports_undefined_warp_use_and_bad_launches(emu):
+    assert emu._emu_full_mask_shuffle(torch.zeros(1), 64).item() == 1.0  # full warps: lane 0 reads lane 1
+    with pytest.raises(RuntimeError, match="lanes that do not exist"):
+        emu._emu_full_mask_shuffle(torch.zeros(1), 16)
+    with pytest.raises(RuntimeError, match="invalid configuration"):
+        emu._emu_launch_config(torch.zeros(1), 1, 65536, 32)  # gridDim.y is at most 65535, as on the GPU
+    with pytest.raises(RuntimeError, match="invalid configuration"):
+        emu._emu_launch_config(torch.zeros(1), 1, 1, 1025)

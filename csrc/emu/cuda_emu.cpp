@@ -327,11 +327,9 @@ uint64_t warp_exchange(unsigned mask, uint64_t bits, int src) {
   Warp& w = b.pool->warps[tid >> 5];
   w.slot[tid & 31] = bits;
   warp_barrier(mask);
-  uint64_t out = bits;
-  if (src < 0 || src > 31 || !((mask >> src) & 1u))
-    fault("warp shuffle reads a lane outside its mask");
-  else
-    out = w.slot[src];
+  // a source lane outside the mask gives an undefined value on the hardware: here a NaN pattern (as a double and,
+  // in its low half, as a float) that a reduction using it cannot hide
+  const uint64_t out = (src < 0 || src > 31 || !((mask >> src) & 1u)) ? 0xFFF4DEAD7FA0DEADull : w.slot[src];
   warp_barrier(mask);
   return out;
 }

@@ -8,8 +8,8 @@
 //   __syncthreads is a real barrier: a thread that reaches it waits until every live thread of its block has;
 // - shared memory is per block: `__shared__` is `static thread_local`, and each OS worker runs one block at a time;
 // - warp intrinsics (__shfl_*_sync, __ballot_sync, __syncwarp) exchange values in lock step: every lane named in
-//   the mask must arrive; a mask that names an absent or exited lane, or a lane reading one outside the mask, is
-//   reported as a launch error (on a GPU it is undefined behaviour);
+//   the mask must arrive; a mask that names an absent or exited lane is reported as a launch error (undefined
+//   behaviour on a GPU), and a lane outside the mask reads as a NaN pattern (an undefined value on a GPU);
 // - blocks run on several OS threads at once, in a shuffled order (not the launch order), so atomics on global
 //   memory really race and a kernel that relies on block order fails; atomics are real atomic read-modify-writes;
 // - launch configurations are checked like the driver does (grid.y/z ≤ 65535, grid.x < 2^31, ≤ 1024 threads).

@@ -40,31 +40,41 @@ inline int blocks_for(int64_t work, int64_t per_block, int cap = 4096) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(cap, (work + per_block - 1) / per_block)));
 }
 
-__device__ inline double block_sum(double v) {
+// Reduces v over the block with op (identity: the value of an absent warp); the result is valid in thread 0. Any
+// blockDim.x ≤ 1024 works, a partial last warp and blocks under 32 threads included: each shuffle names only the lanes
+// that exist and uses a partner only when it exists. Every thread of the block must call it (it has barriers).
+template <class Op>
+__device__ inline double block_reduce(double v, double identity, Op op) {
   __shared__ double warp_part[32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31u) >> 5;
+  const unsigned lanes = min(32u, blockDim.x - (threadIdx.x & ~31u));  // the lanes of this thread's warp
+  const unsigned mask = lanes == 32u ? 0xffffffffu : (1u << lanes) - 1u;
+  for (unsigned o = 16; o > 0; o >>= 1) {
+    const double other = __shfl_down_sync(mask, v, o);
+    if (lane + o < lanes) v = op(v, other);
+  }
   if (lane == 0) warp_part[warp] = v;
   __syncthreads();
-  v = (threadIdx.x < (blockDim.x >> 5)) ? warp_part[lane] : 0.0;
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  __syncthreads();
-  return v;  // valid in thread 0
-}
-
-__device__ inline double block_max(double v) {
-  __shared__ double warp_part[32];
-  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_down_sync(0xffffffffu, v, o));
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) warp_part[warp] = v;
-  __syncthreads();
-  v = (threadIdx.x < (blockDim.x >> 5)) ? warp_part[lane] : 0.0;
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_down_sync(0xffffffffu, v, o));
-  __syncthreads();
+  if (warp == 0) {  // warp 0 has the same `lanes` and `mask` as above
+    v = lane < nwarps ? warp_part[lane] : identity;
+    for (unsigned o = 16; o > 0; o >>= 1) {
+      const double other = __shfl_down_sync(mask, v, o);
+      if (lane + o < lanes) v = op(v, other);
+    }
+  }
+  __syncthreads();  // warp_part may be reused by the next call
   return v;
 }
+
+struct SumOp {
+  __device__ double operator()(double a, double b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ double operator()(double a, double b) const { return fmax(a, b); }
+};
+
+__device__ inline double block_sum(double v) { return block_reduce(v, 0.0, SumOp()); }
+__device__ inline double block_max(double v) { return block_reduce(v, -INFINITY, MaxOp()); }
 
 // out[j] += Σ_{rows of this block's chunk} x[i, j]  (blockIdx.y picks the row chunk; out pre-zeroed).
 template <typename T>
