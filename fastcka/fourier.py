@@ -14,6 +14,12 @@ The input is centred along the residue axes (the mean over them, per remaining e
 transform, and the constant term's energy is added back exactly, so a float32 tensor whose offset dwarfs its
 variation (10⁶ times, say) keeps its non-constant spectrum. Return dtype: float64 for float64 input, else float32.
 
+``basis="multiplicative"`` (p prime) first drops residue 0 and puts residues 1 … p−1 in the order g⁰, g¹, …, g^(p−2)
+mod p of their discrete logarithm to g, the smallest primitive root of p, along every residue axis: multiplication
+mod p is addition of discrete logs, so the multiplicative group's characters are the Fourier basis of that order,
+and a circuit for a·b (or a/b) mod p is sparse there as one for a + b is in the additive basis. The frequencies are
+then k = 0 … ⌊(p−1)/2⌋ of the cyclic group Z_(p−1).
+
 Options are keyword-only (``top_k`` may be positional). Renamed in 0.2, the old names still accepted with a
 DeprecationWarning for one release: ``dims=`` → ``dim=`` (an int, or a pair for a grid), ``method=`` → ``dft=``.
 """
@@ -30,6 +36,7 @@ from ._validation import renamed_options
 Tensor = torch.Tensor
 Dim = Union[int, Sequence[int]]
 DFT_METHODS = {"auto": 0, "matmul": 1, "fft": 2}
+BASES = ("additive", "multiplicative")
 
 __all__ = ["frequency_spectrum", "frequency_energy", "key_frequencies", "frequency_concentration"]
 
@@ -83,13 +90,61 @@ def _residue_layout(x: Tensor, dim: Dim) -> Tuple[Tensor, Tensor]:
     return (x.to(torch.float64) - mean).to(dtype), mean
 
 
-def frequency_spectrum(x: Tensor, *, dim: Dim = 0, dft: str = "auto", **deprecated: Any) -> Tensor:
+def primitive_root(p: int) -> int:
+    """The smallest primitive root of the prime ``p`` (a generator of the multiplicative group mod p)."""
+    if isinstance(p, bool) or not isinstance(p, int):
+        raise TypeError(f"p must be an int, got {type(p).__name__}")
+    if p < 3 or any(p % q == 0 for q in range(2, int(p ** 0.5) + 1)):
+        raise ValueError(f"the multiplicative basis needs an odd prime number of residues, got {p}")
+    n, factors, q = p - 1, [], 2
+    while q * q <= n:
+        if n % q == 0:
+            factors.append(q)
+            while n % q == 0:
+                n //= q
+        q += 1
+    factors += [n] if n > 1 else []
+    return next(g for g in range(2, p) if all(pow(g, (p - 1) // q, p) != 1 for q in factors))
+
+
+def discrete_log_order(p: int) -> list:
+    """Residues 1 … p−1 in the order of their discrete logarithm to :func:`primitive_root`: [g⁰, g¹, …] mod p."""
+    g = primitive_root(p)
+    return [pow(g, j, p) for j in range(p - 1)]
+
+
+def _in_basis(x: Tensor, dim: Dim, basis: str) -> Tensor:
+    """``x`` with every residue axis re-indexed for ``basis`` (unchanged for the additive one)."""
+    if basis not in BASES:
+        raise ValueError(f"unknown basis {basis!r}; known: {', '.join(BASES)}")
+    if basis == "additive":
+        return x
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    axes = _residue_axes(x, dim)
+    p = x.shape[axes[0]]
+    try:
+        order = torch.tensor(discrete_log_order(p), device=x.device)
+    except ValueError as e:
+        raise ValueError(f"basis='multiplicative': {e} (the size of residue axis {axes[0]})") from None
+    if any(x.shape[a] != p for a in axes):
+        return x  # _residue_layout names the mismatch
+    for a in axes:
+        x = x.index_select(a, order)
+    return x
+
+
+def frequency_spectrum(x: Tensor, *, dim: Dim = 0, dft: str = "auto", basis: str = "additive",
+                       **deprecated: Any) -> Tensor:
     """Energy per folded frequency k = 0 … ⌊p/2⌋ along ``dim`` (an int: shape (⌊p/2⌋+1,)), or the folded 2-D table
     over a grid ``dim=(da, db)`` (shape (⌊p/2⌋+1, ⌊p/2⌋+1)), summed over all other dims. Differentiable; float64 for
     float64 input, else float32. ``dft``: "auto" (basis GEMM for p ≤ 512, rfft above), "matmul" or "fft".
     The input is centred along ``dim`` first (see the module docstring); the k = 0 (constant) energy is the exact
-    Σ (p^r·mean)² over the other entries (r = 1, or 2 for a grid)."""
+    Σ (p^r·mean)² over the other entries (r = 1, or 2 for a grid). ``basis``: "additive" (residues 0 … p−1 as
+    given) or "multiplicative" (p prime: residues 1 … p−1 by discrete log, see the module docstring; then p − 1
+    takes the place of p above)."""
     dim, dft = _options("frequency_spectrum", dim, deprecated, dft)
+    x = _in_basis(x, dim, basis)
     if dft not in DFT_METHODS:
         raise ValueError(f"unknown dft {dft!r}; known: {', '.join(DFT_METHODS)}")
     xr, mean = _residue_layout(x, dim)
@@ -107,10 +162,10 @@ def _energies(s: Tensor) -> Tensor:
     return s[1:, :].sum(1) + s[:, 1:].sum(0) - s.diagonal()[1:]
 
 
-def frequency_energy(x: Tensor, *, dim: Dim = 0, **deprecated: Any) -> Tensor:
+def frequency_energy(x: Tensor, *, dim: Dim = 0, basis: str = "additive", **deprecated: Any) -> Tensor:
     """Energy of each non-constant frequency k = 1 … ⌊p/2⌋ (index k−1), by the rule in the module docstring."""
     dim, _ = _options("frequency_energy", dim, deprecated)
-    return _energies(frequency_spectrum(x, dim=dim))
+    return _energies(frequency_spectrum(x, dim=dim, basis=basis))
 
 
 def _check_top_k(top_k: int, available: int) -> None:
@@ -120,21 +175,24 @@ def _check_top_k(top_k: int, available: int) -> None:
         raise ValueError(f"top_k must be in [1, {available}] (there are {available} non-constant frequencies), got {top_k}")
 
 
-def key_frequencies(x: Tensor, top_k: int, *, dim: Dim = 0, **deprecated: Any) -> Tensor:
-    """The ``top_k`` non-constant frequencies (values in 1 … ⌊p/2⌋) with the most energy, strongest first (int64)."""
+def key_frequencies(x: Tensor, top_k: int, *, dim: Dim = 0, basis: str = "additive", **deprecated: Any) -> Tensor:
+    """The ``top_k`` non-constant frequencies (values in 1 … ⌊p/2⌋) with the most energy, strongest first (int64).
+    ``basis="multiplicative"``: frequencies of the discrete-log order, 1 … ⌊(p−1)/2⌋."""
     dim, _ = _options("key_frequencies", dim, deprecated)
-    e = frequency_energy(x, dim=dim)
+    e = frequency_energy(x, dim=dim, basis=basis)
     _check_top_k(top_k, e.numel())
     return e.topk(top_k).indices + 1
 
 
-def frequency_concentration(x: Tensor, top_k: int, *, dim: Dim = 0, **deprecated: Any) -> Tensor:
+def frequency_concentration(x: Tensor, top_k: int, *, dim: Dim = 0, basis: str = "additive",
+                            **deprecated: Any) -> Tensor:
     """Share of the non-constant energy held by the ``top_k`` strongest frequencies, in [0, 1] (0-d tensor,
     differentiable; float64 for float64 input, else float32). An input constant along the residue axes gives 0:
     non-constant energy at the level that centring a constant in float64 leaves, below (64·ε)² of the total
-    energy (ε = float64's machine epsilon, whatever the input dtype: the centring runs in float64), counts as none."""
+    energy (ε = float64's machine epsilon, whatever the input dtype: the centring runs in float64), counts as none.
+    ``basis``: as in :func:`frequency_spectrum`."""
     dim, _ = _options("frequency_concentration", dim, deprecated)
-    s = frequency_spectrum(x, dim=dim)
+    s = frequency_spectrum(x, dim=dim, basis=basis)
     e = _energies(s)
     _check_top_k(top_k, e.numel())
     total = e.sum()

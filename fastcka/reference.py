@@ -238,7 +238,27 @@ def _dim(where: str, dim: Dim, deprecated: dict) -> Tuple[int, ...]:
     return (dim,) if isinstance(dim, int) else tuple(dim)
 
 
-def frequency_spectrum(x: Tensor, dim: Dim = 0, **deprecated: Any) -> Tensor:
+def _by_discrete_log(x: Tensor, axes: Tuple[int, ...]) -> Tensor:
+    """The multiplicative basis by brute force: the smallest g whose powers g⁰ … g^(p−2) mod p run through every
+    residue 1 … p−1 (a primitive root, found by listing its powers), and each residue axis re-indexed in that order
+    (residue 0 dropped). p must be an odd prime."""
+    x = torch.as_tensor(x)
+    p = x.shape[axes[0]]
+    if p < 3 or any(p % q == 0 for q in range(2, p)):
+        raise ValueError(f"basis='multiplicative' needs an odd prime number of residues, got {p}")
+    for g in range(2, p):
+        powers = [1]
+        for _ in range(p - 2):
+            powers.append(powers[-1] * g % p)
+        if len(set(powers)) == p - 1:
+            break
+    order = torch.tensor(powers)
+    for a in axes:
+        x = x.index_select(a % x.dim(), order)
+    return x
+
+
+def frequency_spectrum(x: Tensor, dim: Dim = 0, basis: str = "additive", **deprecated: Any) -> Tensor:
     """Energy per Fourier frequency along a residue dim (Nanda et al. 2023, §4).
 
     1-D (``dim`` an int): e_k = Σ |x̂_k|² + |x̂_{p−k}|² for k = 1 … ⌊p/2⌋ (k and p − k are the cos and sin parts of one
@@ -247,8 +267,15 @@ def frequency_spectrum(x: Tensor, dim: Dim = 0, **deprecated: Any) -> Tensor:
 
     2-D (``dim=(da, db)``, a p×p grid of inputs (a, b)): the folded table E[k_a, k_b] for k_a, k_b = 0 … ⌊p/2⌋,
     each entry the energy of the four (±k_a, ±k_b) DFT coefficients (once where k = −k mod p).
+
+    ``basis="multiplicative"``: the same on residues 1 … p−1 ordered by their discrete log to the smallest primitive
+    root (p prime; p − 1 takes the place of p).
     """
     axes = _dim("frequency_spectrum", dim, deprecated)
+    if basis == "multiplicative":
+        x = _by_discrete_log(x, axes)
+    elif basis != "additive":
+        raise ValueError(f"unknown basis {basis!r}")
     e = _dft_energy(x, axes)
     p = e.shape[0]
     return _fold(_fold(e, p, 0), p, 1) if len(axes) == 2 else _fold(e, p, 0)
@@ -265,27 +292,28 @@ def _fold(e: Tensor, p: int, axis: int) -> Tensor:
     return out.movedim(0, axis)
 
 
-def _frequency_energy(x: Tensor, dim: Dim) -> Tensor:
+def _frequency_energy(x: Tensor, dim: Dim, basis: str = "additive") -> Tensor:
     """Energy of each non-constant frequency k = 1 … ⌊p/2⌋. For a grid, frequency k collects the entries of the
     folded table with k_a = k or k_b = k (each such entry once; a cross entry (k, k') with both non-zero counts
     towards both k and k')."""
-    s = frequency_spectrum(x, dim=dim)
+    s = frequency_spectrum(x, dim=dim, basis=basis)
     if s.dim() == 1:
         return s[1:]
     return s[1:, :].sum(1) + s[:, 1:].sum(0) - s.diagonal()[1:]
 
 
-def key_frequencies(x: Tensor, top_k: int, dim: Dim = 0, **deprecated: Any) -> Tensor:
+def key_frequencies(x: Tensor, top_k: int, dim: Dim = 0, basis: str = "additive", **deprecated: Any) -> Tensor:
     """The ``top_k`` non-constant frequencies (1 … ⌊p/2⌋) with the most energy, most energetic first."""
-    e = _frequency_energy(x, _dim("key_frequencies", dim, deprecated))
+    e = _frequency_energy(x, _dim("key_frequencies", dim, deprecated), basis)
     return e.topk(top_k).indices + 1
 
 
-def frequency_concentration(x: Tensor, top_k: int, dim: Dim = 0, **deprecated: Any) -> Tensor:
+def frequency_concentration(x: Tensor, top_k: int, dim: Dim = 0, basis: str = "additive",
+                            **deprecated: Any) -> Tensor:
     """Share of the non-constant energy held by the ``top_k`` strongest frequencies, in [0, 1]; 0 for an input
     with no non-constant energy. For a grid the shares of the frequencies are normalised by their own total, so a
     cross term (k_a, k_b) with both non-zero counts towards both of its frequencies."""
-    e = _frequency_energy(x, _dim("frequency_concentration", dim, deprecated))
+    e = _frequency_energy(x, _dim("frequency_concentration", dim, deprecated), basis)
     total = e.sum()
     if total <= 0:
         return torch.zeros((), dtype=torch.float64)

@@ -33,17 +33,25 @@ def cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> torch.Tenso
     return reference.feature_space_linear_cka(x, y, debiased=unbiased).to(x.dtype)
 
 
-def frequency_concentration(w: torch.Tensor, top_k: int) -> torch.Tensor:
+def frequency_concentration(w: torch.Tensor, top_k: int, basis: str = "additive") -> torch.Tensor:
     """Share of W's non-constant Fourier energy (along dim 0, the residues) held by the top_k frequencies.
-    ``top_k`` is capped at one less than the number of non-constant frequencies (⌊p/2⌋), where a share of 1 would
-    say nothing; NaN when p has fewer than two of them."""
-    available = w.shape[0] // 2
+    ``top_k`` is capped at one less than the number of non-constant frequencies (⌊p/2⌋; ⌊(p−1)/2⌋ in the
+    multiplicative basis, which drops residue 0), where a share of 1 would say nothing; NaN when there are fewer
+    than two of them."""
+    available = (w.shape[0] - (basis == "multiplicative")) // 2
     if available < 2:
         return torch.tensor(math.nan)
+    if basis == "multiplicative":
+        from fastcka.fourier import primitive_root
+
+        try:
+            primitive_root(w.shape[0])
+        except ValueError:  # not a prime number of residues: no multiplicative group to index by
+            return torch.tensor(math.nan)
     top_k = min(top_k, available - 1)
     if _freq is not None:
-        return _freq(w, top_k, dim=0)
-    return reference.frequency_concentration(w, top_k, dim=0)
+        return _freq(w, top_k, dim=0, basis=basis)
+    return reference.frequency_concentration(w, top_k, dim=0, basis=basis)
 
 
 def spectral_entropy(x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ Logged every ``every`` steps (``log.csv``):
   o01: linear CKA between the residual streams after block 0 and block 1 at the answer position, over the probe set
        (all training inputs, or a seeded subset of ``probe`` of them);
   fourier: Fourier frequency concentration of W_E's residue rows (top ``fourier_top_k`` frequencies; NaN for parity);
+  fourier_mul: the same in the multiplicative basis (rows 1 … p−1 by discrete log; mul and div only: the column
+       is written only for them);
   weight_norm: L2 norm of all parameters;
   spec_entropy: spectral entropy of the covariance of the last residual stream at the answer position (probe set).
 
@@ -52,6 +54,7 @@ from .model import ModelConfig, Transformer
 CHECKPOINT, CONFIG, LOG, SUMMARY, PLOT = "checkpoint.pt", "config.json", "log.csv", "summary.json", "plot.png"
 COLUMNS = ("step", "train_loss", "train_loss_max", "train_acc", "test_loss", "test_acc", "o01", "fourier",
            "weight_norm", "spec_entropy")
+OPTIONAL_COLUMNS = ("fourier_mul",)  # written after COLUMNS when the rows have them (issue 20: mul and div runs)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -247,6 +250,9 @@ def measure(cfg: TrainConfig, ds, model: Transformer, probe: torch.Tensor, step:
         "weight_norm": norm,
         "spec_entropy": _metrics.spectral_entropy(resid[-1][probe]),
     }
+    if cfg.task in ("mul", "div"):
+        row["fourier_mul"] = _metrics.frequency_concentration(model.tok_emb.weight[: ds.p], cfg.fourier_top_k,
+                                                              "multiplicative")
     return {k: (v if k == "step" else float(v)) for k, v in row.items()}
 
 
@@ -293,10 +299,11 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
 
 
 def write_log(out: Path, rows: list[dict]) -> None:
+    cols = COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if rows and c in rows[-1])
     with open(out / LOG, "w") as f:
-        f.write(",".join(COLUMNS) + "\n")
-        for r in rows:
-            f.write(",".join(str(r["step"]) if c == "step" else repr(r[c]) for c in COLUMNS) + "\n")
+        f.write(",".join(cols) + "\n")
+        for r in rows:  # rows from before a column existed (an older checkpoint resumed) get NaN there
+            f.write(",".join(str(r["step"]) if c == "step" else repr(r.get(c, math.nan)) for c in cols) + "\n")
 
 
 def read_log(path: Path | str) -> list[dict]:
