@@ -30,7 +30,9 @@ Distributed
 Under ``torch.distributed``, every rank calls :func:`compare` with its own shard of the data (shards may differ in
 size; a rank may have none). The ranks agree on the layers, widths and the shift c once, after their first batch
 (one ``all_gather_object``); the sums are added with ``all_reduce`` at the end. The result is the same on every
-rank and equals the single-process result on the whole data (to float64 rounding).
+rank and equals the single-process result on the whole data (to float64 rounding). An error raised on one rank
+after the first batch (a layer that stops firing, say) leaves the other ranks waiting in the final all_reduce, as
+any rank-local exception does under torch.distributed.
 """
 
 from __future__ import annotations

@@ -263,7 +263,8 @@ class CKAMonitor:
             ``sigma`` (a float, or a pair) to keep the step path free of host syncs.
         batch_rows: with ``probe=None``, keep only these rows (example indices) of each training batch.
         probe_eval: run the probe with every module in eval mode (restored afterwards).
-        stop_early: end the probe forward as soon as every hooked layer has fired.
+        stop_early: end the probe forward as soon as every hooked layer has fired. Either way a module called more
+            than once in one forward is measured at its first call (see "Layer outputs" in the module doc).
         keep_history: keep the flushed values in ``history`` (default: only when no logger is given).
         prefix: metric-name prefix.
         rank_zero_only: under ``torch.distributed``, only rank 0 reads the values back and logs them (the other
