@@ -12,6 +12,11 @@ torch.set_num_threads(int(os.environ.get("FASTCKA_TEST_THREADS", "2")))
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="run the fuzz suite (tests/test_fuzz.py) with many more examples than the CI default")
+
+
 def rng(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
