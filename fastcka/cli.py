@@ -53,11 +53,15 @@ def add_grok(sub: Any) -> None:
     from fastcka.grok.detect import DetectorConfig
     from fastcka.grok.train import TrainConfig
 
-    p = sub.add_parser("grok", help="train a small transformer until it groks; report the Ô01 early warning",
+    p = sub.add_parser("grok", help="train a small transformer until it groks; log Ô01 and the other progress "
+                       "measures, report the Ô01 alarm and the test-accuracy watcher",
                        description="Train a small transformer on modular arithmetic (or k-sparse parity) with full-batch "
                        "AdamW, log the inter-layer CKA Ô01 and other progress measures, and report memorisation, the "
-                       "Ô01 re-rise alarm, the grok step and the lead time. Writes config.json, log.csv, summary.json, "
-                       "plot.png and checkpoint.pt into the run directory.", epilog=EXIT_CODES_HELP)
+                       "Ô01 re-rise alarm, the test-accuracy watcher, the grok step and the lead time. In the study "
+                       "(docs/STUDY.md) the Ô01 alarm fired at a near-fixed step in runs that grokked and in runs that "
+                       "did not, its rise built from train-loss spikes: it says the run memorised and is spiking, not "
+                       "that or when it will grok; the test-accuracy watcher was the best signal. Writes config.json, "
+                       "log.csv, summary.json, plot.png and checkpoint.pt into the run directory.", epilog=EXIT_CODES_HELP)
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint (flags given must "
                    "match the run's config, except --max-steps, --stop-after-grok, detector and runtime flags)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (its run files only)")

@@ -109,3 +109,23 @@ def test_report_has_the_scatter_the_sawtooth_and_the_preregistered_section(tmp_p
     assert "### The spike sawtooth" in text and "| 4 |" in text
     assert "## The pre-registered test (issue 20)" in text
     assert "pending (0 of 8 S runs finished)" in text and "pending (0 of 16 runs finished)" in text
+
+
+def test_grok_report_prints_the_test_accuracy_watcher_beside_the_alarm(tmp_path):
+    from test_grok_train import tiny
+
+    from fastcka.grok.study.analysis import test_acc_alarm
+    from fastcka.grok.train import format_report, read_log, train
+
+    s = train(tiny(tmp_path / "r", max_steps=200))
+    rows = read_log(tmp_path / "r" / "log.csv")
+    assert s["test_acc_watch_step"] == test_acc_alarm(rows, 0.99)
+    mem = next(r for r in rows if r["train_acc"] >= 0.99)
+    assert s["test_acc_at_memorised"] == mem["test_acc"]
+    text = format_report(s)
+    alarm_at = text.index("alarm (Ô01 re-rise")
+    watch_at = text.index("test-accuracy watcher (test acc +0.1 over its value at memorisation")
+    assert alarm_at < watch_at < text.index("grokked (test acc")
+    assert "not that or when it will grok" in text
+    old = {k: v for k, v in s.items() if not k.startswith("test_acc_watch") and k != "test_acc_at_memorised"}
+    assert "test-accuracy watcher" not in format_report(old)  # a summary from before the watcher still prints

@@ -332,11 +332,15 @@ def summarise(cfg: TrainConfig, rows: list[dict], extra: dict) -> dict:
     grok = first_step(rows, "test_acc", cfg.grok_acc)
     lead = grok - d.alarm_step if grok is not None and d.alarm_step is not None else None
     at_alarm = next((r["test_acc"] for r in rows if r["step"] == d.alarm_step), None)
+    from .study.analysis import TEST_ACC_GAIN, test_acc_alarm  # the study's watcher, one definition
+
+    watch = test_acc_alarm(rows, cfg.detector.memorised_acc)
     return {
         "memorised_step": d.memorised_step, "alarm_step": d.alarm_step, "rise_onset_step": d.rise_onset_step,
         "first_rise_step": d.first_rise_step, "detector_version": DETECTOR_VERSION, "grok_step": grok, "lead": lead, "test_acc_at_alarm": at_alarm,
         "o01_peak": d.peak, "o01_min": d.minimum, "o01_min_step": d.minimum_step, "spike_steps": d.spike_steps,
-        "alarm_step_by_spike_guard": other_guards,
+        "alarm_step_by_spike_guard": other_guards, "test_acc_watch_step": watch, "test_acc_watch_gain": TEST_ACC_GAIN,
+        "test_acc_at_memorised": next((r["test_acc"] for r in rows if r["step"] == d.memorised_step), None),
         "final": rows[-1] if rows else None, "cka_backend": _metrics.BACKEND, **extra,
         "config": dataclasses.asdict(cfg),
     }
@@ -502,7 +506,14 @@ def format_report(s: dict) -> str:
                        if g != c["detector"]["spike_guard"])
     lines += [f"  alarm (Ô01 re-rise +{c['detector']['rise']:g}, spike guard {c['detector']['spike_guard']}):  {alarm}",
               f"    the same rule with spike guard {guards}",
-              f"  grokked (test acc >= {grok_acc:.0%}):  {at(s['grok_step'], 'did not grok')}"]
+              "    (in the study the Ô01 alarm fired at a near-fixed step whether or not the run went on to grok: "
+              "it says the run memorised and is spiking, not that or when it will grok; docs/STUDY.md)"]
+    if "test_acc_watch_step" in s:  # summaries written before issue 20 lack the watcher
+        base = s.get("test_acc_at_memorised")
+        lines.append(f"  test-accuracy watcher (test acc +{s['test_acc_watch_gain']:g} over its value at memorisation"
+                     + (f", {base:.1%}" if base is not None else "") + f"):  "
+                     f"{at(s['test_acc_watch_step'], 'did not fire')}  (the study's best signal)")
+    lines.append(f"  grokked (test acc >= {grok_acc:.0%}):  {at(s['grok_step'], 'did not grok')}")
     if s["lead"] is not None:
         lines.append(f"  lead time:  {s['lead']} steps ({s['lead'] / max(s['grok_step'], 1):.0%} of the grok step)"
                      + ("  — the alarm came AFTER the jump" if s["lead"] < 0 else ""))
