@@ -12,7 +12,7 @@ SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -n
 CUDA_VENV := .venv-cuda
 CUDA_SRC := build-cuda-src
 
-.PHONY: demo test bench bench-full cuda-check install clean emu
+.PHONY: demo test bench bench-full cuda-check install clean emu gpu-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,5 +61,30 @@ cuda-check:
 	cd $(CUDA_SRC)/tests && FASTCKA_EXPECT_CUDA=1 ../../$(CUDA_VENV)/bin/python -m pytest -q -p no:cacheprovider \
 	  -o addopts="" test_registration.py
 
+# One command for a lent GPU machine (an H100/H200 with 16 cores), at most 8 minutes: the extension built with nvcc
+# for the local GPU's architecture from a clean copy of the tracked sources, the whole test suite with CUDA (every op
+# on cpu and cuda, opcheck, gradcheck, torch.compile, tests/test_gpu.py: no host sync, TF32 ignored), the CUDA rows of
+# bench/; results in gpu-check/ (tests.xml, bench.json, bench.md, build.log). GPU_PYTHON: the absolute path of a
+# Python whose torch has CUDA (default: the CUDA venv of cuda-check, created when missing).
+GPU_PYTHON ?= $(CURDIR)/$(CUDA_VENV)/bin/python
+GPU_OUT := gpu-check
+
+gpu-check:
+	test -x $(GPU_PYTHON) || ($(PYTHON) -m venv $(CUDA_VENV) && $(CUDA_VENV)/bin/pip -q --disable-pip-version-check \
+	  install torch==2.14.1 numpy ninja pytest hypothesis pytest-benchmark tqdm matplotlib)
+	$(GPU_PYTHON) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: no CUDA GPU visible')"
+	rm -rf $(CUDA_SRC) $(GPU_OUT) && mkdir -p $(CUDA_SRC) $(GPU_OUT) && git ls-files -z | xargs -0 tar -cf - | tar -xf - -C $(CUDA_SRC)
+	cd $(CUDA_SRC) && FASTCKA_FORCE_CUDA=1 MAX_JOBS=$${MAX_JOBS:-16} \
+	  FASTCKA_CUDA_ARCHS=$$($(GPU_PYTHON) -c "import torch; print('%d%d' % torch.cuda.get_device_capability())") \
+	  timeout 240 $(GPU_PYTHON) -m pip -q --disable-pip-version-check install --no-build-isolation --no-deps . \
+	  > ../$(GPU_OUT)/build.log 2>&1 || (tail -40 ../$(GPU_OUT)/build.log; exit 1)
+	cd $(CUDA_SRC)/tests && FASTCKA_EXPECT_CUDA=1 FASTCKA_TEST_THREADS=16 timeout -s INT -k 15 300 $(GPU_PYTHON) -m pytest \
+	  -q -p no:cacheprovider -o addopts="" --junitxml=../../$(GPU_OUT)/tests.xml . ; echo $$? > ../../$(GPU_OUT)/tests.rc
+	cd $(CUDA_SRC) && FASTCKA_BENCH_THREADS=16 timeout -s INT -k 15 90 $(GPU_PYTHON) -m pytest bench --benchmark-only -q \
+	  -o addopts="" -p no:cacheprovider -k cuda --benchmark-json=../$(GPU_OUT)/bench.json || true
+	test -s $(GPU_OUT)/bench.json && $(GPU_PYTHON) bench/report.py $(GPU_OUT)/bench.json > $(GPU_OUT)/bench.md || true
+	@echo "gpu-check: tests exit code $$(cat $(GPU_OUT)/tests.rc); results in $(GPU_OUT)/"
+	test "$$(cat $(GPU_OUT)/tests.rc)" = 0
+
 clean:
-	rm -rf build $(CUDA_SRC) fastcka/_C*.so *.egg-info build.log build-cuda.log build-emu build-emu.log
+	rm -rf build $(CUDA_SRC) fastcka/_C*.so *.egg-info build.log build-cuda.log build-emu build-emu.log $(GPU_OUT)

@@ -1,0 +1,76 @@
+"""Checks that only a real GPU can make (run by `make gpu-check`; skipped without CUDA): no host synchronisation on
+the ops' hot path, and float32 products that do not silently drop to TF32 when a user enables it globally."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import fastcka
+import fastcka.reference as R
+from conftest import correlated_pair
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by `make gpu-check`)")
+
+
+@contextlib.contextmanager
+def sync_is_an_error():
+    """torch raises on any synchronising CUDA call (a blocking copy, .item(), a stream synchronize) inside."""
+    torch.cuda.synchronize()
+    old = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(old)
+
+
+@pytest.mark.parametrize("n", [100, 300])  # 300 > 255: the shift's row subset (column_medians) is indexed
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_raw_ops_do_not_sync(n, unbiased):
+    """kernel_hsic with γ given, its backward and linear_hsic: every result stays on the device (DESIGN §3)."""
+    x, y = correlated_pair(n, 16, 8, seed=n, dtype=torch.float32, device="cuda")
+    gamma = torch.tensor([0.05, 0.1], dtype=torch.float64, device="cuda")
+    grad = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64, device="cuda")
+    ops = torch.ops.fastcka
+    with sync_is_an_error():
+        h = ops.kernel_hsic(x, y, gamma, 1, 1, unbiased)
+        dx, dy = ops._kernel_hsic_backward(grad, x, y, gamma, 1, 1, unbiased)
+        lin = ops.linear_hsic(x, y, unbiased, 0)
+        dlx, dly = ops._linear_hsic_backward(grad, x, y, unbiased, 0)
+    torch.cuda.synchronize()
+    assert torch.isfinite(torch.cat([h, lin, dx.flatten(), dy.flatten(), dlx.flatten(), dly.flatten()])).all()
+
+
+def test_cka_with_sigma_given_does_not_sync():
+    x, y = correlated_pair(300, 16, 8, seed=1, dtype=torch.float32, device="cuda")
+    sigma = torch.tensor(2.0, device="cuda")
+    with sync_is_an_error():
+        out = fastcka.cka(x, y, kernel="rbf", sigma=sigma)
+        lin = fastcka.cka(x, y)
+    assert out.device.type == "cuda" and lin.device.type == "cuda"
+
+
+@pytest.fixture
+def tf32_on():
+    """TF32 enabled globally, as a user after `torch.set_float32_matmul_precision("high")`."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old[0]
+    torch.set_float32_matmul_precision(old[1])
+
+
+@pytest.mark.parametrize("method", ["feature", "sample"])
+def test_float32_products_ignore_global_tf32(tf32_on, method):
+    """The linear Grams go through ATen matmul: with TF32 on they would carry 10-bit products (errors ~1e-3); the
+    ops must still give float32 accuracy against the float64 reference."""
+    x, y = correlated_pair(512, 300, 200, seed=3)
+    ref = R.linear_cka(x, y).item()
+    got = fastcka.cka(x.float().cuda(), y.float().cuda(), method=method).item()
+    assert abs(got - ref) <= 2e-5 * abs(ref)
+    grams = fastcka.cka_matrix([x.float().cuda()] * 2, [y.float().cuda()])
+    assert abs(grams[0, 0].item() - ref) <= 2e-5 * abs(ref)
