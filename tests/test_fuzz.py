@@ -707,3 +707,53 @@ def test_meaningless_arguments_refused(kwargs):
     x, y = make_data(torch.Generator().manual_seed(9), "spread", 20, 3, 3)
     with pytest.raises((TypeError, ValueError)):
         fastcka.cka(x, y, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("n", [4, 5, 50])
+def test_debiased_cka_of_a_zero_u_centred_gram_is_zero(n, dtype):
+    """Found by this suite (test_cka[72]; not in issue 18): rows all equal but one have a linear Gram (of x − x₀)
+    that is zero off the diagonal, so their U-centred Gram and debiased self-HSIC are exactly 0, and the documented
+    rule gives CKA 0. The feature- and sample-space paths returned rounding noise (5e-8 for n = 4), and 2.28 when both
+    sides are so (a ratio of two noises)."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(1, 3, generator=g, dtype=F64).repeat(n, 1) + 25.0
+    x[-1] += torch.randn(3, generator=g, dtype=F64)
+    y = torch.randn(n, 6, generator=g, dtype=F64) + 10.0
+    y[:-1] = y[0]
+    y[-1] += 1.0
+    y_free = torch.randn(n, 6, generator=g, dtype=F64)
+    x, y, y_free = x.to(dtype), y.to(dtype), y_free.to(dtype)
+    for other in (y, y_free):
+        assert I.cka(x, other, "linear", True).item() == 0.0
+        for method in ("auto", "feature", "sample", "tiled"):
+            got = fastcka.cka(x, other, unbiased=True, method=method).item()
+            assert abs(got) <= F64_ABS, f"method={method}: debiased CKA {got!r}, want 0 (n={n}, {dtype})"
+        got = fastcka.cka_matrix([x, other], unbiased=True)[0, 1].item()
+        assert abs(got) <= F64_ABS, f"cka_matrix: debiased CKA {got!r}, want 0 (n={n}, {dtype})"
+        acc = LinearCKA(unbiased=True)
+        acc.update(x, other)
+        assert abs(acc.compute().item()) <= F64_ABS, f"LinearCKA: {acc.compute().item()!r}, want 0 (n={n}, {dtype})"
+
+
+@pytest.mark.parametrize("cast", ["half", "bfloat16", "set_dtype"])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_torchmetrics_cka_survives_a_dtype_cast(cast, unbiased):
+    """W7: what half-precision trainers do to modules must not reach the float64 moment states."""
+    tm = pytest.importorskip("torchmetrics")  # noqa: F841  (the optional integration needs it)
+    from fastcka.integrations.torchmetrics import CKA
+
+    x, y = make_data(torch.Generator().manual_seed(7), "offset", 96, 6, 4)
+    metric = CKA(unbiased=unbiased)
+    metric.update(x[:32].float(), y[:32].float())
+    if cast == "half":
+        metric = metric.half()
+    elif cast == "bfloat16":
+        metric = metric.to(torch.bfloat16)
+    else:
+        metric.set_dtype(torch.float16)
+    for i in (32, 64):
+        metric.update(x[i:i + 32].float(), y[i:i + 32].float())
+    got = metric.compute().item()
+    ref = I.cka(x.float().double(), y.float().double(), "linear", unbiased).item()
+    assert abs(got - ref) <= F64_ABS, f"after {cast}: {got!r}, independent {ref!r}"
