@@ -195,3 +195,38 @@ def test_records_render_prose_and_table_from_the_same_record():
         Verdict("c", "v", caveats="one string")
     with pytest.raises(ValueError, match="claim"):
         Verdict("", "v")
+
+
+def test_save_and_restore_checkpoints_for_the_next_machine(tmp_path, monkeypatch):
+    import torch
+
+    for name, sub in (("CALIBRATION_DIR", "rec"), ("CALIBRATION_CKPT", "cal"), ("RUNS_CKPT", "ck"), ("RUNS_DIR", "runs")):
+        monkeypatch.setattr(prereg, name, tmp_path / sub)
+
+    def ckpt(d, step):
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save({"step": step}, d / "checkpoint.pt")
+        (d / "config.json").write_text("{}")
+
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "calibration.json").write_text(json.dumps({"candidates": [{"adam_eps": 1e-07}]}))
+    ckpt(tmp_path / "cal" / "eps-1e-07", 750)  # decided: not saved
+    ckpt(tmp_path / "cal" / "eps-1e-06", 500)
+    ckpt(tmp_path / "ck" / "S-add-p97-s1001", 4000)
+    ckpt(tmp_path / "ck" / "D-add-p97-s1005", 9000)  # finished: not saved
+    (tmp_path / "runs" / "D-add-p97-s1005").mkdir(parents=True)
+    (tmp_path / "runs" / "D-add-p97-s1005" / "summary.json").write_text("{}")
+    resume = tmp_path / "resume"
+    saved = prereg.save_checkpoints(resume)
+    assert sorted(p.relative_to(resume).as_posix() for p in saved) == ["calibration/eps-1e-06", "runs/S-add-p97-s1001"]
+    # a fresh machine: nothing under runs/ -> restored; a local checkpoint that is further along is kept
+    shutil.rmtree(tmp_path / "cal")
+    ckpt(tmp_path / "ck" / "S-add-p97-s1001", 4500)
+    restored = prereg.restore_checkpoints(resume)
+    assert restored == [tmp_path / "cal" / "eps-1e-06"]
+    assert torch.load(tmp_path / "ck" / "S-add-p97-s1001" / "checkpoint.pt")["step"] == 4500
+    # once the run has finished, its stale copy goes
+    (tmp_path / "runs" / "S-add-p97-s1001").mkdir()
+    (tmp_path / "runs" / "S-add-p97-s1001" / "summary.json").write_text("{}")
+    prereg.save_checkpoints(resume)
+    assert not (resume / "runs" / "S-add-p97-s1001").exists() and (resume / "calibration" / "eps-1e-06").exists()

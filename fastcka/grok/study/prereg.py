@@ -3,11 +3,14 @@ of H1 and H2 computed from the finished runs.
 
 Every threshold of PREREG.md is a constant here (the tests pin them to the file). Run as a module::
 
-    python -m fastcka.grok.study.prereg calibrate   # the blind calibration (resumable); writes the S arm's ε
-                                                    # into docs/study/prereg_grid.toml
+    python -m fastcka.grok.study.prereg run               # restore committed checkpoints, finish the calibration
+                                                          # (it writes the S arm's ε into prereg_grid.toml), then
+                                                          # the runs, one at a time; resumable at every step
+    python -m fastcka.grok.study.prereg save-checkpoints  # before a session ends: copy unfinished checkpoints to
+                                                          # docs/study/prereg/resume/ (then commit them)
 
-then the runs with ``fastcka study docs/study/prereg_grid.toml --runs-dir docs/study/prereg/runs
---ckpt-dir runs/prereg-ckpt --no-report``.
+``calibrate`` runs the calibration alone; the runs alone are ``fastcka study docs/study/prereg_grid.toml --runs-dir
+docs/study/prereg/runs --ckpt-dir runs/prereg-ckpt --no-report``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -278,13 +282,88 @@ def prereg_section(runs_dir: Path, calibration_dir: Path, grid: Path) -> list[st
     return L
 
 
+RUNS_CKPT = Path("runs/prereg-ckpt")
+RESUME_DIR = Path("docs/study/prereg/resume")  # committed copies of unfinished checkpoints, for another machine
+
+
+def _unfinished(resume_dir: Path) -> list[tuple[Path, Path]]:
+    """(checkpoint folder, its copy in resume_dir) for every calibration candidate not yet decided and every run not
+    yet finished that has a checkpoint."""
+    rec = CALIBRATION_DIR / "calibration.json"
+    decided = {c["adam_eps"] for c in json.loads(rec.read_text())["candidates"]} if rec.exists() else set()
+    out = []
+    for kind, root in (("calibration", CALIBRATION_CKPT), ("runs", RUNS_CKPT)):
+        for d in sorted(root.iterdir()) if root.exists() else []:
+            done = (kind == "calibration" and float(d.name.removeprefix("eps-")) in decided) or \
+                   (kind == "runs" and (RUNS_DIR / d.name / "summary.json").exists())
+            if (d / "checkpoint.pt").exists() and not done:
+                out.append((d, resume_dir / kind / d.name))
+    return out
+
+
+def save_checkpoints(resume_dir: Path = RESUME_DIR) -> list[Path]:
+    """Copy the unfinished checkpoints (checkpoint.pt, config.json, study_time.json) into ``resume_dir`` so that a
+    commit carries them to the next machine; copies of finished ones are removed. Returns the folders written."""
+    keep = _unfinished(resume_dir)
+    for kind in ("calibration", "runs"):  # drop stale copies (decided candidates, finished runs)
+        for d in sorted((resume_dir / kind).iterdir()) if (resume_dir / kind).exists() else []:
+            if d not in {dst for _, dst in keep}:
+                shutil.rmtree(d)
+    for src, dst in keep:
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in ("checkpoint.pt", "config.json", "study_time.json"):
+            if (src / f).exists():
+                shutil.copyfile(src / f, dst / f)
+    return [dst for _, dst in keep]
+
+
+def restore_checkpoints(resume_dir: Path = RESUME_DIR) -> list[Path]:
+    """Copy committed checkpoints back to where the calibration and the runner look for them, wherever there is none
+    yet or the local one is at an earlier step. Returns the folders restored."""
+    import torch
+
+    restored = []
+    for kind, root in (("calibration", CALIBRATION_CKPT), ("runs", RUNS_CKPT)):
+        for src in sorted((resume_dir / kind).iterdir()) if (resume_dir / kind).exists() else []:
+            dst = root / src.name
+            step = lambda d: torch.load(d / "checkpoint.pt", weights_only=False, map_location="cpu")["step"]  # noqa: E731
+            if (dst / "checkpoint.pt").exists() and step(dst) >= step(src):
+                continue
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in src.iterdir():
+                shutil.copyfile(f, dst / f.name)
+            restored.append(dst)
+    return restored
+
+
+def run_all(log: Callable[[str], None] = print) -> None:
+    """Everything PREREG.md asks for, resumably, one process at a time: restore committed checkpoints, finish the
+    calibration, then the pre-registered runs in grid order (without an S arm if no ε passed)."""
+    from .grid import load_grid, run_grid
+
+    for d in restore_checkpoints():
+        log(f"restored {d}")
+    eps = calibrate(log=log)
+    text = GRID.read_text()
+    specs = [sp for sp in load_grid(text.replace(PLACEHOLDER, "adam_eps = 1.0 }") if eps is None else text)
+             if eps is not None or arm(sp.name) != "S"]
+    run_grid(specs, RUNS_DIR, RUNS_CKPT, jobs=1, progress=False)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fastcka.grok.study.prereg", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=["calibrate"])
+    p.add_argument("command", choices=["calibrate", "run", "save-checkpoints"],
+                   help="calibrate: the blind calibration only; run: restore committed checkpoints, calibrate, then "
+                   "the runs; save-checkpoints: copy the unfinished checkpoints to docs/study/prereg/resume/ to commit")
     args = p.parse_args(argv)
     if args.command == "calibrate":
         eps = calibrate()
         print(f"calibration: chosen eps {eps:g}" if eps is not None else "calibration: no candidate passed")
+    elif args.command == "run":
+        run_all()
+    else:
+        for d in save_checkpoints():
+            print(f"saved {d}")
     return 0
 
 
