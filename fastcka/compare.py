@@ -351,16 +351,26 @@ class _MinibatchSums:
         self.n = 0
 
     def update(self, acts_a: Sequence[Tensor], acts_b: Sequence[Tensor]) -> None:
-        from .streaming import _hsic1_terms  # the one place minibatch HSIC₁ is computed
-
         dev = self.cross.device
         a = [x.to(dev, _F64) for x in acts_a]
         b = a if self.same else [y.to(dev, _F64) for y in acts_b]
-        terms = torch.stack([torch.stack([_hsic1_terms(x, y, self.kernel, self.sigma_a, self.sigma_b) for y in b])
-                             for x in a])  # (La, Lb, 3)
-        self.cross += terms[:, :, 0]
-        self.self_a += terms[:, 0, 1]
-        self.self_b += terms[0, :, 2]
+        if self.kernel == "linear":
+            # the extension's HSIC-matrix op (as in fastcka.cka_matrix): each layer centred once, one product per pair
+            from ._ops import ops
+
+            cross = ops.linear_hsic_matrix(a, [] if self.same else b, True, 0)  # method 0: "auto"
+            self_a = cross.diagonal() if self.same else torch.stack(
+                [ops.linear_hsic_matrix([x], [], True, 0)[0, 0] for x in a])
+            self_b = self_a if self.same else torch.stack([ops.linear_hsic_matrix([y], [], True, 0)[0, 0] for y in b])
+        else:
+            from .streaming import _hsic1_terms  # minibatch kernel HSIC₁, one pair at a time
+
+            terms = torch.stack([torch.stack([_hsic1_terms(x, y, self.kernel, self.sigma_a, self.sigma_b) for y in b])
+                                 for x in a])  # (La, Lb, 3)
+            cross, self_a, self_b = terms[:, :, 0], terms[:, 0, 1], terms[0, :, 2]
+        self.cross += cross
+        self.self_a += self_a
+        self.self_b += self_b
         self.n += a[0].shape[0]
 
     def tensors(self) -> List[Tensor]:

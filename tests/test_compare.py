@@ -142,6 +142,11 @@ def test_a_model_against_itself_eval_and_inference_modes_restored():
     assert [res.matrix[0, 1].item(), res.matrix[0, 2].item()] == pytest.approx(want, abs=1e-9)  # no dropout in it
     assert all(not m._forward_pre_hooks and len(m._forward_hooks) == (1 if m is model[0] else 0)
                for m in model.modules())  # ours are gone; the user's stays
+    mb = fastcka.compare(model, None, torch.split(x, 16), layers_a=["0", "2", "4"], estimator="minibatch",
+                         progress=False)
+    want = reference.minibatch_cka([model[0](c) for c in torch.split(x, 16)], [model(c) for c in torch.split(x, 16)])
+    torch.testing.assert_close(mb.matrix.diagonal(), torch.ones(3, dtype=F64), rtol=0, atol=1e-12)
+    assert mb.matrix[0, 2].item() == pytest.approx(want.item(), abs=1e-9)
     # layers_b other than layers_a on the same model: one forward, both lists
     res2 = fastcka.compare(model, model, torch.split(x, 10), layers_a=["0"], layers_b=["2", "4"], progress=False)
     torch.testing.assert_close(res2.matrix, res.matrix[:1, 1:], rtol=0, atol=1e-12)
