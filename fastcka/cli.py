@@ -284,9 +284,13 @@ def run_compare(args: argparse.Namespace) -> int:
     x = {"train": ds.train_x, "test": ds.test_x, "all": torch.cat([ds.train_x, ds.test_x])}[args.split]
     layers = [s.strip() for s in args.layers.split(",") if s.strip()]
     reduce = -1 if args.reduce == "last" else args.reduce
-    res = fastcka.compare(model_a, model_b, torch.split(x, args.batch_size), layers_a=layers,
-                          estimator=args.estimator, unbiased=args.unbiased, reduce=reduce,
-                          max_batches=args.max_batches, progress=not args.quiet)
+    try:
+        res = fastcka.compare(model_a, model_b, torch.split(x, args.batch_size), layers_a=layers,
+                              estimator=args.estimator, unbiased=args.unbiased, reduce=reduce,
+                              max_batches=args.max_batches, progress=not args.quiet)
+    except ValueError as e:  # name the flag, not the Python argument
+        msg = str(e)
+        raise ValueError("--layers:" + msg[len("layers_a:"):] if msg.startswith("layers_a:") else msg) from None
     res.model_a, res.model_b = label_a, label_b
     res.extra.update(split=args.split, run_a=str(args.run_a), run_b=str(args.run_b))
     print(repr(res))
