@@ -309,3 +309,5 @@ def test_cli_compares_two_grok_checkpoints_block_by_block(tmp_path, capsys):
     assert "A: " in err and "not a readable fastcka grok checkpoint" in err and "UnpicklingError" in err
     assert main(["compare", str(tmp_path / "s0"), str(tmp_path / "missing"), "--out", ""]) == 2
     assert "fastcka compare: error: B: " in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "s0"), str(tmp_path / "s1"), "--layers", "blokcs.*", "--out", ""]) == 2
+    assert "error: --layers: 'blokcs.*' matches no module" in capsys.readouterr().err
