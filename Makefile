@@ -38,8 +38,9 @@ test: $(STAMP) emu
 
 # The CUDA emulation (tests/test_cuda_emu.py): the CUDA sources, kernels and launchers, compiled by the host compiler
 # against csrc/emu/cuda_emu.h into build-emu/fastcka_emu.so (torch.ops.fastcka_emu.*, CPU tensors; test-only, never
-# in the wheel); ninja rebuilds only what changed.
-emu: $(STAMP)
+# in the wheel); ninja rebuilds only what changed. It does not rebuild fastcka._C (make test's $(STAMP) does).
+emu:
+	test -x $(PY) || (echo "make emu: no $(VENV) yet (make install)"; exit 1)
 	MAX_JOBS=$${MAX_JOBS:-2} $(PY) csrc/emu/build.py > build-emu.log 2>&1 || (tail -40 build-emu.log; exit 1)
 
 bench: $(STAMP)

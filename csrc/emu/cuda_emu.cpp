@@ -13,6 +13,7 @@
 #include <mutex>
 #include <numeric>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -348,7 +349,23 @@ unsigned warp_ballot(unsigned mask, bool pred) {
 }
 
 // --- the grid -------------------------------------------------------------------------------------------------------
-void run_grid(dim3 grid, dim3 block, size_t shmem, void (*body)(void*), void* ctx) {
+namespace {
+void trace(const char* name) {
+  static const char* path = std::getenv("FASTCKA_EMU_TRACE");
+  if (!path) return;
+  static std::mutex m;
+  static std::set<std::string> seen;
+  std::lock_guard<std::mutex> lock(m);
+  if (!seen.insert(name).second) return;
+  if (FILE* f = std::fopen(path, "a")) {
+    std::fprintf(f, "%s\n", name);
+    std::fclose(f);
+  }
+}
+}  // namespace
+
+void run_grid(const char* name, dim3 grid, dim3 block, size_t shmem, void (*body)(void*), void* ctx) {
+  trace(name);
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535 ||
       threads == 0 || threads > kMaxThreads || block.z > 64 || shmem > 48 * 1024) {

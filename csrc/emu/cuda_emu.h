@@ -245,28 +245,31 @@ inline int atomicCAS(int* a, int expected, int v) {
 namespace fastcka_emu {
 // Runs body(ctx) as every thread of every block of the grid (blocks in a shuffled order, on several OS threads);
 // returns when all have finished. A bad configuration or a fault the emulation detects sets the last error.
-void run_grid(dim3 grid, dim3 block, size_t shmem, void (*body)(void*), void* ctx);
+// FASTCKA_EMU_TRACE=<file>: the name of each kernel is appended to the file at its first launch.
+void run_grid(const char* name, dim3 grid, dim3 block, size_t shmem, void (*body)(void*), void* ctx);
 
 template <class F>
 struct Launcher {
+  const char* name;
   dim3 grid, block;
   size_t shmem;
   F kernel;
   template <class... A>
   void operator()(A... args) const {
     auto call = [&]() { kernel(args...); };  // each thread gets its own copies of the parameters (by-value params)
-    run_grid(grid, block, shmem, [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
+    run_grid(name, grid, block, shmem, [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
   }
 };
 template <class F>
-Launcher<F> launcher(dim3 grid, dim3 block, size_t shmem, cudaStream_t, F kernel) {
-  return Launcher<F>{grid, block, shmem, kernel};
+Launcher<F> launcher(const char* name, dim3 grid, dim3 block, size_t shmem, cudaStream_t, F kernel) {
+  return Launcher<F>{name, grid, block, shmem, kernel};
 }
 }  // namespace fastcka_emu
 
 // FASTCKA_LAUNCH(grid, block, shmem, stream, kernel)(args...) — the kernel last, as it may contain template commas.
 #define FASTCKA_LAUNCH(grid, block, shmem, stream, ...) \
-  ::fastcka_emu::launcher(grid, block, shmem, stream, [](auto&&... fastcka_emu_a) { __VA_ARGS__(fastcka_emu_a...); })
+  ::fastcka_emu::launcher(#__VA_ARGS__, grid, block, shmem, stream,                 \
+                          [](auto&&... fastcka_emu_a) { __VA_ARGS__(fastcka_emu_a...); })
 
 // The emulated ops: torch.ops.fastcka_emu.*, for CPU tensors.
 #define FASTCKA_CUDA_LIBRARY_IMPL(m) STABLE_TORCH_LIBRARY_IMPL(fastcka_emu, CPU, m)

@@ -14,12 +14,14 @@ __global__ void fourier_basis_kernel(T* out, int64_t p, int64_t h) {
   }
 }
 
-// One block per output entry.
+// One block per output entry, looping over the entries beyond the grid (h² can exceed any grid: the loop bound is
+// uniform over the block, so block_sum's barriers are reached by all of its threads).
 template <typename T>
-__global__ void spectrum_fold_kernel(const T* f, SpectrumParams s, double* out) {
-  const int64_t e = blockIdx.x;
-  const double v = block_sum(spectrum_partial(f, s, e, threadIdx.x, blockDim.x));
-  if (threadIdx.x == 0) out[e] = spectrum_weight(s, e) * v;
+__global__ void spectrum_fold_kernel(const T* f, SpectrumParams s, int64_t entries, double* out) {
+  for (int64_t e = blockIdx.x; e < entries; e += gridDim.x) {
+    const double v = block_sum(spectrum_partial(f, s, e, threadIdx.x, blockDim.x));
+    if (threadIdx.x == 0) out[e] = spectrum_weight(s, e) * v;
+  }
 }
 
 template <typename T>
@@ -49,8 +51,9 @@ struct CudaSpectrum {
     Tensor out = s.ndim == 1 ? empty_like_shape(f, {s.h}, ScalarType::Double)
                              : empty_like_shape(f, {s.h, s.h}, ScalarType::Double);
     FASTCKA_DISPATCH_FLOATING(f.scalar_type(), "spectrum_fold", [&] {
-      FASTCKA_LAUNCH(static_cast<unsigned>(spectrum_entries(s)), cuda::kThreads, 0, cuda::current_stream(f),
-                     cuda::spectrum_fold_kernel)(f.const_data_ptr<scalar_t>(), s, out.mutable_data_ptr<double>());
+      FASTCKA_LAUNCH(cuda::blocks_for(spectrum_entries(s), 1, cuda::kMaxEntryBlocks), cuda::kThreads, 0,
+                     cuda::current_stream(f), cuda::spectrum_fold_kernel)(
+          f.const_data_ptr<scalar_t>(), s, spectrum_entries(s), out.mutable_data_ptr<double>());
       cuda::check_launch("spectrum_fold");
     });
     return out;

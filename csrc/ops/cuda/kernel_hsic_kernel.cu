@@ -316,8 +316,20 @@ __global__ void sample_distances_kernel(const T* x, const double* scale, int64_t
   }
 }
 
-inline unsigned triangle_blocks(int64_t n) {
+// One launch covers at most 65,535 row tiles: the tiles·(tiles + 1)/2 tile pairs then fit gridDim.x (< 2³¹) and the
+// gradient's tiles fit gridDim.y (≤ 65,535), so n ≤ 2,097,120. A larger n is refused here, not launched on a grid
+// that wraps (the cast to unsigned covered a fraction of the tiles for n ≥ 2,965,793) or fails.
+constexpr int64_t kMaxTiles = 65535;
+
+inline int64_t checked_tiles(int64_t n) {
   const int64_t tiles = (n + kTile - 1) / kTile;
+  STD_TORCH_CHECK(tiles <= kMaxTiles, "fastcka CUDA kernel HSIC: n = ", n, " rows, more than the ", kMaxTiles * kTile,
+                  " one launch covers");
+  return tiles;
+}
+
+inline unsigned triangle_blocks(int64_t n) {
+  const int64_t tiles = checked_tiles(n);
   return static_cast<unsigned>(tiles * (tiles + 1) / 2);
 }
 
@@ -394,7 +406,7 @@ struct CudaKernelHsic : CudaBackend {
     Tensor ws_x = zeros_f64(a.xs, n), ws_y = zeros_f64(a.xs, n);
     Tensor dx = empty_like_shape(a.xs, {n, p}, a.xs.scalar_type());
     Tensor dy = empty_like_shape(b.xs, {n, q}, b.xs.scalar_type());
-    const int64_t tiles = (n + cuda::kTile - 1) / cuda::kTile;
+    const int64_t tiles = cuda::checked_tiles(n);
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_grad", [&] {
       FASTCKA_LAUNCH(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles)), cuda::kTileThreads, 0, s,
                      cuda::hsic_grad_kernel)(

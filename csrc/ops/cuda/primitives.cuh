@@ -40,6 +40,14 @@ inline int blocks_for(int64_t work, int64_t per_block, int cap = 4096) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(cap, (work + per_block - 1) / per_block)));
 }
 
+// The most blocks a one-block-per-entry launcher puts on gridDim.x; its kernel loops over the entries beyond them
+// (block-stride). The emulation uses a small cap, so that its tests run those loops.
+#ifdef FASTCKA_CUDA_EMU
+constexpr int kMaxEntryBlocks = 3;
+#else
+constexpr int kMaxEntryBlocks = 1 << 20;
+#endif
+
 // Reduces v over the block with op (identity: the value of an absent warp); the result is valid in thread 0. Any
 // blockDim.x ≤ 1024 works, a partial last warp and blocks under 32 threads included: each shuffle names only the lanes
 // that exist and uses a partner only when it exists. Every thread of the block must call it (it has barriers).
