@@ -47,7 +47,7 @@ def test_frequency_spectrum(benchmark, impl, case, device):
     grid = len(CASES[case]) == 3
     dims = (0, 1) if grid else (0,)
     if impl == "fastcka":
-        fn = (lambda: fastcka.frequency_spectrum(x, dims=(0, 1))) if grid else (lambda: fastcka.frequency_spectrum(x, dim=0))
+        fn = (lambda: fastcka.frequency_spectrum(x, dim=(0, 1))) if grid else (lambda: fastcka.frequency_spectrum(x, dim=0))
     elif impl == "floor":
         fn = (lambda: torch.fft.rfft2(x, dim=(0, 1))) if grid else (lambda: torch.fft.rfft(x, dim=0))
     else:
@@ -56,6 +56,6 @@ def test_frequency_spectrum(benchmark, impl, case, device):
     info = {"family": "frequency", "case": case, "impl": impl, "device": device, "dtype": "float32",
             "threads": torch.get_num_threads()}
     if impl != "floor":
-        r = ref.frequency_spectrum(x.cpu().double(), dims=(0, 1)) if grid else ref.frequency_spectrum(x.cpu().double(), dim=0)
+        r = ref.frequency_spectrum(x.cpu().double(), dim=(0, 1)) if grid else ref.frequency_spectrum(x.cpu().double(), dim=0)
         info["err"] = float((out.cpu().double() - r).abs().max() / r.abs().max())
     _common.record(benchmark, **info)

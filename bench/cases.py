@@ -108,7 +108,7 @@ def linear_reference(x: torch.Tensor, y: torch.Tensor, unbiased: bool) -> float:
     xd, yd = x.double(), y.double()
     xd, yd = xd - xd.mean(0), yd - yd.mean(0)
     if linear_path(n, p, q) == "feature" or n > 2048:
-        return float(ref.feature_space_linear_cka(xd, yd, debiased=unbiased))
+        return float(ref.feature_space_linear_cka(xd, yd, unbiased=unbiased))
     return float(ref.linear_cka(xd, yd, unbiased))
 
 

@@ -1,7 +1,12 @@
 """Loads the compiled extension and registers, for every fastcka op, its fake kernel (shapes for torch.compile and
-meta tensors) and its autograd formula (a call to the op's own `_<op>_backward` schema)."""
+meta tensors), its autograd formula (a call to the op's own `_<op>_backward` schema), its autocast rule and a vmap
+rule; and builds `fops`, the differentiable ops in a form torch.func transforms (grad, jacrev, vjp, vmap) accept
+as well. The public functions call `fops`."""
 
 from __future__ import annotations
+
+import types
+from typing import Callable
 
 import torch
 
@@ -30,14 +35,55 @@ OP_NAMES = (
 )
 
 
-def _block_double_backward(name: str) -> None:
-    """The backward ops have no derivative of their own: differentiating them raises instead of silently
-    returning zeros."""
+def _no_setup(ctx, inputs, output) -> None:
+    pass
 
+
+def _double_backward_raiser(name: str) -> Callable:
     def _raise(ctx, *grads):
         raise RuntimeError(f"double backward through fastcka::{name} is not implemented")
 
-    torch.library.register_autograd(f"fastcka::{name}", _raise, setup_context=lambda ctx, inputs, output: None)
+    return _raise
+
+
+def _block_double_backward(name: str) -> None:
+    """The backward ops have no derivative of their own: differentiating them raises instead of silently
+    returning zeros."""
+    torch.library.register_autograd(f"fastcka::{name}", _double_backward_raiser(name), setup_context=_no_setup)
+
+
+def _function(name: str, setup_context: Callable, backward: Callable) -> Callable:
+    """fastcka::<name>, callable as the op, that torch.func transforms accept: the autograd the op registers is a
+    `torch.autograd.Function` in the form torch.func refuses, so under an active transform the call goes through
+    an equivalent Function in the form it needs (forward without ctx, a separate setup_context, a vmap rule
+    generated from the op's own) with the same ``setup_context`` and ``backward`` the op registers. Otherwise
+    (plain autograd, torch.compile) it is the op itself."""
+    op = getattr(ops, name)
+
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(f"fastcka::{name} has no forward-mode derivative (torch.func.jvp, jacfwd, hessian): "
+                                  "use reverse mode (torch.func.grad, vjp, jacrev)")
+
+    function = type(f"{name}_function", (torch.autograd.Function,), {
+        "generate_vmap_rule": True,
+        "forward": staticmethod(lambda *args: op(*args)),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+        "jvp": staticmethod(jvp),
+    })
+
+    def call(*args):
+        if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+            return function.apply(*args)
+        return op(*args)
+
+    return call
+
+
+def _first_order(name: str) -> Callable:
+    """A backward op whose own derivative raises (as `_block_double_backward` does for the op), under torch.func
+    transforms too."""
+    return _function(name, _no_setup, _double_backward_raiser(name))
 
 
 # --- linear_hsic ----------------------------------------------------------------------------------------------------
@@ -61,8 +107,11 @@ def _linear_hsic_setup(ctx, inputs, output):
 
 def _linear_hsic_bwd(ctx, grad):
     x, y = ctx.saved_tensors
-    dx, dy = ops._linear_hsic_backward(grad.to(torch.float64).contiguous(), x, y, ctx.unbiased, ctx.method)
+    dx, dy = _LinearHSICBackward(grad.to(torch.float64).contiguous(), x, y, ctx.unbiased, ctx.method)
     return dx, dy, None, None
+
+
+_LinearHSICBackward = _first_order("_linear_hsic_backward")
 
 
 torch.library.register_autograd("fastcka::linear_hsic", _linear_hsic_bwd, setup_context=_linear_hsic_setup)
@@ -90,7 +139,10 @@ def _frequency_spectrum_setup(ctx, inputs, output):
 
 def _frequency_spectrum_bwd(ctx, grad):
     (x,) = ctx.saved_tensors
-    return ops._frequency_spectrum_backward(grad.to(torch.float64).contiguous(), x, ctx.method), None
+    return _FrequencySpectrumBackward(grad.to(torch.float64).contiguous(), x, ctx.method), None
+
+
+_FrequencySpectrumBackward = _first_order("_frequency_spectrum_backward")
 
 
 torch.library.register_autograd(
@@ -126,8 +178,11 @@ def _kernel_hsic_setup(ctx, inputs, output):
 
 def _kernel_hsic_bwd(ctx, grad):
     x, y, gamma = ctx.saved_tensors
-    dx, dy = ops._kernel_hsic_backward(grad.to(torch.float64).contiguous(), x, y, gamma, *ctx.args)
+    dx, dy = _KernelHSICBackward(grad.to(torch.float64).contiguous(), x, y, gamma, *ctx.args)
     return dx, dy, None, None, None, None  # σ (gamma) is a constant: no gradient through the median
+
+
+_KernelHSICBackward = _first_order("_kernel_hsic_backward")
 
 
 torch.library.register_autograd("fastcka::kernel_hsic", _kernel_hsic_bwd, setup_context=_kernel_hsic_setup)
@@ -171,7 +226,7 @@ def _center_gram_setup(ctx, inputs, output):
 
 
 def _center_gram_bwd(ctx, grad):
-    return ops.center_gram(grad.contiguous(), _CENTER_ADJOINT[ctx.mode]), None
+    return fops.center_gram(grad.contiguous(), _CENTER_ADJOINT[ctx.mode]), None
 
 
 torch.library.register_autograd("fastcka::center_gram", _center_gram_bwd, setup_context=_center_gram_setup)
@@ -190,3 +245,29 @@ def _register_autocast() -> None:
 
 
 _register_autocast()
+
+
+# --- vmap: one op call per batch element (what torch's fallback does, without its performance warning) -------------
+def _loop_vmap_rule(op: Callable) -> Callable:
+    def rule(info, in_dims, *args):
+        outs = [op(*(a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)))
+                for i in range(info.batch_size)]
+        if isinstance(outs[0], (tuple, list)):
+            return tuple(torch.stack(parts) for parts in zip(*outs)), (0,) * len(outs[0])
+        return torch.stack(outs), 0
+
+    return rule
+
+
+for _name in ("linear_hsic", "_linear_hsic_backward", "kernel_hsic", "_kernel_hsic_backward", "median_sq_dist",
+              "center_gram", "frequency_spectrum", "_frequency_spectrum_backward"):
+    torch.library.register_vmap(f"fastcka::{_name}", _loop_vmap_rule(getattr(ops, _name)))
+
+
+# --- fops: the differentiable ops as torch.func-ready Functions (what the public functions call) --------------------
+fops = types.SimpleNamespace(
+    linear_hsic=_function("linear_hsic", _linear_hsic_setup, _linear_hsic_bwd),
+    kernel_hsic=_function("kernel_hsic", _kernel_hsic_setup, _kernel_hsic_bwd),
+    frequency_spectrum=_function("frequency_spectrum", _frequency_spectrum_setup, _frequency_spectrum_bwd),
+    center_gram=_function("center_gram", _center_gram_setup, _center_gram_bwd),
+)

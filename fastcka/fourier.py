@@ -26,11 +26,11 @@ DeprecationWarning for one release: ``dims=`` → ``dim=`` (an int, or a pair fo
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._ops import ops
+from ._ops import fops
 from ._validation import renamed_options
 
 Tensor = torch.Tensor
@@ -41,10 +41,13 @@ BASES = ("additive", "multiplicative")
 __all__ = ["frequency_spectrum", "frequency_energy", "key_frequencies", "frequency_concentration"]
 
 
-def _options(where: str, dim: Dim, deprecated: dict, dft: str = "auto") -> Tuple[Dim, str]:
-    """``dim`` and ``dft`` after the deprecated ``dims=``/``method=`` (``dims=None``, the old default, is ignored)."""
+def _options(where: str, dim: Dim, deprecated: dict, dft: Optional[str] = None) -> Any:
+    """``dim`` (and ``dft`` when given) after the deprecated ``dims=`` (and ``method=``); ``dims=None``, the old
+    default, is ignored."""
     if "dims" in deprecated and deprecated["dims"] is None:
         deprecated.pop("dims")
+    if dft is None:
+        return renamed_options(where, deprecated, dim=("dims", dim, 0))
     return renamed_options(where, deprecated, dim=("dims", dim, 0), dft=("method", dft, "auto"))
 
 
@@ -148,7 +151,7 @@ def frequency_spectrum(x: Tensor, *, dim: Dim = 0, dft: str = "auto", basis: str
     if dft not in DFT_METHODS:
         raise ValueError(f"unknown dft {dft!r}; known: {', '.join(DFT_METHODS)}")
     xr, mean = _residue_layout(x, dim)
-    s = ops.frequency_spectrum(xr, DFT_METHODS[dft])
+    s = fops.frequency_spectrum(xr, DFT_METHODS[dft])
     constant = (mean * xr.shape[0] ** (xr.dim() - 1)).square().sum()  # |x̂_0|² of the removed mean, summed
     at_zero = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
     at_zero[(0,) * s.dim()] = True
@@ -164,7 +167,7 @@ def _energies(s: Tensor) -> Tensor:
 
 def frequency_energy(x: Tensor, *, dim: Dim = 0, basis: str = "additive", **deprecated: Any) -> Tensor:
     """Energy of each non-constant frequency k = 1 … ⌊p/2⌋ (index k−1), by the rule in the module docstring."""
-    dim, _ = _options("frequency_energy", dim, deprecated)
+    dim = _options("frequency_energy", dim, deprecated)
     return _energies(frequency_spectrum(x, dim=dim, basis=basis))
 
 
@@ -178,7 +181,7 @@ def _check_top_k(top_k: int, available: int) -> None:
 def key_frequencies(x: Tensor, top_k: int, *, dim: Dim = 0, basis: str = "additive", **deprecated: Any) -> Tensor:
     """The ``top_k`` non-constant frequencies (values in 1 … ⌊p/2⌋) with the most energy, strongest first (int64).
     ``basis="multiplicative"``: frequencies of the discrete-log order, 1 … ⌊(p−1)/2⌋."""
-    dim, _ = _options("key_frequencies", dim, deprecated)
+    dim = _options("key_frequencies", dim, deprecated)
     e = frequency_energy(x, dim=dim, basis=basis)
     _check_top_k(top_k, e.numel())
     return e.topk(top_k).indices + 1
@@ -191,7 +194,7 @@ def frequency_concentration(x: Tensor, top_k: int, *, dim: Dim = 0, basis: str =
     non-constant energy at the level that centring a constant in float64 leaves, below (64·ε)² of the total
     energy (ε = float64's machine epsilon, whatever the input dtype: the centring runs in float64), counts as none.
     ``basis``: as in :func:`frequency_spectrum`."""
-    dim, _ = _options("frequency_concentration", dim, deprecated)
+    dim = _options("frequency_concentration", dim, deprecated)
     s = frequency_spectrum(x, dim=dim, basis=basis)
     e = _energies(s)
     _check_top_k(top_k, e.numel())

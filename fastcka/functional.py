@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._ops import ops
+from ._ops import fops, ops
 from ._validation import as_matrix as _as_matrix
 from ._validation import check_flag
 
@@ -144,7 +144,7 @@ def hsic_terms(
     unbiased = _check_options(kernel, method, unbiased, sigma, threshold)
     xm, ym = _prepare_pair(x, y, unbiased)
     if kernel == "linear" and method != "tiled":
-        return ops.linear_hsic(xm, ym, bool(unbiased), LINEAR_METHODS[method])
+        return fops.linear_hsic(xm, ym, bool(unbiased), LINEAR_METHODS[method])
     if kernel == "rbf":
         sx, sy = _sigma_pair(sigma)
         gamma = torch.stack([rbf_gamma(xm, sigma=sx, threshold=threshold),
@@ -156,7 +156,7 @@ def hsic_terms(
 
 
 def _tiled_terms(xm: Tensor, ym: Tensor, gamma: Tensor, code: int, unbiased: bool) -> Tensor:
-    h = ops.kernel_hsic(xm, ym, gamma, code, code, bool(unbiased))
+    h = fops.kernel_hsic(xm, ym, gamma, code, code, bool(unbiased))
     # The tiled pass clamps distances at 0 (a NaN one too) and exp(−γ·inf) is 0, so non-finite input would come out
     # finite and wrong; it gives NaN as on the other paths (checked on the device: no host sync). Each self-term
     # reads one side only, so it stays valid when only the other side is bad (cka_matrix's diagonal relies on it).
@@ -358,4 +358,4 @@ def center_gram(k: Tensor, *, unbiased: bool = False, check_symmetric: bool = Tr
         if bool(bad):  # the one host read
             raise ValueError(f"k must be symmetric (a Gram matrix); {int(bad)} of its {n * (n - 1) // 2} pairs "
                              "(K_ij, K_ji) differ by more than 2·tol·max|K|")
-    return ops.center_gram(kk, 1 if unbiased else 0)
+    return fops.center_gram(kk, 1 if unbiased else 0)

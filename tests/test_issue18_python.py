@@ -138,6 +138,8 @@ def test_fourier_old_names_warn_and_agree():
         fastcka.frequency_spectrum(x, dim=1, dims=(0, 2))
     with pytest.raises(TypeError, match="unexpected keyword argument 'dimz'"):
         fastcka.frequency_spectrum(x, dimz=1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'method'"):
+        fastcka.frequency_concentration(x, 1, method="fft")  # never took a DFT method
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fastcka.frequency_spectrum(x, dim=0, dims=None)  # the old default, passed explicitly: no warning

@@ -383,8 +383,8 @@ def test_minibatch_rbf_takes_the_fused_op_and_rejects_integers(monkeypatch):
     import fastcka.functional as F
 
     calls = []
-    op = F.ops.kernel_hsic
-    monkeypatch.setattr(F.ops, "kernel_hsic", lambda *a: (calls.append(a[2]), op(*a))[1])
+    op = F.fops.kernel_hsic
+    monkeypatch.setattr(F.fops, "kernel_hsic", lambda *a: (calls.append(a[2]), op(*a))[1])
     x, y = stream_data(60, seed=22, offset=0.0)
     acc = MinibatchCKA(kernel="rbf", sigma=(2.0, 3.0))  # different σ per side: still the fused pass
     acc.update(x, y)

@@ -30,7 +30,7 @@ def cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> torch.Tenso
     """Linear CKA of two (n, d) representations, a differentiable 0-d tensor in x's dtype."""
     if _cka is not None:
         return _cka(x, y, kernel="linear", unbiased=unbiased)
-    return reference.feature_space_linear_cka(x, y, debiased=unbiased).to(x.dtype)
+    return reference.feature_space_linear_cka(x, y, unbiased=unbiased).to(x.dtype)
 
 
 def frequency_concentration(w: torch.Tensor, top_k: int, basis: str = "additive") -> torch.Tensor:
