@@ -547,7 +547,7 @@ def in_short(facts: Sequence[dict]) -> str:
             out += (f" Its timing did here: grokking runs alarmed by step {fmt_num(max(f['alarms']['o01'] for f in h))}, "
                     + ("the others" if len(fa) == len(nev) else f"the {len(fa)} of {len(nev)} others that alarmed")
                     + f" from step {fmt_num(min(f['alarms']['o01'] for f in fa))} (a separation found after "
-                    "the fact, not a tested rule).")
+                    "the fact, not a tested rule; H2 of docs/study/PREREG.md tests it on fresh runs).")
     first = [f for f in h if f["alarms"]["test_acc_rise"] is not None
              and f["alarms"]["test_acc_rise"] <= f["alarms"]["o01"]]
     far = _split(pilot, "test_acc_rise")[3]
