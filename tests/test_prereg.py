@@ -88,7 +88,7 @@ def test_calibrate_end_to_end_resumes_and_fills_the_grid(tmp_path, monkeypatch):
     shutil.copyfile(GRID, grid)
     if prereg.PLACEHOLDER not in grid.read_text():
         pytest.skip("the grid is calibrated already")
-    ladder = (1e-8, 1e-4, 10.0)
+    ladder = (1e-2, 10.0)  # at lr 1e-2 the tiny run spikes near step 175 with eps 1e-2; eps 10 barely moves
     chosen = prereg.calibrate(grid, tmp_path / "rec", tmp_path / "ck", ladder=ladder, chunk=100, log=lambda s: None,
                               overrides=TINY)
     record = json.loads((tmp_path / "rec" / "calibration.json").read_text())
@@ -107,11 +107,16 @@ def test_calibrate_end_to_end_resumes_and_fills_the_grid(tmp_path, monkeypatch):
         assert prereg.PLACEHOLDER not in grid.read_text()
         specs = load_grid(grid.read_text())
         assert {s.config["adam_eps"] for s in specs if prereg.arm(s.name) == "S"} == {chosen}
-    # a second call reads the decided candidates back and trains nothing
+    # a second call reads the decided candidates back and trains nothing; on the filled grid it only checks the value
     monkeypatch.setattr("fastcka.grok.train.train", lambda *a, **k: pytest.fail("trained again"))
+    again = dict(ladder=ladder, chunk=100, log=lambda s: None, overrides=TINY)
+    assert prereg.calibrate(grid, tmp_path / "rec", tmp_path / "ck", **again) == chosen
+    if chosen is not None:
+        grid.write_text(grid.read_text().replace(f"adam_eps = {chosen:g} }}", "adam_eps = 0.5 }"))
+        with pytest.raises(ValueError, match="calibration chose"):
+            prereg.calibrate(grid, tmp_path / "rec", tmp_path / "ck", **again)
     shutil.copyfile(GRID, grid)
-    assert prereg.calibrate(grid, tmp_path / "rec", tmp_path / "ck", ladder=ladder, chunk=100, log=lambda s: None,
-                            overrides=TINY) == chosen
+    assert prereg.calibrate(grid, tmp_path / "rec", tmp_path / "ck", **again) == chosen
 
 
 def test_write_calibrated_refuses_a_grid_without_the_placeholder(tmp_path):

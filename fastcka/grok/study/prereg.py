@@ -131,8 +131,14 @@ def calibrate(grid: Path = GRID, record_dir: Path = CALIBRATION_DIR, ckpt_dir: P
             break
     record["chosen"] = chosen
     rec_path.write_text(json.dumps(record, indent=2) + "\n")
-    if chosen is not None:
+    if chosen is not None and PLACEHOLDER in Path(grid).read_text():
         write_calibrated(Path(grid), chosen)
+    elif chosen is not None:  # filled by an earlier call: it must hold the same value
+        from .grid import load_grid
+
+        found = {sp.config.get("adam_eps") for sp in load_grid(Path(grid).read_text()) if arm(sp.name) == "S"}
+        if found != {chosen}:
+            raise ValueError(f"grid: {grid} gives the S runs adam_eps {sorted(found)}, but the calibration chose {chosen:g}")
     return chosen
 
 
