@@ -22,25 +22,28 @@ outputs, so they are also compared with fastcka's minibatch estimator on the sam
     python bench/bench_compare.py [rounds]     # the tables below (one short run)
     pytest bench/bench_compare.py --benchmark-only
 
-Measured here (one run, ``FASTCKA_BENCH_THREADS=1 python bench/bench_compare.py 5``; 2-core CPU shared with
-other jobs at load average ~8.7, so the wall times are inflated ~2.5x: read the CPU-time medians), torch 2.13.0+cpu:
+Measured here (``FASTCKA_BENCH_THREADS=1 python bench/bench_compare.py 5``; 2-core CPU shared with other jobs at
+load average ~10, so wall times are inflated ~3x: read the CPU-time medians), torch 2.13.0+cpu, 09:55 UTC run:
 
   mode            cpu median   overhead (cpu)   peak RSS beyond models+data
-  bare              296 ms          —              +14 MB
-  exact             378 ms        +27.5 %          +23 MB
-  minibatch         375 ms        +26.5 %          +19 MB
-  minibatch-flat    634 ms       +114 %            +45 MB
-  cka_pytorch       366 ms        +23.5 %          +24 MB   (flattened outputs, float32)
-  torch_cka         438 ms        +47.6 %          +30 MB   (flattened outputs, float32, .item() per HSIC)
+  bare              310 ms          —              +17 MB
+  exact             350 ms        +13.1 %          +24 MB
+  minibatch         323 ms         +4.3 %          +19 MB
+  minibatch-flat    627 ms       +102 %            +41 MB   (float64 Grams of 2,048-wide flattened outputs)
+  cka_pytorch       305 ms         -1.6 %          +23 MB   (flattened outputs, float32 Grams)
+  torch_cka         354 ms        +14.5 %          +29 MB   (flattened outputs, float32, .item() per HSIC)
+
+  An earlier run of the same script at load ~8.7 (before the minibatch estimator used the HSIC-matrix op) gave
+  exact +27.5 %, minibatch +26.5 %, cka_pytorch +23.5 %, torch_cka +47.6 %: the run-to-run spread at this load is
+  as large as the overheads themselves. Of the exact estimator's own cost, the end-of-run CKA of the 24 pairs is
+  ~35-55 ms and the 8 float64 moment updates ~13-18 ms (timed alone).
 
   values (T = 4, flattened): the peers agree with fastcka's minibatch estimator to 2.3e-7 (cka-pytorch) and
   5.3e-7 (torch-cka) on the same batches; every minibatch number (theirs and ours) is up to 0.060 away from the
-  exact CKA of the whole set, which only the exact estimator gives.
+  exact CKA of the whole set, which only the exact estimator gives. With the hooked activations shifted by 1e3,
+  cka-pytorch returns NaN cells and torch-cka raises "HSIC computation resulted in NANs"; fastcka's minibatch and
+  exact values do not move (same 0.060 difference).
 
-The exact estimator's overhead here is over the 15 % goal: with T = 16 tokens the encoders' forward is cheap per
-example, and the float64 moment GEMMs (each layer's own D×D block and the 516×582 cross block per batch of 64) plus
-the per-pair CKA at the end are a fixed cost per example; a repeat of the exact-vs-bare pair under cProfile put
-exact at 391 ms against 344-394 ms for bare (the run-to-run spread at this load is as large as the overhead).
 Re-measure on an idle machine before quoting a figure.
 """
 
