@@ -31,6 +31,10 @@ inline cudaStream_t current_stream(const Tensor& t) {
   return static_cast<cudaStream_t>(s);
 }
 
+inline void check_cuda(cudaError_t e, const char* what) {
+  STD_TORCH_CHECK(e == cudaSuccess, "fastcka CUDA ", what, " failed: ", cudaGetErrorString(e));
+}
+
 inline void check_launch(const char* what) {
   const cudaError_t e = cudaGetLastError();
   STD_TORCH_CHECK(e == cudaSuccess, "fastcka CUDA kernel ", what, " failed: ", cudaGetErrorString(e));
@@ -97,7 +101,7 @@ __global__ void column_sums_kernel(const T* x, int64_t n, int64_t p, int64_t row
 
 template <typename T>
 void column_sums(const T* x, int64_t n, int64_t p, double* out, cudaStream_t s) {
-  cudaMemsetAsync(out, 0, sizeof(double) * p, s);
+  check_cuda(cudaMemsetAsync(out, 0, sizeof(double) * p, s), "memset (column_sums)");
   const int64_t chunks = std::min<int64_t>(std::max<int64_t>(1, n / 64), 1024);
   const int64_t rows = (n + chunks - 1) / chunks;
   dim3 grid(blocks_for(p, kThreads, 1 << 30), static_cast<unsigned>((n + rows - 1) / rows));
@@ -188,7 +192,7 @@ inline Tensor center_normalise(const Tensor& x, Tensor& m, int slot) {
     double* sp = sums.mutable_data_ptr<double>();
     auto* bits = reinterpret_cast<unsigned long long*>(sp + p);
     column_sums(x.const_data_ptr<scalar_t>(), n, p, sp, s);
-    cudaMemsetAsync(bits, 0, sizeof(double), s);
+    check_cuda(cudaMemsetAsync(bits, 0, sizeof(double), s), "memset (center_normalise)");
     const int blocks = blocks_for(n * p, kThreads);
     FASTCKA_LAUNCH(blocks, kThreads, 0, s, subtract_means_kernel)(
         x.const_data_ptr<scalar_t>(), sp, n, p, xc.mutable_data_ptr<scalar_t>(), bits);
