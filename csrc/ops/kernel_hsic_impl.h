@@ -38,11 +38,54 @@ DistanceRows<T> distance_rows(const ScaledRows& a, double s2) {
 }
 
 // What a window pass returns: the pairs i < j below the window, inside it, and the inside values (only when they
-// fit in kCollectCapacity; in any order).
+// fit in kCollectCapacity; in any order). keys[i] = gi·n + gj where values[i] is the fast d̂ (its exact value lies
+// within ±β(n_gi + n_gj), inside the window), −1 where it is the exact distance.
 struct WindowPass {
   int64_t below = 0, inside = 0;
   std::vector<double> values;
+  std::vector<int64_t> keys;
 };
+
+// The r-th smallest (0-based) exact distance among a window pass's inside pairs. It lies between the r-th smallest
+// lower end L and the r-th smallest upper end H of the pairs' intervals [d̂ − e, d̂ + e] (e = 0 where exact): every
+// pair whose interval ends below L is below it, every pair whose interval starts above H is above it, and only the
+// pairs whose interval meets [L, H] are recomputed exactly (D::exact_distances) and sorted.
+template <class D>
+double exact_rank(const ScaledRows& a, const WindowPass& w, const std::vector<double>& norms, int64_t r) {
+  const int64_t m = static_cast<int64_t>(w.values.size()), n = a.xs.size(0);
+  const double beta = a.xs.scalar_type() == ScalarType::Double
+                          ? distance_bound_coef(a.xs.size(1), unit_roundoff<double>())
+                          : distance_bound_coef(a.xs.size(1), unit_roundoff<float>());
+  std::vector<double> lo(m), hi(m);
+  for (int64_t t = 0; t < m; ++t) {
+    const int64_t key = w.keys[t];
+    const double e = key < 0 ? 0.0 : beta * (norms[key / n] + norms[key % n]);
+    lo[t] = std::max(w.values[t] - e, 0.0);
+    hi[t] = w.values[t] + e;
+  }
+  auto nth = [r](std::vector<double> v) {
+    std::nth_element(v.begin(), v.begin() + r, v.end());
+    return v[r];
+  };
+  const double L = nth(lo), H = nth(hi);
+  int64_t below = 0;
+  std::vector<double> exact;
+  std::vector<int64_t> todo;
+  for (int64_t t = 0; t < m; ++t) {
+    if (hi[t] < L) {
+      ++below;
+    } else if (lo[t] <= H) {
+      if (w.keys[t] < 0) exact.push_back(w.values[t]);
+      else todo.push_back(w.keys[t]);
+    }
+  }
+  const std::vector<double> more = D::exact_distances(a, todo);
+  exact.insert(exact.end(), more.begin(), more.end());
+  const int64_t at = r - below;
+  STD_TORCH_CHECK(at >= 0 && at < static_cast<int64_t>(exact.size()), "fastcka median: rank outside its bracket");
+  std::nth_element(exact.begin(), exact.begin() + at, exact.end());
+  return exact[at];
+}
 
 // The shift x₀ the kernels subtract: the column-wise (lower) medians of a seeded pseudo-random subset of at most 255
 // rows. A median is a value of its column, so the shift is exact for data a test checks exactly (small integers),
@@ -172,14 +215,13 @@ std::pair<double, double> select_squared_distances(const ScaledRows& a, int64_t 
     if (bits < 64 && in_bin / 2 <= kCollectCapacity && (next_in_bin || !want_next)) {
       // the bin's entries: the collected pairs twice each (i < j and j < i), after the n diagonal zeros if prefix 0
       const uint64_t lo_bits = prefix << (64 - bits), hi_bits = lo_bits | (~uint64_t(0) >> bits);
-      std::vector<double> v = D::distance_window(a, lo_bits, hi_bits).values;
+      const WindowPass w = D::distance_window(a, lo_bits, hi_bits);
+      const std::vector<double> norms = D::host_norms(a);
       const int64_t zeros = prefix == 0 ? n : 0;
-      STD_TORCH_CHECK(2 * static_cast<int64_t>(v.size()) + zeros == in_bin, "fastcka median: pass counts disagree");
-      auto entry = [&](int64_t r) -> double {  // the r-th smallest entry of the bin, v partially sorted up to r
-        if (r < zeros) return 0.0;
-        const int64_t i = (r - zeros) / 2;
-        std::nth_element(v.begin(), v.begin() + i, v.end());
-        return v[i];
+      STD_TORCH_CHECK(2 * static_cast<int64_t>(w.values.size()) + zeros == in_bin,
+                      "fastcka median: pass counts disagree");
+      auto entry = [&](int64_t r) -> double {  // the r-th smallest entry of the bin
+        return r < zeros ? 0.0 : exact_rank<D>(a, w, norms, (r - zeros) / 2);
       };
       const double lo = entry(k);
       return {lo, want_next ? entry(k + 1) : lo};
@@ -248,6 +290,7 @@ bool select_by_window(const ScaledRows& a, int64_t k, bool want_next, int64_t me
   // a window of one tied value needs no values: its count alone places the ranks (heavily tied data overflow it)
   const bool one_value = lo_bits == hi_bits;
   if ((w.inside > kCollectCapacity && !one_value) || !inside(k) || !inside(k_last)) return false;
+  const std::vector<double> norms = one_value ? std::vector<double>() : D::host_norms(a);
   auto entry = [&](int64_t r) -> double {  // the diagonal zeros are the n smallest entries (distances are ≥ 0)
     if (r < n) return 0.0;
     if (one_value) {
@@ -255,9 +298,7 @@ bool select_by_window(const ScaledRows& a, int64_t k, bool want_next, int64_t me
       std::memcpy(&v, &lo_bits, sizeof(v));
       return v;
     }
-    const int64_t i = (r - offset) / 2;
-    std::nth_element(w.values.begin(), w.values.begin() + i, w.values.end());
-    return w.values[i];
+    return exact_rank<D>(a, w, norms, (r - offset) / 2);
   };
   const double lo = entry(k);
   *out = {lo, want_next ? entry(k + 1) : lo};

@@ -279,6 +279,7 @@ struct CpuKernelHsic : CpuBackend {
   // column chunks in parallel as in the histogram.
   static WindowPass distance_window(const ScaledRows& a, uint64_t lo, uint64_t hi) {
     WindowPass out;
+    const int64_t n = a.xs.size(0);
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_window", [&] {
       const double s = host_s(a);
       const DistanceRows<scalar_t> ra = distance_rows<scalar_t>(a, s * s);
@@ -287,6 +288,7 @@ struct CpuKernelHsic : CpuBackend {
         const scalar_t* gx = gxt.const_data_ptr<scalar_t>();
         const int64_t chunks = std::min<int64_t>(8, (w + kChunkCols - 1) / kChunkCols), step = (w + chunks - 1) / chunks;
         std::vector<std::vector<double>> part(chunks);
+        std::vector<std::vector<int64_t>> part_keys(chunks);
         std::vector<int64_t> below(chunks, 0);
         torch::stable::parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
           for (int64_t q = q0; q < q1; ++q) {
@@ -294,9 +296,13 @@ struct CpuKernelHsic : CpuBackend {
             for (int64_t i = 0; i < rows; ++i)
               for (int64_t jj = std::max(q * step, i0 + i + 1 - c0); jj < std::min(w, (q + 1) * step); ++jj) {
                 double d = 0.0;
-                const int where = pair_window(ra, gx[i * w + jj], i0 + i, c0 + jj, lo, hi, &d);
+                bool exact = false;
+                const int where = pair_window(ra, gx[i * w + jj], i0 + i, c0 + jj, lo, hi, &d, &exact);
                 nb += where < 0;
-                if (where == 0) part[q].push_back(d);
+                if (where == 0) {
+                  part[q].push_back(d);
+                  part_keys[q].push_back(exact ? -1 : (i0 + i) * n + c0 + jj);
+                }
               }
             below[q] = nb;
           }
@@ -304,11 +310,36 @@ struct CpuKernelHsic : CpuBackend {
         for (int64_t q = 0; q < chunks; ++q) {
           out.below += below[q];
           out.inside += static_cast<int64_t>(part[q].size());
-          if (out.inside <= kCollectCapacity) out.values.insert(out.values.end(), part[q].begin(), part[q].end());
+          if (out.inside <= kCollectCapacity) {
+            out.values.insert(out.values.end(), part[q].begin(), part[q].end());
+            out.keys.insert(out.keys.end(), part_keys[q].begin(), part_keys[q].end());
+          }
         }
       });
     });
-    if (out.inside > kCollectCapacity) std::vector<double>().swap(out.values);
+    if (out.inside > kCollectCapacity) {
+      std::vector<double>().swap(out.values);
+      std::vector<int64_t>().swap(out.keys);
+    }
+    return out;
+  }
+
+  static std::vector<double> host_norms(const ScaledRows& a) {
+    const double* p = a.norms.const_data_ptr<double>();
+    return std::vector<double>(p, p + a.norms.numel());
+  }
+
+  // The exact distances of the pairs keys[t] = i·n + j.
+  static std::vector<double> exact_distances(const ScaledRows& a, const std::vector<int64_t>& keys) {
+    const int64_t n = a.x.size(0), p = a.x.size(1), m = static_cast<int64_t>(keys.size());
+    const double s = host_s(a);
+    std::vector<double> out(m);
+    FASTCKA_DISPATCH_FLOATING(a.x.scalar_type(), "exact_distances", [&] {
+      const scalar_t* x = a.x.const_data_ptr<scalar_t>();
+      torch::stable::parallel_for(0, m, 1024, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) out[t] = exact_sq_dist(x, p, keys[t] / n, keys[t] % n, s * s);
+      });
+    });
     return out;
   }
 

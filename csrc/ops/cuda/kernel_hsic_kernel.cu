@@ -276,7 +276,8 @@ __global__ void distance_histogram_kernel(const T* xs, DistanceRows<T> rx, const
 // they fit; count[1] keeps counting past the buffer, so the host sees an overflow.
 template <typename T>
 __global__ void distance_window_kernel(const T* xs, DistanceRows<T> rx, const double* scale, int64_t n, int64_t p,
-                                       uint64_t lo, uint64_t hi, double* collect, unsigned long long* count) {
+                                       uint64_t lo, uint64_t hi, double* collect, int64_t* keys,
+                                       unsigned long long* count) {
   rx = device_rows(rx, scale);
   __shared__ unsigned long long block_below;
   if (threadIdx.x == 0) block_below = 0;
@@ -291,16 +292,30 @@ __global__ void distance_window_kernel(const T* xs, DistanceRows<T> rx, const do
     const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
     if (gi >= n || gj >= n || gj <= gi) continue;
     double d = 0.0;
-    const int where = pair_window(rx, static_cast<double>(gx[r]), gi, gj, lo, hi, &d);
+    bool exact = false;
+    const int where = pair_window(rx, static_cast<double>(gx[r]), gi, gj, lo, hi, &d, &exact);
     below += where < 0;
     if (where == 0) {
       const unsigned long long slot = atomicAdd(count + 1, 1ull);
-      if (slot < static_cast<unsigned long long>(kCollectCapacity)) collect[slot] = d;
+      if (slot < static_cast<unsigned long long>(kCollectCapacity)) {
+        collect[slot] = d;
+        keys[slot] = exact ? -1 : gi * n + gj;
+      }
     }
   }
   if (below) atomicAdd(&block_below, below);
   __syncthreads();
   if (threadIdx.x == 0 && block_below) atomicAdd(count, block_below);
+}
+
+// The exact distances of the pairs keys[t] = i·n + j, one thread per pair.
+template <typename T>
+__global__ void exact_distances_kernel(const T* x, const double* scale, int64_t n, int64_t p, const int64_t* keys,
+                                       int64_t m, double* out) {
+  const double s2 = scale[0] * scale[0];
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < m;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[t] = exact_sq_dist(x, p, keys[t] / n, keys[t] % n, s2);
 }
 
 // The exact distances of the seeded sample of pairs, one thread per pair (from the original rows).
@@ -449,13 +464,15 @@ struct CudaKernelHsic : CudaBackend {
   static WindowPass distance_window(const ScaledRows& a, uint64_t lo, uint64_t hi) {
     const int64_t n = a.xs.size(0);
     Tensor buf = empty_like_shape(a.xs, {kCollectCapacity}, ScalarType::Double);
+    Tensor keys = empty_like_shape(a.xs, {kCollectCapacity}, ScalarType::Long);
     Tensor count = zeros_f64(a.xs, 2);  // [below, inside] as 64-bit counters
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_window", [&] {
       FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs),
                      cuda::distance_window_kernel)(
           a.xs.const_data_ptr<scalar_t>(), distance_rows<scalar_t>(a, 0.0), a.scale.const_data_ptr<double>(), n,
           a.xs.size(1), lo, hi,
-          buf.mutable_data_ptr<double>(), reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<double>()));
+          buf.mutable_data_ptr<double>(), keys.mutable_data_ptr<int64_t>(),
+          reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<double>()));
       cuda::check_launch("distance_window");
     });
     const Tensor c = cuda::to_cpu(count);
@@ -466,7 +483,33 @@ struct CudaKernelHsic : CudaBackend {
     if (w.inside == 0 || w.inside > kCollectCapacity) return w;
     const Tensor v = cuda::to_cpu(narrowed(buf, 0, 0, w.inside));  // only the values found, not the whole buffer
     w.values.assign(v.const_data_ptr<double>(), v.const_data_ptr<double>() + w.inside);
+    const Tensor k = cuda::to_cpu(narrowed(keys, 0, 0, w.inside));
+    w.keys.assign(k.const_data_ptr<int64_t>(), k.const_data_ptr<int64_t>() + w.inside);
     return w;
+  }
+
+  static std::vector<double> host_norms(const ScaledRows& a) {
+    const Tensor v = cuda::to_cpu(a.norms);
+    return std::vector<double>(v.const_data_ptr<double>(), v.const_data_ptr<double>() + v.numel());
+  }
+
+  // The exact distances of the pairs keys[t] = i·n + j.
+  static std::vector<double> exact_distances(const ScaledRows& a, const std::vector<int64_t>& keys) {
+    const int64_t m = static_cast<int64_t>(keys.size());
+    if (m == 0) return {};
+    Tensor host_keys = torch::stable::empty({m}, ScalarType::Long);
+    std::copy(keys.begin(), keys.end(), host_keys.mutable_data_ptr<int64_t>());
+    const Tensor dev_keys = torch::stable::to(host_keys, a.x.device());
+    Tensor out = empty_like_shape(a.xs, {m}, ScalarType::Double);
+    FASTCKA_DISPATCH_FLOATING(a.x.scalar_type(), "exact_distances", [&] {
+      FASTCKA_LAUNCH(cuda::blocks_for(m, cuda::kThreads), cuda::kThreads, 0, cuda::current_stream(a.xs),
+                     cuda::exact_distances_kernel)(
+          a.x.const_data_ptr<scalar_t>(), a.scale.const_data_ptr<double>(), a.xs.size(0), a.xs.size(1),
+          dev_keys.const_data_ptr<int64_t>(), m, out.mutable_data_ptr<double>());
+      cuda::check_launch("exact_distances");
+    });
+    const Tensor v = cuda::to_cpu(out);
+    return std::vector<double>(v.const_data_ptr<double>(), v.const_data_ptr<double>() + m);
   }
 
   static std::vector<double> sample_distances(const ScaledRows& a, int64_t m, uint64_t seed) {
