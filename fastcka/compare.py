@@ -317,21 +317,24 @@ class _CrossMoments:
         u = 1 if self.unbiased else 0
         dev = self.cross.device
         out = torch.empty(len(self.dims_a), len(self.dims_b), dtype=_F64, device=dev)
+        layout: Dict[Tuple[int, int], Tuple[Tensor, Tensor, Tensor]] = {}  # per (p, q): index maps and blocks
         for i, p in enumerate(self.widths_a):
             own_a = self._own("a", i)
             for j, q in enumerate(self.widths_b):
-                t = torch.arange
-                # positions in the two-layer layout [1, X_a (p), X_b (q), a_a, a_b]
-                ia = torch.cat([t(0, 1 + p), t(1 + p + q, 2 + p + q)[:u]]).to(dev)
-                ib = torch.cat([t(0, 1), t(1 + p, 1 + p + q), t(2 + p + q, 3 + p + q)[:u]]).to(dev)
-                m = torch.zeros(1 + p + q + 2 * u, 1 + p + q + 2 * u, dtype=_F64, device=dev)
+                if (p, q) not in layout:
+                    t = torch.arange  # positions in the two-layer layout [1, X_a (p), X_b (q), a_a, a_b]
+                    ia = torch.cat([t(0, 1 + p), t(1 + p + q, 2 + p + q)[:u]]).to(dev)
+                    ib = torch.cat([t(0, 1), t(1 + p, 1 + p + q), t(2 + p + q, 3 + p + q)[:u]]).to(dev)
+                    layout[p, q] = (ia, ib, _block_indicator((p, q), _F64, dev))
+                ia, ib, blocks = layout[p, q]
+                m = torch.empty(1 + p + q + 2 * u, 1 + p + q + 2 * u, dtype=_F64, device=dev)
                 oa, ob = self.off_a[i], self.off_b[j]
                 c = self.cross[oa : oa + self.dims_a[i], ob : ob + self.dims_b[j]]
-                m[ia[:, None], ia[None, :]] = own_a
-                m[ib[:, None], ib[None, :]] = self._own("b", j)
-                m[ia[:, None], ib[None, :]] = c
-                m[ib[:, None], ia[None, :]] = c.T
-                h = _linear_hsic_from_moments(self.n, m, _block_indicator((p, q), _F64, dev), self.unbiased)
+                m[ia[:, None], ia] = own_a  # the four blocks cover every entry
+                m[ib[:, None], ib] = self._own("b", j)
+                m[ia[:, None], ib] = c
+                m[ib[:, None], ia] = c.T
+                h = _linear_hsic_from_moments(self.n, m, blocks, self.unbiased)
                 out[i, j] = _cka_from_hsic_matrix(h)[0, 1]
         if self.same:  # a layer against itself: exactly 1, not 1 ± rounding (0 for a constant layer; NaN stays NaN)
             d = out.diagonal()

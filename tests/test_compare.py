@@ -137,6 +137,7 @@ def test_a_model_against_itself_eval_and_inference_modes_restored():
     assert grads_seen and all(grads_seen)  # the forwards ran under inference_mode
     torch.testing.assert_close(res.matrix.diagonal(), torch.ones(3, dtype=F64), rtol=0, atol=0)
     torch.testing.assert_close(res.matrix, res.matrix.T, rtol=0, atol=1e-12)
+    assert not res.matrix.is_inference()  # a plain tensor the caller may modify
     model.eval()
     want = [fastcka.cka(u, v).item() for u, v in [(model[0](x), model[:3](x)), (model[0](x), model(x))]]
     assert [res.matrix[0, 1].item(), res.matrix[0, 2].item()] == pytest.approx(want, abs=1e-9)  # no dropout in it
