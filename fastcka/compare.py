@@ -233,9 +233,16 @@ def _free_bytes(device: torch.device) -> Optional[int]:
             return int(torch.cuda.mem_get_info(device)[0])
         except Exception:  # pragma: no cover - depends on the device
             return None
+    try:  # Linux: MemAvailable counts the page cache the kernel can drop (MemFree does not)
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not on Linux
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - neither Linux nor POSIX sysconf
         return None
 
 
