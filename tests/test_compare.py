@@ -3,6 +3,7 @@ activations and the float64 reference; errors before accumulation; eval/inferenc
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 
@@ -192,7 +193,7 @@ class Counting(nn.Module):
         return self.l2(h)
 
 
-def test_errors_come_before_any_accumulation_and_name_the_problem():
+def test_errors_come_before_any_accumulation_and_name_the_problem(monkeypatch):
     x = torch.randn(40, 6)
     data = list(torch.split(x, 8))
     m = Counting()
@@ -216,6 +217,11 @@ def test_errors_come_before_any_accumulation_and_name_the_problem():
     msg = str(ei.value)
     for part in ("'l1'", "8 features per example", "reduce=", "estimator='minibatch'", "max_memory", "KiB"):
         assert part in msg, (part, msg)
+    mod = importlib.import_module("fastcka.compare")  # the submodule (the package attribute is the function)
+    with monkeypatch.context() as mp:
+        mp.setattr(mod, "_free_bytes", lambda device: 2000)  # the default limit: half the device's free memory
+        with pytest.raises(ValueError, match=r"1\.5 KiB for all the layers, more than 1000 B \(half the free memory of cpu\)"):
+            fastcka.compare(m, None, data, layers_a=["l1", "l2"], progress=False)
     with pytest.raises(ValueError, match="exact estimator is linear only"):
         fastcka.compare(m, None, data, layers_a=["l1"], kernel="rbf", progress=False)
     with pytest.raises(ValueError, match="estimator must be"):
