@@ -97,16 +97,17 @@ double exact_rank(const ScaledRows& a, const WindowPass& w, const std::vector<do
 constexpr int64_t kShiftRows = 255;
 constexpr uint64_t kShiftSeed = 0x5A17F00Dull;
 
-inline Tensor column_medians(const Tensor& x) {
+// Row r of the subset (r < kShiftRows, repeats possible). Each backend fills the indices on x's device with this one
+// formula (D::shift_row_indices): filled on the CPU and copied, they cost the CUDA ops a host sync on every call.
+FASTCKA_HD int64_t shift_row(int64_t r, int64_t n) {
+  return static_cast<int64_t>(splitmix64(kShiftSeed + static_cast<uint64_t>(r)) % static_cast<uint64_t>(n));
+}
+
+template <class D>
+Tensor column_medians(const Tensor& x) {
   const int64_t n = x.size(0), p = x.size(1);
   Tensor rows = x;
-  if (n > kShiftRows) {
-    Tensor idx = torch::stable::empty({kShiftRows}, ScalarType::Long);  // on the CPU: filled here, then moved
-    int64_t* ip = idx.mutable_data_ptr<int64_t>();
-    for (int64_t r = 0; r < kShiftRows; ++r) ip[r] = static_cast<int64_t>(splitmix64(kShiftSeed + r) % uint64_t(n));
-    if (x.device() != idx.device()) idx = torch::stable::to(idx, x.device());
-    rows = call_aten("aten::index_select", "", x, int64_t(0), idx);
-  }
+  if (n > kShiftRows) rows = call_aten("aten::index_select", "", x, int64_t(0), D::shift_row_indices(x));
   const Tensor sorted = call_aten<2>("aten::sort", "", rows, int64_t(0), false);  // (values, indices)
   return as_contiguous(reshaped(narrowed(sorted, 0, (rows.size(0) - 1) / 2, 1), {p}));
 }

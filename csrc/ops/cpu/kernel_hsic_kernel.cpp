@@ -66,6 +66,13 @@ inline double entry_of(const KernelSpec& k, const DistanceRows<T>& r, double dot
 }  // namespace
 
 struct CpuKernelHsic : CpuBackend {
+  static Tensor shift_row_indices(const Tensor& x) {
+    Tensor idx = torch::stable::empty({kShiftRows}, ScalarType::Long);
+    int64_t* ip = idx.mutable_data_ptr<int64_t>();
+    for (int64_t r = 0; r < kShiftRows; ++r) ip[r] = shift_row(r, x.size(0));
+    return idx;
+  }
+
   static ScaledRows scale_rows(const Tensor& x) {
     const int64_t n = x.size(0), p = x.size(1);
     ScaledRows a;
@@ -73,7 +80,7 @@ struct CpuKernelHsic : CpuBackend {
     a.scale = empty_like_shape(x, {1}, ScalarType::Double);
     FASTCKA_DISPATCH_FLOATING(x.scalar_type(), "scale_rows", [&] {
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      const Tensor med = column_medians(x);
+      const Tensor med = column_medians<CpuKernelHsic>(x);
       const scalar_t* mp = med.const_data_ptr<scalar_t>();
       const std::vector<double> shift(mp, mp + p);
       scalar_t* o = a.xs.mutable_data_ptr<scalar_t>();

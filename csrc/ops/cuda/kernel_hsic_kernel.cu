@@ -331,6 +331,13 @@ __global__ void sample_distances_kernel(const T* x, const double* scale, int64_t
   }
 }
 
+// The shift's row subset, on the device (kernel_hsic_impl.h: shift_row).
+__global__ void shift_rows_kernel(int64_t n, int64_t* out) {
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < kShiftRows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[r] = shift_row(r, n);
+}
+
 // One launch covers at most 65,535 row tiles: the tiles·(tiles + 1)/2 tile pairs then fit gridDim.x (< 2³¹) and the
 // gradient's tiles fit gridDim.y (≤ 65,535), so n ≤ 2,097,120. A larger n is refused here, not launched on a grid
 // that wraps (the cast to unsigned covered a fraction of the tiles for n ≥ 2,965,793) or fails.
@@ -355,6 +362,14 @@ inline Tensor to_cpu(const Tensor& t) {
 }  // namespace cuda
 
 struct CudaKernelHsic : CudaBackend {
+  static Tensor shift_row_indices(const Tensor& x) {
+    Tensor idx = empty_like_shape(x, {kShiftRows}, ScalarType::Long);
+    FASTCKA_LAUNCH(1, cuda::kThreads, 0, cuda::current_stream(x), cuda::shift_rows_kernel)(
+        x.size(0), idx.mutable_data_ptr<int64_t>());
+    cuda::check_launch("shift_rows");
+    return idx;
+  }
+
   static ScaledRows scale_rows(const Tensor& x) {
     const int64_t n = x.size(0), p = x.size(1);
     const cudaStream_t s = cuda::current_stream(x);
@@ -365,7 +380,7 @@ struct CudaKernelHsic : CudaBackend {
     FASTCKA_DISPATCH_FLOATING(x.scalar_type(), "scale_rows", [&] {
       const int blocks = cuda::blocks_for(n * p, cuda::kThreads);
       auto* b = reinterpret_cast<unsigned long long*>(bits.mutable_data_ptr<double>());
-      const Tensor med = column_medians(x);
+      const Tensor med = column_medians<CudaKernelHsic>(x);
       FASTCKA_LAUNCH(blocks, cuda::kThreads, 0, s, cuda::shift_normalise_kernel)(
           x.const_data_ptr<scalar_t>(), med.const_data_ptr<scalar_t>(), n, p, a.xs.mutable_data_ptr<scalar_t>(), b);
       FASTCKA_LAUNCH(blocks, cuda::kThreads, 0, s, cuda::normalise_kernel)(
