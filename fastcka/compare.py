@@ -297,7 +297,8 @@ class _CrossMoments:
         za = self._rows(acts_a, self.shifts_a, self.dims_a)
         zb = za if self.same else self._rows(acts_b, self.shifts_b, self.dims_b)
         self.cross.addmm_(za.T, zb)
-        for z, offs, dims, own in ((za, self.off_a, self.dims_a, self.self_a), (zb, self.off_b, self.dims_b, self.self_b)):
+        sides = ((za, self.off_a, self.dims_a, self.self_a), (zb, self.off_b, self.dims_b, self.self_b))
+        for z, offs, dims, own in sides:
             for o, d, m in zip(offs, dims, own):
                 zi = z[:, o : o + d]
                 m.addmm_(zi.T, zi)
@@ -536,7 +537,8 @@ def compare(
     try:
         it = iter(data)
     except TypeError:
-        raise TypeError(f"data must be an iterable of batches (a DataLoader, a list), got {type(data).__name__}") from None
+        raise TypeError(f"data must be an iterable of batches (a DataLoader, a list), got "
+                        f"{type(data).__name__}") from None
     one_model = model_b is None or model_b is model_a
     mb = model_a if one_model else model_b
     pick = _default_input if input_fn is None else input_fn
@@ -723,7 +725,8 @@ def _memory_error(widths_a, widths_b, names_a, names_b, unbiased, same, dev, max
                                          key=lambda t: t[2][t[4]])
     p, name = widths[i], names[i]
     share = 8 * (1 + p + u) * ((1 + p + u) + sum(1 + q + u for q in others))  # its own moment and its cross blocks
-    where = f"{_fmt_bytes(limit)} (max_memory)" if max_memory is not None else f"{_fmt_bytes(limit)} (half the free memory of {dev})"
+    why = "max_memory" if max_memory is not None else f"half the free memory of {dev}"
+    where = f"{_fmt_bytes(limit)} ({why})"
     return (f"{side}: layer {name!r} gives {p:,} features per example (reduce={_reduce_text(reduce)!r}); the exact "
             f"estimator keeps float64 moments of size width², {_fmt_bytes(share)} for this layer and "
             f"{_fmt_bytes(need)} for all the layers, more than {where}. Two ways out: reduce= to fewer features "

@@ -220,7 +220,8 @@ def test_errors_come_before_any_accumulation_and_name_the_problem(monkeypatch):
     mod = importlib.import_module("fastcka.compare")  # the submodule (the package attribute is the function)
     with monkeypatch.context() as mp:
         mp.setattr(mod, "_free_bytes", lambda device: 2000)  # the default limit: half the device's free memory
-        with pytest.raises(ValueError, match=r"1\.5 KiB for all the layers, more than 1000 B \(half the free memory of cpu\)"):
+        msg = r"1\.5 KiB for all the layers, more than 1000 B \(half the free memory of cpu\)"
+        with pytest.raises(ValueError, match=msg):
             fastcka.compare(m, None, data, layers_a=["l1", "l2"], progress=False)
     with pytest.raises(ValueError, match="exact estimator is linear only"):
         fastcka.compare(m, None, data, layers_a=["l1"], kernel="rbf", progress=False)
