@@ -87,5 +87,49 @@ gpu-check:
 	@echo "gpu-check: tests exit code $$(cat $(GPU_OUT)/tests.rc); results in $(GPU_OUT)/"
 	test "$$(cat $(GPU_OUT)/tests.rc)" = 0
 
+# --- packaging checks (issue 22) ----------------------------------------------------------------------------------
+# wheel:       the sdist from the tracked files, then ONE wheel built from that sdist against .venv's torch 2.13.0
+# wheel-check: that wheel in a fresh venv with only its core dependencies (torch pinned to the local 2.13.0 wheel):
+#              metadata, package data, `fastcka --version`, and `fastcka grok --p 11 --max-steps 60` to a summary and
+#              a PNG (.ci/check_wheel.py)
+# abi-check:   the same wheel under torch 2.14.1 (the CUDA build of $(CUDA_VENV), run on the CPU; needs make
+#              cuda-check first): the stable-ABI promise. The op test files run there; their slowest numeric cases
+#              (minutes on 2 cores, the same binary and math as under 2.13) are left to make test.
+PKG := build-pkg
+WHEEL_STAMP := $(PKG)/.wheel-built
+ABI_TESTS := test_registration.py test_linear.py test_kernel_hsic.py test_center_gram.py test_cka_matrix.py \
+  test_frequency.py test_input_handling.py test_autocast.py
+ABI_SKIP := not attention_sink and not outlier_rows and not 2048 and not 3000
+
+.PHONY: wheel wheel-check abi-check
+
+$(WHEEL_STAMP): $(STAMP) $(SOURCES) MANIFEST.in $(shell git ls-files fastcka docs/study/grid.toml)
+	rm -rf $(PKG) && mkdir -p $(PKG)/src $(PKG)/dist
+	git ls-files -z | xargs -0 tar -cf - | tar -xf - -C $(PKG)/src
+	cd $(PKG)/src && ../../$(PY) -c "from setuptools import build_meta as b; print('sdist:', b.build_sdist('../dist'))" \
+	  > ../sdist.log 2>&1 || (tail -20 ../sdist.log; exit 1)
+	MAX_JOBS=$${MAX_JOBS:-2} $(PIP) wheel --no-build-isolation --no-deps -w $(PKG)/dist $(PKG)/dist/fastcka-*.tar.gz \
+	  > $(PKG)/wheel.log 2>&1 || (tail -40 $(PKG)/wheel.log; exit 1)
+	ls $(PKG)/dist
+	touch $@
+
+wheel: $(WHEEL_STAMP)
+
+wheel-check: $(WHEEL_STAMP)
+	rm -rf $(PKG)/venv $(PKG)/runs && $(PYTHON) -m venv $(PKG)/venv
+	$(PKG)/venv/bin/pip -q --disable-pip-version-check install --no-compile torch==2.13.0 $(PKG)/dist/fastcka-*.whl \
+	  > $(PKG)/venv.log 2>&1 || (tail -20 $(PKG)/venv.log; exit 1)
+	cd $(PKG) && venv/bin/python ../.ci/check_wheel.py
+
+abi-check: $(WHEEL_STAMP)
+	@test -x $(CUDA_VENV)/bin/python || (echo "abi-check: $(CUDA_VENV) is missing, run make cuda-check first"; exit 1)
+	rm -rf $(PKG)/abi && mkdir -p $(PKG)/abi && git ls-files -z tests | xargs -0 tar -cf - | tar -xf - -C $(PKG)/abi
+	$(CUDA_VENV)/bin/pip -q --disable-pip-version-check install --no-deps --target $(PKG)/abi/site $(PKG)/dist/fastcka-*.whl
+	cd $(PKG)/abi/tests && PYTHONPATH=../site ../../../$(CUDA_VENV)/bin/python -c "import torch, fastcka; \
+	  assert torch.__version__.startswith('2.14.1'), torch.__version__; assert '/abi/site/' in fastcka.__file__; \
+	  print('torch', torch.__version__, '| fastcka', fastcka.__version__, 'from', fastcka.__file__)"
+	cd $(PKG)/abi/tests && PYTHONPATH=../site ../../../$(CUDA_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+	  -o addopts="" -k "$(ABI_SKIP)" $(ABI_TESTS)
+
 clean:
-	rm -rf build $(CUDA_SRC) fastcka/_C*.so *.egg-info build.log build-cuda.log build-emu build-emu.log $(GPU_OUT)
+	rm -rf build $(PKG) $(CUDA_SRC) fastcka/_C*.so *.egg-info build.log build-cuda.log build-emu build-emu.log $(GPU_OUT)
