@@ -303,6 +303,19 @@ def test_frequency_spectrum_backward(ops, p, grid):
     close(ops._frequency_spectrum_backward(g, x, 1), xr.grad, rtol=1e-10)
 
 
+# --- argument checks of the backward ops (they used to read a short or float32 grad out of bounds) -------------------
+@pytest.mark.parametrize("bad", [torch.ones(2, dtype=torch.float64), torch.ones(3, dtype=torch.float32)])
+def test_backward_ops_check_grad(ops, bad):
+    x, y = correlated_pair(8, 3, 2, seed=1)
+    gamma = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="grad must be a float64 tensor of 3 entries"):
+        ops._linear_hsic_backward(bad, x, y, False, 0)
+    with pytest.raises(RuntimeError, match="grad must be a float64 tensor of 3 entries"):
+        ops._kernel_hsic_backward(bad, x, y, gamma, 1, 1, False)
+    with pytest.raises(RuntimeError, match="grad must be a float64 tensor of 4 entries"):  # p = 7: h = 4
+        ops._frequency_spectrum_backward(bad, randn(7, 2, seed=1), 1)
+
+
 # --- the emulation itself, and the shared block reductions at block sizes the ops never launch -----------------------
 @pytest.mark.parametrize("threads", [1, 7, 31, 32, 33, 100, 256, 1024])
 def test_block_sum_and_max_at_any_block_size(emu, threads):

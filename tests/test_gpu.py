@@ -74,3 +74,20 @@ def test_float32_products_ignore_global_tf32(tf32_on, method):
     assert abs(got - ref) <= 2e-5 * abs(ref)
     grams = fastcka.cka_matrix([x.float().cuda()] * 2, [y.float().cuda()])
     assert abs(grams[0, 0].item() - ref) <= 2e-5 * abs(ref)
+
+
+def test_raw_ops_refuse_arguments_on_another_device():
+    """The dispatcher picks the CUDA kernel when any argument is on CUDA: y or grad on the CPU must be refused, not
+    read through a host pointer on the device."""
+    x, y = correlated_pair(40, 4, 3, seed=2, device="cuda")
+    gamma = torch.tensor([0.5, 0.5], dtype=torch.float64, device="cuda")
+    grad = torch.ones(3, dtype=torch.float64)
+    ops = torch.ops.fastcka
+    with pytest.raises(RuntimeError, match="y must be on the same device as x"):
+        ops.linear_hsic(x, y.cpu(), False, 0)
+    with pytest.raises(RuntimeError, match="y must be on the same device as x"):
+        ops.kernel_hsic(x, y.cpu(), gamma, 1, 1, False)
+    with pytest.raises(RuntimeError, match="grad must be on the same device as x"):
+        ops._linear_hsic_backward(grad, x, y, False, 0)
+    with pytest.raises(RuntimeError, match="grad must be on the same device as x"):
+        ops._kernel_hsic_backward(grad, x, y, gamma, 1, 1, False)

@@ -64,6 +64,7 @@ Tensor frequency_spectrum_backward(const Tensor& grad, const Tensor& x_, int64_t
   (void)method;  // the gradient always uses the basis: the transpose of a real DFT is another GEMM
   const Tensor x = as_contiguous(x_);
   const SpectrumParams s = spectrum_params(x, "fastcka::_frequency_spectrum_backward");
+  check_grad(grad, x, s.ndim == 1 ? s.h : s.h * s.h, "fastcka::_frequency_spectrum_backward");
   const Tensor basis = D::fourier_basis(x, s.p);
   const Tensor df = D::spectrum_fold_backward(spectrum_project_matmul<D>(x, s, basis), as_contiguous(grad), s);
   const Tensor bt = transposed(basis);                                        // (p, 2h)

@@ -131,6 +131,7 @@ inline PassOutput zeroed_pass_output(const Tensor& like, int64_t n) {
 inline void check_kernel_inputs(const Tensor& x, const Tensor& y, bool unbiased, const char* op) {
   check_matrix(x, op, "x");
   check_matrix(y, op, "y");
+  check_on_device_of(y, x, op, "y");
   STD_TORCH_CHECK(x.size(0) == y.size(0), op, ": x and y must have the same number of rows");
   STD_TORCH_CHECK(x.scalar_type() == y.scalar_type(), op, ": x and y must have the same dtype");
   STD_TORCH_CHECK(x.size(0) >= (unbiased ? 4 : 2), op, ": too few examples (n >= 2, n >= 4 unbiased)");
@@ -175,6 +176,7 @@ template <class D>
 std::tuple<Tensor, Tensor> kernel_hsic_backward(const Tensor& grad, const Tensor& x_, const Tensor& y_,
                                                 const Tensor& gamma_, int64_t kx, int64_t ky, bool unbiased) {
   check_kernel_inputs(x_, y_, unbiased, "fastcka::_kernel_hsic_backward");
+  check_grad(grad, x_, 3, "fastcka::_kernel_hsic_backward");
   check_kernel_args(x_, gamma_, kx, ky, "fastcka::_kernel_hsic_backward");
   const Tensor gamma = as_contiguous(gamma_);
   const ScaledRows a = D::scale_rows(as_contiguous(x_)), b = D::scale_rows(as_contiguous(y_));

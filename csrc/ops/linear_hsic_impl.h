@@ -18,6 +18,7 @@ struct LinearPrepared {
 inline void check_linear_inputs(const Tensor& x, const Tensor& y, bool unbiased, const char* op) {
   check_matrix(x, op, "x");
   check_matrix(y, op, "y");
+  check_on_device_of(y, x, op, "y");
   STD_TORCH_CHECK(x.size(0) == y.size(0), op, ": x and y must have the same number of rows");
   STD_TORCH_CHECK(x.scalar_type() == y.scalar_type(), op, ": x and y must have the same dtype");
   STD_TORCH_CHECK(x.size(0) >= (unbiased ? 4 : 2), op, ": too few examples (n >= 2, n >= 4 unbiased)");
@@ -77,6 +78,7 @@ template <class D>
 std::tuple<Tensor, Tensor> linear_hsic_backward(const Tensor& grad, const Tensor& x, const Tensor& y, bool unbiased,
                                                 int64_t method) {
   check_linear_inputs(x, y, unbiased, "fastcka::_linear_hsic_backward");
+  check_grad(grad, x, 3, "fastcka::_linear_hsic_backward");
   LinearPrepared s = linear_prepare<D>(x, y, unbiased, method);
   const Tensor g = as_contiguous(grad);
   Tensor ax, bx, ay, by;  // A = (other Gram)·Xc, B = (own Gram)·Xc, in the cheaper association order

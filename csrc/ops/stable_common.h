@@ -56,6 +56,19 @@ inline void check_matrix(const Tensor& t, const char* op, const char* arg) {
   STD_TORCH_CHECK(t.dim() == 2, op, ": ", arg, " must be 2-D (n, features)");
 }
 
+// A tensor argument besides x lives on x's device: the dispatcher picks the kernel from every tensor argument, so a
+// CUDA kernel would otherwise be handed a CPU pointer (or the CPU kernel a device one).
+inline void check_on_device_of(const Tensor& t, const Tensor& x, const char* op, const char* arg) {
+  STD_TORCH_CHECK(t.device() == x.device(), op, ": ", arg, " must be on the same device as x");
+}
+
+// The gradient a backward op receives for its float64 output of `numel` entries, on x's device.
+inline void check_grad(const Tensor& grad, const Tensor& x, int64_t numel, const char* op) {
+  STD_TORCH_CHECK(grad.scalar_type() == ScalarType::Double && grad.numel() == numel, op,
+                  ": grad must be a float64 tensor of ", numel, " entries");
+  check_on_device_of(grad, x, op, "grad");
+}
+
 }  // namespace fastcka
 
 namespace fastcka {
