@@ -17,7 +17,7 @@ Numerically exact where the notebook is not, by transforms that leave CKA and HS
 * for CKA only (scale-invariant in each Gram): the centred Gram is divided by its largest |entry| before the
   inner products, so they neither overflow nor underflow; with the unbiased estimator (the diagonal is zeroed) the
   RBF Gram is multiplied by exp(γ·d_min), d_min the smallest off-diagonal distance, so a nearly diagonal kernel
-  (small σ) does not underflow; and for a vanishing γ (log γ < −200) the Gram is −d, K − 1 divided by γ.
+  (small σ) does not underflow; and for a vanishing γ·d (log(γ·max d) < −200) the Gram is −d, K − 1 divided by γ.
 
 The CKA-0 rule (fastcka.functional docs): a representation whose centred Gram is zero (all rows equal, or an RBF
 median of 0, i.e. more than half of the n² pairs identical, which makes γ = 0 and K constant) has CKA 0.
@@ -34,8 +34,8 @@ import torch
 Tensor = torch.Tensor
 F64 = torch.float64
 
-# below this log γ the RBF Gram's K − 1 = −γd to the precision of float64 (relative error γd/2 < 1e-80 for any
-# distance a float64 can hold), so the scale-free Gram for CKA is −d
+# below this log(γ·max d) the RBF Gram's K − 1 = −γd to the precision of float64 (relative error γd/2 < 1e-80),
+# so the scale-free Gram for CKA is −d (γ itself may underflow: threshold 1e200)
 _LOG_GAMMA_LINEAR_LIMIT = -200.0
 
 
@@ -78,29 +78,30 @@ def gram_linear(x: Tensor, dtype: torch.dtype = F64) -> Tensor:
 
 
 def gram_rbf(x: Tensor, sigma: Optional[float] = None, threshold: float = 1.0, dtype: torch.dtype = F64,
-             unbiased: bool = False, scale_free: bool = False) -> Tensor:
+             unbiased: bool = False, scale_free: bool = False, d_min: Optional[float] = None) -> Tensor:
     """A Gram with the same centring as the notebook's `gram_rbf` K = exp(−d/(2σ²)): K itself, or K − 1 (large σ),
     chosen by which has the smaller off-diagonal mean. ``scale_free`` (CKA only) allows a positive multiple of it
-    (see the module docstring); without it the scale is HSIC's."""
+    (see the module docstring); without it the scale is HSIC's. ``d_min`` replaces the smallest off-diagonal
+    distance of the unbiased scale-free form (minibatch CKA: one factor for all batches)."""
     d = sq_dists(x, dtype)
     lg = log_gamma(x, sigma, threshold, dtype)
     n = d.shape[0]
     off = ~torch.eye(n, dtype=torch.bool)
     if lg == -math.inf:
         return torch.zeros_like(d)
-    if scale_free and lg < _LOG_GAMMA_LINEAR_LIMIT:
+    d_max = float(d.detach().max()) if n > 1 else 0.0
+    if scale_free and d_max > 0 and lg + math.log(d_max) < _LOG_GAMMA_LINEAR_LIMIT:
         return -d
     gamma = math.exp(lg) if lg < 700 else math.inf
     same = d.detach() == 0  # identical rows (the diagonal included): K = 1, K − 1 = 0 whatever γ (γ·0 is nan at γ = inf)
     if scale_free and unbiased and n > 1:
         # × exp(γ·d_min) on the off-diagonal (d_min a constant: the function, hence its gradient, is unchanged);
         # the diagonal, which the U-centring zeroes, stays at K = 1
-        d = d - d.detach()[off].min()
+        d = d - (d.detach()[off].min() if d_min is None else d_min)
     arg = torch.where(same, torch.zeros_like(d), -gamma * torch.where(same, torch.ones_like(d), d))
-    km1 = torch.expm1(arg)
-    k = km1 + 1.0
+    k = torch.exp(arg)  # (not expm1 + 1: that rounds entries below 1e-16 to 0)
     use_m1 = bool(k.detach()[off].mean() >= 0.5) if n > 1 else True
-    return km1 if use_m1 else k
+    return torch.expm1(arg) if use_m1 else k
 
 
 def center_gram(gram: Tensor, unbiased: bool = False) -> Tensor:
@@ -159,8 +160,24 @@ def hsic_terms(x: Tensor, y: Tensor, kernel: str = "linear", unbiased: bool = Fa
 
 def minibatch_cka(xs, ys, kernel: str = "linear", sigma=None, dtype: torch.dtype = F64) -> Tensor:
     """Nguyen et al.'s minibatch CKA: Σ_b HSIC₁(K_b,L_b) / √(Σ_b HSIC₁(K_b,K_b)·Σ_b HSIC₁(L_b,L_b)); 0 when a sum is
-    not positive."""
-    tot = sum(hsic_terms(x, y, kernel, True, sigma, dtype=dtype) for x, y in zip(xs, ys))
+    not positive. With σ given, each side's RBF Grams are scaled by one factor for all batches (exp(γ·d_min), d_min
+    over every batch), which leaves the ratio unchanged and keeps a nearly diagonal kernel from underflowing."""
+    sx, sy = sigma if isinstance(sigma, (tuple, list)) else (sigma, sigma)
+
+    def grams(zs, s):
+        if kernel == "linear":
+            return [gram_linear(z, dtype) for z in zs]
+        if s is None:
+            return [gram_rbf(z, None, 1.0, dtype, True) for z in zs]
+        off = [sq_dists(z, dtype)[~torch.eye(z.shape[0], dtype=torch.bool)] for z in zs]
+        d_min = min(float(o.min()) for o in off)
+        return [gram_rbf(z, s, 1.0, dtype, True, scale_free=True, d_min=d_min) for z in zs]
+
+    tot = torch.zeros(3, dtype=dtype)
+    for gx, gy in zip(grams(xs, sx), grams(ys, sy)):
+        kc, lc = center_gram(gx, True), center_gram(gy, True)
+        n = kc.shape[0]
+        tot = tot + torch.stack([(kc * lc).sum(), (kc * kc).sum(), (lc * lc).sum()]) / (n * (n - 3))
     if tot[1] * tot[2] <= 0:
         return torch.zeros((), dtype=dtype)
     return tot[0] / (tot[1] * tot[2]).sqrt()
