@@ -128,15 +128,6 @@ inline PassOutput zeroed_pass_output(const Tensor& like, int64_t n) {
   return o;
 }
 
-inline void check_kernel_inputs(const Tensor& x, const Tensor& y, bool unbiased, const char* op) {
-  check_matrix(x, op, "x");
-  check_matrix(y, op, "y");
-  check_on_device_of(y, x, op, "y");
-  STD_TORCH_CHECK(x.size(0) == y.size(0), op, ": x and y must have the same number of rows");
-  STD_TORCH_CHECK(x.scalar_type() == y.scalar_type(), op, ": x and y must have the same dtype");
-  STD_TORCH_CHECK(x.size(0) >= (unbiased ? 4 : 2), op, ": too few examples (n >= 2, n >= 4 unbiased)");
-}
-
 // gamma is read per side (gamma[0] for x, gamma[1] for y): anything else would read out of bounds.
 inline void check_kernel_args(const Tensor& x, const Tensor& gamma, int64_t kx, int64_t ky, const char* op) {
   STD_TORCH_CHECK(gamma.dim() == 1 && gamma.numel() == 2 && gamma.scalar_type() == ScalarType::Double, op,
@@ -148,7 +139,7 @@ inline void check_kernel_args(const Tensor& x, const Tensor& gamma, int64_t kx, 
 
 template <class D>
 Tensor kernel_hsic(const Tensor& x_, const Tensor& y_, const Tensor& gamma_, int64_t kx, int64_t ky, bool unbiased) {
-  check_kernel_inputs(x_, y_, unbiased, "fastcka::kernel_hsic");
+  check_pair_inputs(x_, y_, unbiased, "fastcka::kernel_hsic");
   check_kernel_args(x_, gamma_, kx, ky, "fastcka::kernel_hsic");
   const Tensor gamma = as_contiguous(gamma_);
   const ScaledRows a = D::scale_rows(as_contiguous(x_)), b = D::scale_rows(as_contiguous(y_));
@@ -175,7 +166,7 @@ Tensor kernel_hsic(const Tensor& x_, const Tensor& y_, const Tensor& gamma_, int
 template <class D>
 std::tuple<Tensor, Tensor> kernel_hsic_backward(const Tensor& grad, const Tensor& x_, const Tensor& y_,
                                                 const Tensor& gamma_, int64_t kx, int64_t ky, bool unbiased) {
-  check_kernel_inputs(x_, y_, unbiased, "fastcka::_kernel_hsic_backward");
+  check_pair_inputs(x_, y_, unbiased, "fastcka::_kernel_hsic_backward");
   check_grad(grad, x_, 3, "fastcka::_kernel_hsic_backward");
   check_kernel_args(x_, gamma_, kx, ky, "fastcka::_kernel_hsic_backward");
   const Tensor gamma = as_contiguous(gamma_);

@@ -15,15 +15,6 @@ struct LinearPrepared {
   bool sample;
 };
 
-inline void check_linear_inputs(const Tensor& x, const Tensor& y, bool unbiased, const char* op) {
-  check_matrix(x, op, "x");
-  check_matrix(y, op, "y");
-  check_on_device_of(y, x, op, "y");
-  STD_TORCH_CHECK(x.size(0) == y.size(0), op, ": x and y must have the same number of rows");
-  STD_TORCH_CHECK(x.scalar_type() == y.scalar_type(), op, ": x and y must have the same dtype");
-  STD_TORCH_CHECK(x.size(0) >= (unbiased ? 4 : 2), op, ": too few examples (n >= 2, n >= 4 unbiased)");
-}
-
 // Centre and normalise both sides, fill the row-norm moments the unbiased estimator needs.
 template <class D>
 LinearPrepared linear_prepare(const Tensor& x_, const Tensor& y_, bool unbiased, int64_t method) {
@@ -54,7 +45,7 @@ LinearPrepared linear_prepare(const Tensor& x_, const Tensor& y_, bool unbiased,
 
 template <class D>
 Tensor linear_hsic(const Tensor& x, const Tensor& y, bool unbiased, int64_t method) {
-  check_linear_inputs(x, y, unbiased, "fastcka::linear_hsic");
+  check_pair_inputs(x, y, unbiased, "fastcka::linear_hsic");
   LinearPrepared s = linear_prepare<D>(x, y, unbiased, method);
   if (s.sample) {
     const Tensor k = mm(s.xc, transposed(s.xc)), l = mm(s.yc, transposed(s.yc));
@@ -77,7 +68,7 @@ Tensor linear_hsic(const Tensor& x, const Tensor& y, bool unbiased, int64_t meth
 template <class D>
 std::tuple<Tensor, Tensor> linear_hsic_backward(const Tensor& grad, const Tensor& x, const Tensor& y, bool unbiased,
                                                 int64_t method) {
-  check_linear_inputs(x, y, unbiased, "fastcka::_linear_hsic_backward");
+  check_pair_inputs(x, y, unbiased, "fastcka::_linear_hsic_backward");
   check_grad(grad, x, 3, "fastcka::_linear_hsic_backward");
   LinearPrepared s = linear_prepare<D>(x, y, unbiased, method);
   const Tensor g = as_contiguous(grad);
@@ -118,8 +109,8 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
   const bool symmetric = ys_in.empty();
   const std::vector<Tensor>& ys = symmetric ? xs : ys_in;
   const int64_t L = static_cast<int64_t>(xs.size()), M = static_cast<int64_t>(ys.size()), n = xs[0].size(0);
-  for (const Tensor& t : xs) check_linear_inputs(t, xs[0], unbiased, "fastcka::linear_hsic_matrix");
-  for (const Tensor& t : ys) check_linear_inputs(t, xs[0], unbiased, "fastcka::linear_hsic_matrix");
+  for (const Tensor& t : xs) check_pair_inputs(t, xs[0], unbiased, "fastcka::linear_hsic_matrix");
+  for (const Tensor& t : ys) check_pair_inputs(t, xs[0], unbiased, "fastcka::linear_hsic_matrix");
   // Per layer: a moment row whose scale and row-norm slots describe that layer alone.
   auto prepare = [&](const std::vector<Tensor>& zs, std::vector<Tensor>& zc, std::vector<Tensor>& dz, Tensor& mom) {
     mom = zeros_f64(zs[0], static_cast<int64_t>(zs.size()) * kNumLinearMoments);

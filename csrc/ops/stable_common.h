@@ -62,6 +62,16 @@ inline void check_on_device_of(const Tensor& t, const Tensor& x, const char* op,
   STD_TORCH_CHECK(t.device() == x.device(), op, ": ", arg, " must be on the same device as x");
 }
 
+// The (x, y) pair of an HSIC op: matrices with the same rows, dtype and device, enough rows for the estimator.
+inline void check_pair_inputs(const Tensor& x, const Tensor& y, bool unbiased, const char* op) {
+  check_matrix(x, op, "x");
+  check_matrix(y, op, "y");
+  check_on_device_of(y, x, op, "y");
+  STD_TORCH_CHECK(x.size(0) == y.size(0), op, ": x and y must have the same number of rows");
+  STD_TORCH_CHECK(x.scalar_type() == y.scalar_type(), op, ": x and y must have the same dtype");
+  STD_TORCH_CHECK(x.size(0) >= (unbiased ? 4 : 2), op, ": too few examples (n >= 2, n >= 4 unbiased)");
+}
+
 // The gradient a backward op receives for its float64 output of `numel` entries, on x's device.
 inline void check_grad(const Tensor& grad, const Tensor& x, int64_t numel, const char* op) {
   STD_TORCH_CHECK(grad.scalar_type() == ScalarType::Double && grad.numel() == numel, op,
