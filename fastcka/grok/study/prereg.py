@@ -149,7 +149,7 @@ def _checkpointed(out: Path) -> tuple[int, list[dict]]:
         return 0, []
     import torch
 
-    state = torch.load(path, weights_only=False, map_location="cpu")
+    state = torch.load(path, weights_only=True, map_location="cpu")
     return state["step"], [{c: r[c] for c in CALIBRATION_COLUMNS} for r in state["rows"]]
 
 
@@ -332,7 +332,7 @@ def restore_checkpoints(resume_dir: Path = RESUME_DIR) -> list[Path]:
     for kind, root in (("calibration", CALIBRATION_CKPT), ("runs", RUNS_CKPT)):
         for src in sorted((resume_dir / kind).iterdir()) if (resume_dir / kind).exists() else []:
             dst = root / src.name
-            step = lambda d: torch.load(d / "checkpoint.pt", weights_only=False, map_location="cpu")["step"]  # noqa: E731
+            step = lambda d: torch.load(d / "checkpoint.pt", weights_only=True, map_location="cpu")["step"]  # noqa: E731
             if (dst / "checkpoint.pt").exists() and step(dst) >= step(src):
                 continue
             dst.mkdir(parents=True, exist_ok=True)
