@@ -114,3 +114,21 @@ def test_import_is_light_and_submodules_are_reachable():
             "else:\n    raise SystemExit('no AttributeError')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_every_load_in_the_package_is_weights_only():
+    """Whatever fastcka reads back (checkpoints, saved states, results) is JSON or torch.load(weights_only=True): no
+    call may unpickle code (the --resume test proves the refusal end to end)."""
+    bad = []
+    for path in (ROOT / "fastcka").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            f = ast.unparse(node.func)
+            if f == "torch.load":
+                kw = {k.arg: k.value for k in node.keywords}
+                if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            elif f in ("pickle.load", "pickle.loads", "pickle.Unpickler", "marshal.loads", "dill.load"):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} ({f})")
+    assert not bad, f"loads that may run code: {bad}"
