@@ -132,3 +132,15 @@ def test_every_load_in_the_package_is_weights_only():
             elif f in ("pickle.load", "pickle.loads", "pickle.Unpickler", "marshal.loads", "dill.load"):
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} ({f})")
     assert not bad, f"loads that may run code: {bad}"
+
+
+@pytest.mark.parametrize("module, blocked, extra", [
+    ("fastcka.integrations.torchmetrics", "torchmetrics", "fastcka[torchmetrics]"),
+    ("fastcka.integrations.lightning", "lightning", "fastcka[lightning]"),
+    ("fastcka.integrations.hf", "transformers", "fastcka[hf]"),
+])
+def test_an_integration_without_its_package_names_the_extra(module, blocked, extra):
+    code = (f"import sys\nfor m in {[blocked, 'pytorch_lightning']!r}:\n    sys.modules[m] = None  # as if not installed\n"
+            f"try:\n    import {module}\nexcept ImportError as e:\n    print(e)\nelse:\n    raise SystemExit('imported')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0 and extra in res.stdout, res.stdout + res.stderr[-1500:]

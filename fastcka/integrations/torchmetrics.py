@@ -32,7 +32,11 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
-from torchmetrics import Metric
+
+try:
+    from torchmetrics import Metric
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("fastcka.integrations.torchmetrics needs torchmetrics: pip install fastcka[torchmetrics]") from e
 
 from fastcka._validation import check_flag, renamed_options, warn_renamed
 from fastcka.streaming import _STATE_VERSION, LinearCKA, _block_indicator, _moment_update
