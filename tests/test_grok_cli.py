@@ -13,7 +13,7 @@ import torch
 import fastcka
 from fastcka.cli import EXIT_DIVERGED, main
 from fastcka.grok.detect import DetectorConfig
-from fastcka.grok.train import TrainConfig, divergence, read_log
+from fastcka.grok.train import TrainConfig, divergence, format_report, read_log
 
 TINY = ["--p", "11", "--train-frac", "0.5", "--d-model", "32", "--n-heads", "2", "--d-mlp", "64", "--every", "10",
         "--threads", "1", "--device", "cpu", "--quiet"]
@@ -296,3 +296,16 @@ def test_every_numeric_flag_fails_cleanly(tmp_path, capsys, monkeypatch):
             assert rc in (0, 2), (flag, v, rc, err)
             if rc == 2:
                 _one_line_error(err, flag)
+
+
+def test_divergence_after_the_last_logged_row_is_reported_on_ctrl_c(tmp_path):
+    """A run stopped by Ctrl-C between two logged rows, after its loss went non-finite, still says it diverged."""
+    import signal
+
+    from fastcka.grok.train import train
+
+    cfg = TrainConfig(p=11, train_frac=0.5, d_model=32, n_heads=2, d_mlp=64, every=10, threads=1, device="cpu",
+                      progress=False, max_steps=60, lr=1e30, out=str(tmp_path / "r"))
+    summary = train(cfg, callback=lambda step: os.kill(os.getpid(), signal.SIGINT) if step == 4 else None)
+    assert summary["interrupted"] and summary["steps"] == 4
+    assert summary["diverged"]["step"] == 1 and "DIVERGED" in format_report(summary)

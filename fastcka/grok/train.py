@@ -457,6 +457,8 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Optional[Callable[[i
             if callback is not None:
                 callback(step)
     bar.close()
+    if diverged is None and rows and int(bad_step) >= 0:  # went bad after the last logged row (a Ctrl-C stop)
+        diverged = divergence(int(bad_step), float(bad_loss), rows[-1], cfg.force_cka > 0)
     wall = time.perf_counter() - t0
     save_checkpoint(ckpt_path, cfg, step, model, opt, rows, loss_max, diverged)
     write_log(out, rows)
@@ -483,7 +485,8 @@ def format_report(s: dict) -> str:
              f"{c['weight_decay']:g}{', force-cka ' + format(c['force_cka'], 'g') if c['force_cka'] else ''}"
              f"{', adam-eps ' + format(c['adam_eps'], 'g') if c.get('adam_eps', TrainConfig.adam_eps) != TrainConfig.adam_eps else ''}",
              f"  {s['steps']} steps, {s['wall_s']:.0f} s this session ({rate}, {s['device']}, {s['threads']} threads)"]
-    if not s["interrupted"] and s["grok_step"] is not None and 0 <= c["stop_after_grok"] and s["steps"] < c["max_steps"]:
+    if (not s["interrupted"] and not s.get("diverged") and s["grok_step"] is not None and 0 <= c["stop_after_grok"]
+            and s["steps"] < c["max_steps"]):
         lines.append(f"  stopped {c['stop_after_grok']} steps after the grok step (--stop-after-grok)")
     if s["interrupted"]:
         lines.append(f"  interrupted at step {s['steps']}: continue with  fastcka grok --resume {c['out']}")
