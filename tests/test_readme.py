@@ -2,12 +2,14 @@
 
 Every ```python block of README.md runs, in order, in one namespace (as a reader pasting them into one session
 would), in a scratch directory. A block may be skipped only when it needs a GPU or several processes, and must say
-so on the line right above its fence: ``<!-- readme-test: skip (needs a GPU) -->``.
+so on the line right above its fence: ``<!-- readme-test: skip (needs a GPU) -->``. An example that uses a deprecated
+name (a DeprecationWarning raised at the README's own line) fails as well.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -43,12 +45,15 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert blocks, "README.md has no ```python blocks"
     monkeypatch.chdir(tmp_path)  # examples may write files (a CSV log, a PNG)
     namespace: dict = {"__name__": "__readme__"}
-    for line, code, skip in blocks:
-        if skip is not None:
-            assert ALLOWED_SKIP.search(skip), f"README.md:{line}: a block may be skipped only for a GPU or several " \
-                                              f"processes, not {skip!r}"
-            continue
-        try:
-            exec(compile(code, f"README.md:{line}", "exec"), namespace)
-        except Exception as e:  # noqa: BLE001 - report which block failed, with the original traceback chained
-            pytest.fail(f"README.md: the python block at line {line} fails: {type(e).__name__}: {e}")
+    with warnings.catch_warnings():
+        # a deprecated name in an example (a DeprecationWarning attributed to the README's own code) fails too
+        warnings.filterwarnings("error", category=DeprecationWarning, module="__readme__")
+        for line, code, skip in blocks:
+            if skip is not None:
+                assert ALLOWED_SKIP.search(skip), f"README.md:{line}: a block may be skipped only for a GPU or " \
+                                                  f"several processes, not {skip!r}"
+                continue
+            try:
+                exec(compile(code, f"README.md:{line}", "exec"), namespace)
+            except Exception as e:  # noqa: BLE001 - say which block failed; the traceback is chained
+                pytest.fail(f"README.md: the python block at line {line} fails: {type(e).__name__}: {e}")
