@@ -232,11 +232,14 @@ def cka(
 def cka_from_terms(h: Tensor) -> Tensor:
     """h[..., 0] / √(h[..., 1]·h[..., 2]); 0 where the product is not positive, NaN where any term is NaN
     (no host sync: the branch is a `where`)."""
-    denom = h[..., 1] * h[..., 2]
-    pos = denom > 0
+    a, b = h[..., 1], h[..., 2]
+    pos = ((a > 0) & (b > 0)) | ((a < 0) & (b < 0))  # the product is positive
+    one = torch.ones_like(a)
+    # √|a|·√|b|, not √(a·b): the product of two float64 HSICs of 1e200 overflows (CKA came out −0 for −0.117)
+    denom = torch.sqrt(torch.where(pos, a.abs(), one)) * torch.sqrt(torch.where(pos, b.abs(), one))
     # 0·(sum) is 0 for finite terms and NaN as soon as one is NaN or infinite.
-    fallback = 0.0 * (denom + h[..., 0])
-    return torch.where(pos, h[..., 0] / torch.sqrt(torch.where(pos, denom, torch.ones_like(denom))), fallback)
+    fallback = 0.0 * (a + b + h[..., 0])
+    return torch.where(pos, h[..., 0] / denom, fallback)
 
 
 def cka_matrix(

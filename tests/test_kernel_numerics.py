@@ -188,3 +188,37 @@ def test_backends_on_clusters_and_duplicates(ops, dtype):
     sigma = R.rbf_sigma(x.double()).item()
     got = _op_cka(ops, x, y, sigma, False)
     assert got == pytest.approx(_ref_rbf_cka(x, y, sigma), abs=1e-9 if dtype == torch.float64 else 1e-5)
+
+
+# --- the CKA ratio and the degenerate representations (found by tests/test_fuzz.py) ------------------------------
+def test_cka_ratio_does_not_overflow():
+    """h_xx·h_yy overflows float64 at HSICs of ~1e154 and more; the ratio must not (−0 came out for −0.117)."""
+    torch.manual_seed(27)
+    x = torch.randn(6, 5, dtype=torch.float64)
+    y = torch.randn(6, 3, dtype=torch.float64)
+    for unbiased in (False, True):
+        want = fastcka.cka(x, y, unbiased=unbiased).item()
+        assert fastcka.cka(x * 1e60, y * 1e60, unbiased=unbiased).item() == pytest.approx(want, rel=1e-12)
+        h = torch.tensor([-7.7724e214, 6.6515e217, 6.6424e213], dtype=torch.float64)
+        assert fastcka.cka_from_terms(h).item() == pytest.approx(-7.7724e214 / (6.6515e217**0.5 * 6.6424e213**0.5))
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_rows_but_one_equal_give_a_debiased_cka_of_zero(kernel, dtype):
+    """The U-centred Gram of such a representation is exactly 0, so HSIC₁(K,K) = 0 and CKA takes its documented 0;
+    the terms cancel to rounding noise, whose ratio was 2.3 (cka) and 8.1 (LinearCKA)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 7, generator=g, dtype=torch.float64).repeat(12, 1)
+    x[5] = torch.randn(7, generator=g, dtype=torch.float64)
+    x = (x * 3.7 + 1.3).to(dtype)
+    y = torch.randn(12, 4, generator=g, dtype=torch.float64).to(dtype)
+    assert fastcka.hsic(x, x, kernel=kernel, unbiased=True).item() == 0.0
+    assert fastcka.cka(x, y, kernel=kernel, unbiased=True).item() == 0.0
+    if kernel == "linear":
+        from fastcka.streaming import LinearCKA
+
+        m = LinearCKA(unbiased=True)
+        m.update(x[:5], y[:5])
+        m.update(x[5:], y[5:])
+        assert m.compute().item() == 0.0

@@ -159,7 +159,7 @@ Tensor kernel_hsic(const Tensor& x_, const Tensor& y_, const Tensor& gamma_, int
   D::dot_into(o.rk, o.dk, o.m, kmRkDk);
   D::dot_into(o.rl, o.dl, o.m, kmRlDl);
   Tensor out = empty_like_shape(x_, {3}, ScalarType::Double);
-  D::kernel_combine(o.m, x_.size(0), unbiased, out);
+  D::kernel_combine(o.m, x_.size(0), unbiased, hsic_noise_coef(x_.scalar_type() == ScalarType::Double), out);
   return out;
 }
 

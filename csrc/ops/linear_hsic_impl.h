@@ -60,7 +60,8 @@ Tensor linear_hsic(const Tensor& x, const Tensor& y, bool unbiased, int64_t meth
     D::dot_into(gy, gy, s.m, kLL);
   }
   Tensor out = empty_like_shape(x, {3}, ScalarType::Double);
-  D::linear_combine(s.m, x.size(0), unbiased, out);
+  const bool both_double = x.scalar_type() == ScalarType::Double && y.scalar_type() == ScalarType::Double;
+  D::linear_combine(s.m, x.size(0), unbiased, hsic_noise_coef(both_double), out);
   return out;
 }
 
@@ -153,7 +154,8 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
         D::dot_into(c, c, m, kKL);
       }
       Tensor o = narrowed(out3, 0, k, 1);
-      D::linear_combine(m, n, unbiased, o);
+      const bool both_double = xs[i].scalar_type() == ScalarType::Double && ys[j].scalar_type() == ScalarType::Double;
+      D::linear_combine(m, n, unbiased, hsic_noise_coef(both_double), o);
       if (symmetric && j != i) {  // mirror
         Tensor mirror = narrowed(out3, 0, j * M + i, 1);
         torch::stable::copy_(mirror, o);

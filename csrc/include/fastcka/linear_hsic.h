@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "fastcka/macros.h"
+#include "fastcka/noise.h"
 
 namespace fastcka {
 
@@ -34,19 +35,20 @@ enum LinearMoment : int {
 // One HSIC from moments of kernels built on features scaled by sa and sb: the moments carry sa²·sb², divided out
 // one factor at a time so that the product of the scales never underflows.
 FASTCKA_HD double hsic_from_moments(double kl, double dadb, double tra, double trb, double sa, double sb, int64_t n,
-                                   bool unbiased) {
+                                   bool unbiased, double noise) {
   const double nd = static_cast<double>(n);
-  const double num = unbiased ? kl - nd / (nd - 2.0) * dadb + tra * trb / ((nd - 1.0) * (nd - 2.0)) : kl;
+  const double t1 = nd / (nd - 2.0) * dadb, t2 = tra * trb / ((nd - 1.0) * (nd - 2.0));
+  const double num = unbiased ? drop_noise(kl - t1 + t2, fabs(kl) + fabs(t1) + fabs(t2), noise) : kl;
   const double norm = unbiased ? nd * (nd - 3.0) : (nd - 1.0) * (nd - 1.0);
   return num / (sa * sa) / (sb * sb) / norm;
 }
 
-// out[0..2] = HSIC(K,L), HSIC(K,K), HSIC(L,L).
-FASTCKA_HD void linear_hsic_combine(const double* m, int64_t n, bool unbiased, double* out) {
+// out[0..2] = HSIC(K,L), HSIC(K,K), HSIC(L,L); noise: hsic_noise_coef of the inputs' precision (noise.h).
+FASTCKA_HD void linear_hsic_combine(const double* m, int64_t n, bool unbiased, double noise, double* out) {
   const double sx = m[kScaleX], sy = m[kScaleY];
-  out[0] = hsic_from_moments(m[kKL], m[kDkDl], m[kTrK], m[kTrL], sx, sy, n, unbiased);
-  out[1] = hsic_from_moments(m[kKK], m[kDkDk], m[kTrK], m[kTrK], sx, sx, n, unbiased);
-  out[2] = hsic_from_moments(m[kLL], m[kDlDl], m[kTrL], m[kTrL], sy, sy, n, unbiased);
+  out[0] = hsic_from_moments(m[kKL], m[kDkDl], m[kTrK], m[kTrL], sx, sy, n, unbiased, noise);
+  out[1] = hsic_from_moments(m[kKK], m[kDkDk], m[kTrK], m[kTrK], sx, sx, n, unbiased, noise);
+  out[2] = hsic_from_moments(m[kLL], m[kDlDl], m[kTrL], m[kTrL], sy, sy, n, unbiased, noise);
 }
 
 // Gradient of g·(HSIC(K,L), HSIC(K,K), HSIC(L,L)) with respect to the centred X side, as

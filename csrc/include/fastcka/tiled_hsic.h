@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "fastcka/macros.h"
+#include "fastcka/noise.h"
 
 namespace fastcka {
 
@@ -67,25 +68,30 @@ enum KernelMoment : int {
 // HSIC from the moments of a pair of kernels A, B (true units: every moment times its κ factors; ab, ra·rb, sa, sb
 // off-diagonal).
 FASTCKA_HD double kernel_hsic_from_moments(double ab, double rarb, double sa, double sb, double dadb, double ta,
-                                           double tb, double radb, double darb, int64_t n, bool unbiased) {
+                                           double tb, double radb, double darb, int64_t n, bool unbiased,
+                                           double noise) {
   const double nd = static_cast<double>(n);
-  if (unbiased) return (ab + sa * sb / ((nd - 1.0) * (nd - 2.0)) - 2.0 / (nd - 2.0) * rarb) / (nd * (nd - 3.0));
+  if (unbiased) {
+    const double t1 = sa * sb / ((nd - 1.0) * (nd - 2.0)), t2 = 2.0 / (nd - 2.0) * rarb;
+    return drop_noise(ab + t1 - t2, fabs(ab) + fabs(t1) + fabs(t2), noise) / (nd * (nd - 3.0));
+  }
   const double full_ab = ab + dadb, full_rr = rarb + radb + darb + dadb;  // (r_A + d_A)·(r_B + d_B)
-  return (full_ab - 2.0 / nd * full_rr + (sa + ta) * (sb + tb) / (nd * nd)) / ((nd - 1.0) * (nd - 1.0));
+  const double t1 = 2.0 / nd * full_rr, t2 = (sa + ta) * (sb + tb) / (nd * nd);
+  return drop_noise(full_ab - t1 + t2, fabs(full_ab) + fabs(t1) + fabs(t2), noise) / ((nd - 1.0) * (nd - 1.0));
 }
 
-// out[0..2] = HSIC(K,L), HSIC(K,K), HSIC(L,L).
-FASTCKA_HD void kernel_hsic_combine(const double* m, int64_t n, bool unbiased, double* out) {
+// out[0..2] = HSIC(K,L), HSIC(K,K), HSIC(L,L); noise: hsic_noise_coef of the inputs' precision (noise.h).
+FASTCKA_HD void kernel_hsic_combine(const double* m, int64_t n, bool unbiased, double noise, double* out) {
   const double kx = m[kmKappaX], ky = m[kmKappaY];
   out[0] = kernel_hsic_from_moments(m[kmKL] * kx * ky, m[kmRkRl] * kx * ky, m[kmSk] * kx, m[kmSl] * ky,
                                     m[kmDkDl] * kx * ky, m[kmTk] * kx, m[kmTl] * ky, m[kmRkDl] * kx * ky,
-                                    m[kmDkRl] * kx * ky, n, unbiased);
+                                    m[kmDkRl] * kx * ky, n, unbiased, noise);
   out[1] = kernel_hsic_from_moments(m[kmKK] * kx * kx, m[kmRkRk] * kx * kx, m[kmSk] * kx, m[kmSk] * kx,
                                     m[kmDkDk] * kx * kx, m[kmTk] * kx, m[kmTk] * kx, m[kmRkDk] * kx * kx,
-                                    m[kmRkDk] * kx * kx, n, unbiased);
+                                    m[kmRkDk] * kx * kx, n, unbiased, noise);
   out[2] = kernel_hsic_from_moments(m[kmLL] * ky * ky, m[kmRlRl] * ky * ky, m[kmSl] * ky, m[kmSl] * ky,
                                     m[kmDlDl] * ky * ky, m[kmTl] * ky, m[kmTl] * ky, m[kmRlDl] * ky * ky,
-                                    m[kmRlDl] * ky * ky, n, unbiased);
+                                    m[kmRlDl] * ky * ky, n, unbiased, noise);
 }
 
 // --- backward -------------------------------------------------------------------------------------------------------

@@ -101,8 +101,8 @@ struct CpuKernelHsic : CpuBackend {
     return t;
   }
 
-  static void kernel_combine(const Tensor& m, int64_t n, bool unbiased, Tensor& out) {
-    kernel_hsic_combine(m.const_data_ptr<double>(), n, unbiased, out.mutable_data_ptr<double>());
+  static void kernel_combine(const Tensor& m, int64_t n, bool unbiased, double noise, Tensor& out) {
+    kernel_hsic_combine(m.const_data_ptr<double>(), n, unbiased, noise, out.mutable_data_ptr<double>());
   }
 
   static PassOutput hsic_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky, const Tensor& gamma) {

@@ -182,8 +182,8 @@ inline Tensor row_sq(const Tensor& xc) {
   return out;
 }
 
-inline void linear_combine(const Tensor& m, int64_t n, bool unbiased, Tensor& out3) {
-  linear_hsic_combine(m.const_data_ptr<double>(), n, unbiased, out3.mutable_data_ptr<double>());
+inline void linear_combine(const Tensor& m, int64_t n, bool unbiased, double noise, Tensor& out3) {
+  linear_hsic_combine(m.const_data_ptr<double>(), n, unbiased, noise, out3.mutable_data_ptr<double>());
 }
 
 // ∂/∂X of g·HSIC-triple for one side: a·A' + b·B' + rᵢ·Xc', then projected by H (column-centred).
@@ -228,8 +228,8 @@ struct CpuBackend {
   static void dot_into(const Tensor& a, const Tensor& b, Tensor& m, int slot) { cpu::dot_into(a, b, m, slot); }
   static void sum_into(const Tensor& a, Tensor& m, int slot) { cpu::sum_into(a, m, slot); }
   static Tensor row_sq(const Tensor& xc) { return cpu::row_sq(xc); }
-  static void linear_combine(const Tensor& m, int64_t n, bool unbiased, Tensor& out3) {
-    cpu::linear_combine(m, n, unbiased, out3);
+  static void linear_combine(const Tensor& m, int64_t n, bool unbiased, double noise, Tensor& out3) {
+    cpu::linear_combine(m, n, unbiased, noise, out3);
   }
   static Tensor linear_grad_side(const Tensor& A, const Tensor& B, const Tensor& xc, const Tensor& d_own,
                                  const Tensor& d_other, const Tensor& g, const Tensor& m, bool x_side, int64_t n,

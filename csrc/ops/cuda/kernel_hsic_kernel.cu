@@ -399,7 +399,7 @@ struct CudaKernelHsic : CudaBackend {
     return torch::stable::to(t, like.device());
   }
 
-  static void kernel_combine(const Tensor& m, int64_t n, bool unbiased, Tensor& out);
+  static void kernel_combine(const Tensor& m, int64_t n, bool unbiased, double noise, Tensor& out);
 
   static PassOutput hsic_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky, const Tensor& gamma) {
     const int64_t n = a.xs.size(0);
@@ -541,13 +541,13 @@ struct CudaKernelHsic : CudaBackend {
   }
 };
 
-__global__ void kernel_combine_kernel(const double* m, int64_t n, bool unbiased, double* out) {
-  kernel_hsic_combine(m, n, unbiased, out);
+__global__ void kernel_combine_kernel(const double* m, int64_t n, bool unbiased, double noise, double* out) {
+  kernel_hsic_combine(m, n, unbiased, noise, out);
 }
 
-void CudaKernelHsic::kernel_combine(const Tensor& m, int64_t n, bool unbiased, Tensor& out) {
+void CudaKernelHsic::kernel_combine(const Tensor& m, int64_t n, bool unbiased, double noise, Tensor& out) {
   FASTCKA_LAUNCH(1, 1, 0, cuda::current_stream(m), kernel_combine_kernel)(
-      m.const_data_ptr<double>(), n, unbiased, out.mutable_data_ptr<double>());
+      m.const_data_ptr<double>(), n, unbiased, noise, out.mutable_data_ptr<double>());
   cuda::check_launch("kernel_combine");
 }
 

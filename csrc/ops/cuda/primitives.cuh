@@ -162,8 +162,8 @@ __global__ void row_sq_kernel(const T* x, int64_t n, int64_t p, double* out) {
   if (lane == 0) out[row] = acc;
 }
 
-__global__ inline void linear_combine_kernel(const double* m, int64_t n, bool unbiased, double* out) {
-  linear_hsic_combine(m, n, unbiased, out);
+__global__ inline void linear_combine_kernel(const double* m, int64_t n, bool unbiased, double noise, double* out) {
+  linear_hsic_combine(m, n, unbiased, noise, out);
 }
 
 template <typename T>
@@ -255,9 +255,9 @@ struct CudaBackend {
   static void dot_into(const Tensor& a, const Tensor& b, Tensor& m, int slot) { cuda::dot_into(a, &b, m, slot); }
   static void sum_into(const Tensor& a, Tensor& m, int slot) { cuda::dot_into(a, nullptr, m, slot); }
   static Tensor row_sq(const Tensor& xc) { return cuda::row_sq(xc); }
-  static void linear_combine(const Tensor& m, int64_t n, bool unbiased, Tensor& out3) {
+  static void linear_combine(const Tensor& m, int64_t n, bool unbiased, double noise, Tensor& out3) {
     FASTCKA_LAUNCH(1, 1, 0, cuda::current_stream(m), cuda::linear_combine_kernel)(
-        m.const_data_ptr<double>(), n, unbiased, out3.mutable_data_ptr<double>());
+        m.const_data_ptr<double>(), n, unbiased, noise, out3.mutable_data_ptr<double>());
     cuda::check_launch("linear_combine");
   }
   static Tensor linear_grad_side(const Tensor& A, const Tensor& B, const Tensor& xc, const Tensor& d_own,
