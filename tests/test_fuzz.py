@@ -5,12 +5,15 @@ with an expm1-stable RBF Gram and exact pairwise differences).
 Families (each case is drawn from one seeded ``torch.Generator``, so a failure names its family and seed and
 reproduces exactly): well-spread data, clustered data with separations 1–10⁶ × the spread, duplicated rows in every
 proportion (past half of the n² pairs identical the median is 0 and the documented rule gives CKA 0), integer-valued
-data, mean offsets 10³–10⁵ × the spread; σ from 10⁻³ to 10⁶ × the median σ, and ``threshold`` likewise; float64,
-float32, float16 and bfloat16 inputs; biased and unbiased estimators; linear and RBF kernels; ``cka``,
-``hsic_terms``, ``cka_matrix``, the raw median op, the streaming accumulators and their saved states, autocast and
-gradients.
+data, mean offsets 10³–10⁵ × the spread, and (float64) either side scaled anywhere in 10^±70; σ from 10⁻³ to 10⁶ ×
+the median σ, and ``threshold`` likewise; float64, float32, float16 and bfloat16 inputs; biased and unbiased
+estimators; linear and RBF kernels; ``cka``, ``hsic_terms``, ``cka_matrix``, the raw median op, the streaming
+accumulators and their saved states (round trips, and edited states, which must be refused or give the stream's
+value), autocast and gradients. Named tests at the end cover the reproducers the families reach only rarely.
 
-The default run fits the CI budget; ``pytest tests/test_fuzz.py --slow`` draws many more cases (same seeds first).
+A failing case prints its description; ``make_case("cka", seed)`` (with the test's name and arguments) rebuilds it.
+The default run fits the CI budget (~35 s of CPU); ``pytest tests/test_fuzz.py --slow`` draws ~20× more cases (the
+same seeds first).
 """
 
 from __future__ import annotations
@@ -786,3 +789,35 @@ def test_cka_is_scale_invariant_across_the_float64_range(scale, kernel):
         assert abs(got - want) <= F64_ABS, f"method={method} scale={scale:g}: {got!r}, want {want!r}"
     got = fastcka.cka_matrix([x * scale], [y * scale], **kw).item()
     assert abs(got - want) <= F64_ABS, f"cka_matrix scale={scale:g}: {got!r}, want {want!r}"
+
+
+@pytest.mark.parametrize("dtype", [F64, F32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("groups", [1, 2, 3])
+@pytest.mark.parametrize("offset", [0.0, 300.0])
+def test_more_than_half_identical_pairs_give_a_zero_median_and_cka_0(groups, offset, dtype):
+    """W2: identical rows must be at distance exactly 0, so that when more than half of the n² pairs are identical
+    the median is numpy's 0 and the documented rule gives CKA 0 (it came out 0.053 from rounding noise)."""
+    g = torch.Generator().manual_seed(100 * groups + int(offset))
+    n = 100
+    # group shares whose Σ share² (the identical pairs) is a little over 1/2: the median is 0 in most draws
+    shares = torch.tensor({1: [0.8, 0.2], 2: [0.68, 0.3, 0.02], 3: [0.72, 0.12, 0.1, 0.06]}[groups], dtype=F64)
+    tested = 0
+    for seed in range(8):
+        x = torch.randn(n, 8, generator=g, dtype=F64) + offset
+        lab = torch.multinomial(shares, n, replacement=True, generator=g)
+        for k in range(groups):
+            rows = (lab == k).nonzero().flatten()
+            if rows.numel():
+                x[rows] = x[rows[0]].clone()
+        x = x.to(dtype)
+        if I.median_sq_dist(x.double()) != 0.0:
+            continue  # fewer than half of the pairs came out identical
+        tested += 1
+        y = torch.randn(n, 4, generator=g, dtype=F64).to(dtype)
+        where = f"(groups={groups}, offset={offset}, {dtype}, draw {seed})"
+        if dtype in (F64, F32):
+            assert fastcka.ops.median_sq_dist(x).item() == 0.0, f"median {fastcka.ops.median_sq_dist(x).item()} {where}"
+        for unbiased in (False, True):
+            got = fastcka.cka(x, y, kernel="rbf", unbiased=unbiased).item()
+            assert abs(got) <= (F64_ABS if dtype == F64 else F32_FLOOR), f"CKA {got!r}, want 0 {where}"
+    assert tested >= 2, f"only {tested} of 8 draws had more than half of the pairs identical"
