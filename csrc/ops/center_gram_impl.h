@@ -2,6 +2,7 @@
 #pragma once
 
 #include "fastcka/center_gram.h"
+#include "backend.h"  // the contract every backend D fulfils
 #include "stable_common.h"
 
 namespace fastcka {

@@ -13,6 +13,7 @@
 
 #include "fastcka/median.h"
 #include "fastcka/tiled_hsic.h"
+#include "backend.h"  // the contract every backend D fulfils
 #include "stable_common.h"
 
 namespace fastcka {

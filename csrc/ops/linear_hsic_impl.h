@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "fastcka/linear_hsic.h"
+#include "backend.h"  // the contract every backend D fulfils
 #include "stable_common.h"
 
 namespace fastcka {
