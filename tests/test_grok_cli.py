@@ -161,6 +161,7 @@ def _copy_run(src, tmp_path):
     ("empty checkpoint", "not a readable checkpoint"),
     ("truncated checkpoint", "not a readable checkpoint"),
     ("checkpoint of something else", "not a fastcka grok checkpoint"),
+    ("checkpoint with broken log rows", "does not fit"),
     ("config not JSON", "not readable JSON"),
     ("config a list", "not a fastcka grok config"),
     ("config with an unknown key", "not a fastcka grok config"),
@@ -175,6 +176,10 @@ def test_resume_of_a_damaged_run_directory(finished_run, tmp_path, capsys, damag
         ckpt.write_bytes(ckpt.read_bytes()[:1000])
     elif damage == "checkpoint of something else":
         torch.save({"weights": torch.ones(3)}, ckpt)
+    elif damage == "checkpoint with broken log rows":
+        state = torch.load(ckpt, weights_only=True)
+        state["rows"] = [{"step": 0}]
+        torch.save(state, ckpt)
     elif damage == "config not JSON":
         cfg.write_text(cfg.read_text()[:-40])
     elif damage == "config a list":

@@ -387,6 +387,9 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Optional[Callable[[i
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             step, rows, loss_max = int(state["step"]), list(state["rows"]), state["loss_max"].to(device)
+            missing = [c for r in rows for c in COLUMNS if c not in r][:1]
+            if missing:
+                raise KeyError(f"a log row has no {missing[0]}")
         except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise ValueError(f"--resume: {ckpt_path} does not fit the run's config ({type(e).__name__}: "
                              f"{_first_line(e)})") from None
