@@ -116,7 +116,7 @@ $(WHEEL_STAMP): $(STAMP) $(SOURCES) MANIFEST.in $(shell git ls-files fastcka doc
 wheel: $(WHEEL_STAMP)
 
 wheel-check: $(WHEEL_STAMP)
-	rm -rf $(PKG)/venv $(PKG)/runs && $(PYTHON) -m venv $(PKG)/venv
+	rm -rf $(PKG)/venv $(PKG)/runs $(PKG)/study && $(PYTHON) -m venv $(PKG)/venv
 	$(PKG)/venv/bin/pip -q --disable-pip-version-check install --no-compile torch==2.13.0 $(PKG)/dist/fastcka-*.whl \
 	  > $(PKG)/venv.log 2>&1 || (tail -20 $(PKG)/venv.log; exit 1)
 	cd $(PKG) && venv/bin/python ../.ci/check_wheel.py

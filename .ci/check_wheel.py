@@ -4,7 +4,8 @@ directory that holds no fastcka source: checks what `pip install fastcka` gives 
 1. fastcka is the installed wheel (not a checkout), its metadata says what pyproject.toml promises (Python >= 3.11,
    core dependencies torch, matplotlib, tqdm and nothing else), it ships py.typed and the study's default grid;
 2. `import fastcka` does not import matplotlib, and fastcka.streaming / fastcka.plot are reachable from it;
-3. `fastcka --version`, then `fastcka grok --p 11 --max-steps 60` (progress bar on) writes a summary and a PNG.
+3. `fastcka --version`, then `fastcka grok --p 11 --max-steps 60` (progress bar on) writes a summary and a PNG;
+   `fastcka study --report` reads the packaged grid (tomllib) and writes its report.
 """
 
 import importlib.metadata as md
@@ -62,6 +63,11 @@ def main() -> None:
     check(summary["steps"] == 60, "summary.json: 60 steps")
     png = (RUN / "plot.png").read_bytes()
     check(png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, f"plot.png ({len(png)} bytes)")
+    shutil.rmtree("study", ignore_errors=True)
+    Path("study/runs").mkdir(parents=True)
+    rc = subprocess.run([str(BIN / "fastcka"), "study", "--report", "--runs-dir", "study/runs", "--doc",
+                         "study/STUDY.md"]).returncode
+    check(rc == 0 and Path("study/STUDY.md").is_file(), "fastcka study --report reads the packaged grid, writes a report")
     print(f"check_wheel: all checks passed ({os.getcwd()})")
 
 
