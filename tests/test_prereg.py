@@ -237,3 +237,17 @@ def test_save_and_restore_checkpoints_for_the_next_machine(tmp_path, monkeypatch
     (tmp_path / "runs" / "S-add-p97-s1001" / "summary.json").write_text("{}")
     prereg.save_checkpoints(resume)
     assert not (resume / "runs" / "S-add-p97-s1001").exists() and (resume / "calibration" / "eps-1e-06").exists()
+
+
+def test_section_states_the_calibration_and_whether_the_chosen_eps_trained(tmp_path):
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    (cal / "calibration.json").write_text(json.dumps({"seed": 1000, "chosen": 0.01, "candidates": [
+        {"adam_eps": 1e-3, "passed": False, "first_spike": 1100}, {"adam_eps": 0.01, "passed": True, "first_spike": None}]}))
+    (cal / "eps-0.01.csv").write_text("step,train_loss,train_loss_max,train_acc\n3000,4.565,4.565,0.0135\n")
+    text = "\n".join(prereg.prereg_section(tmp_path / "runs", cal, GRID))
+    assert "ε 0.001: first spike at step 1100; ε 0.01: no spike in steps 100–3,000. Calibrated ε = 0.01." in text
+    assert "train accuracy 0.013 and train loss 4.565 by step 3,000 — it did not memorise" in text
+    (cal / "eps-0.01.csv").write_text("step,train_loss,train_loss_max,train_acc\n3000,0.001,0.001,1.0\n")
+    assert "did not memorise" not in "\n".join(prereg.prereg_section(tmp_path / "runs", cal, GRID))
+    assert "pending (0 of 8 S runs finished)" in text and "pending (0 of 16 runs finished)" in text

@@ -271,8 +271,16 @@ def prereg_section(runs_dir: Path, calibration_dir: Path, grid: Path) -> list[st
                                                       f"first spike at step {fmt_num(c['first_spike'])}")
                           for c in record["candidates"])
         chosen = record.get("chosen", "pending")
+        trained = ""
+        csv = Path(calibration_dir) / f"eps-{chosen:g}.csv" if isinstance(chosen, float) else None
+        if csv is not None and csv.exists():  # did the calibration seed memorise at the chosen ε? (train side only)
+            last = dict(zip(CALIBRATION_COLUMNS, csv.read_text().splitlines()[-1].split(",")))
+            trained = (f" At that ε the calibration seed reached train accuracy {float(last['train_acc']):.3f} and "
+                       f"train loss {float(last['train_loss']):.3f} by step {int(last['step']):,}"
+                       + (" — it did not memorise, so the S runs may not either (PREREG.md, dated note)."
+                          if float(last["train_acc"]) < DetectorConfig().memorised_acc else "."))
         L += [f"Calibration (PREREG §2, seed {record['seed']}, train loss only): {tried or 'no candidate decided yet'}"
-              + (f". Calibrated ε = {chosen:g}." if isinstance(chosen, float) else
+              + (f". Calibrated ε = {chosen:g}." + trained if isinstance(chosen, float) else
                  ". No candidate passed: no S arm." if calibrated else ". In progress."), ""]
     L += [render_line(h1_verdict(facts, sum(arm(sp.name) == "S" for sp in planned), s_arm)),
           render_line(h2_verdict(facts, len(planned))), ""]
