@@ -129,3 +129,23 @@ def test_grok_report_prints_the_test_accuracy_watcher_beside_the_alarm(tmp_path)
     assert "not that or when it will grok" in text
     old = {k: v for k, v in s.items() if not k.startswith("test_acc_watch") and k != "test_acc_at_memorised"}
     assert "test-accuracy watcher" not in format_report(old)  # a summary from before the watcher still prints
+
+
+def test_a_sequential_grid_runs_again_after_a_ctrl_c_left_the_stop_mark(tmp_path):
+    """A Ctrl-C in a --jobs 1 grid leaves ``.stop`` in the checkpoint folder; the next call must train, not return
+    'interrupted' at once (found resuming the pre-registered runs)."""
+    from fastcka.grok import study
+
+    ckpt = tmp_path / "ck"
+    ckpt.mkdir()
+    (ckpt / study.STOP).touch()
+    specs = study.load_grid(study.QUICK_GRID)[:1]
+    results = study.run_grid([dataclasses_replace(specs[0], max_steps=20)], tmp_path / "runs", ckpt, progress=False)
+    assert [r["interrupted"] for r in results] == [False]
+    assert (tmp_path / "runs" / specs[0].name / "summary.json").exists()
+
+
+def dataclasses_replace(spec, **config):
+    import dataclasses
+
+    return dataclasses.replace(spec, config={**spec.config, **config})

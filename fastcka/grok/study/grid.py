@@ -137,6 +137,9 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | Path, ckpt_dir: str | Pat
     bar = tqdm(total=len(specs), initial=done, desc="study runs", unit="run", disable=not progress,
                dynamic_ncols=True)
     results = []
+    # a grid stopped by Ctrl-C leaves the stop mark behind (a run marks it, in its worker or in this process): a new
+    # call is a new grid, so it starts without one (it used to stop every later sequential grid before any run)
+    (ckpt_dir / STOP).unlink(missing_ok=True)
     if jobs <= 1:
         for s in todo:
             bar.set_postfix_str(s.name)
