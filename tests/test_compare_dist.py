@@ -7,18 +7,16 @@ minibatch estimators. One spawn runs every scenario.
 
 from __future__ import annotations
 
-import os
-import socket
 import warnings
 from typing import Dict, List
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import fastcka
+from _dist import run_on_ranks
 
 F64 = torch.float64
 WORLD = 2
@@ -54,32 +52,15 @@ def run(owner: List[int], rank: int) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _worker(rank: int, port: int, outdir: str) -> None:
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        results = {"unequal": run(OWNER, rank), "rank1_empty": run([0] * len(SIZES), rank)}
-        torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank_results(rank: int) -> dict:
+    return {"unequal": run(OWNER, rank), "rank1_empty": run([0] * len(SIZES), rank)}
 
 
 @pytest.fixture(scope="module")
 def dist_results(tmp_path_factory):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
-    outdir = str(tmp_path_factory.mktemp("compare_dist"))
-    mp.spawn(_worker, args=(_free_port(), outdir), nprocs=WORLD, join=True)
-    return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
+    return run_on_ranks(_rank_results, WORLD, str(tmp_path_factory.mktemp("compare_dist")))
 
 
 @pytest.mark.parametrize("scenario", ["unequal", "rank1_empty"])

@@ -8,17 +8,14 @@ compute() after sync() with local accumulation continuing; the torchmetrics adap
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import warnings
 from typing import Dict, List
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from fastcka.streaming import LinearCKA, LinearCKAMatrix, MinibatchCKA
+from _dist import run_on_ranks
 
 F64 = torch.float64
 WORLD = 2
@@ -102,36 +99,19 @@ def sigma_mismatch(rank: int) -> str:
     return "synced"
 
 
-def _worker(rank: int, port: int, outdir: str) -> None:
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        results = {
-            "interleaved": run_scenarios(rank, OWNER),
-            "rank1_empty": run_scenarios(rank, [0] * len(SIZES)),
-            "sigma_mismatch": sigma_mismatch(rank),
-        }
-        torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank_results(rank: int) -> dict:
+    return {
+        "interleaved": run_scenarios(rank, OWNER),
+        "rank1_empty": run_scenarios(rank, [0] * len(SIZES)),
+        "sigma_mismatch": sigma_mismatch(rank),
+    }
 
 
 @pytest.fixture(scope="module")
 def dist_results(tmp_path_factory):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
-    outdir = str(tmp_path_factory.mktemp("dist"))
-    mp.spawn(_worker, args=(_free_port(), outdir), nprocs=WORLD, join=True)
-    return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+    return run_on_ranks(_rank_results, WORLD, str(tmp_path_factory.mktemp("dist")), weights_only=False)
 
 
 def single_process(owner_filter=None, extra_per_rank: int = 0) -> Dict[str, torch.Tensor]:
