@@ -48,6 +48,15 @@ def float32_tolerance(ref: float, plain_value: float, floor: float = 1e-6) -> fl
     return max(2.0 * abs(plain_value - ref), floor)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to the other processes sharing the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
