@@ -114,8 +114,6 @@ FASTCKA_HD int64_t next_digit(uint64_t bits, int prefix_bits) {
   return static_cast<int64_t>((bits >> (64 - prefix_bits - kDigitBits)) & (kDigitBins - 1));
 }
 
-// Is the distance's bit pattern inside the window [lo, hi]? (A radix bin is the window of its prefix.)
-FASTCKA_HD bool in_window(uint64_t bits, uint64_t lo, uint64_t hi) { return bits >= lo && bits <= hi; }
 
 // The radix pass's digit of a pair (i < j) whose distance carries the prefix, or −1 when it does not: decided from d̂
 // where its whole error interval [d̂ − β(nᵢ+nⱼ), d̂ + β(nᵢ+nⱼ)] falls on one side, else from the exact distance.
