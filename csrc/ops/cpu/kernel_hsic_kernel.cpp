@@ -300,17 +300,27 @@ struct CpuKernelHsic : CpuBackend {
         torch::stable::parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
           for (int64_t q = q0; q < q1; ++q) {
             int64_t nb = 0;
-            for (int64_t i = 0; i < rows; ++i)
-              for (int64_t jj = std::max(q * step, i0 + i + 1 - c0); jj < std::min(w, (q + 1) * step); ++jj) {
+            const double* norms_c = ra.norms + c0;
+            for (int64_t i = 0; i < rows; ++i) {
+              const int64_t gi = i0 + i;
+              const double ni = ra.norms[gi];
+              const scalar_t* g = gx + i * w;
+              for (int64_t jj = std::max(q * step, gi + 1 - c0); jj < std::min(w, (q + 1) * step); ++jj) {
+                // the fast path of pair_window, inline: decided pairs are only counted
+                const double nj = norms_c[jj], f = squared_distance(static_cast<double>(g[jj]), ni, nj, false);
+                const int side = interval_side(f, ra.beta * (ni + nj), lo, hi);
+                nb += side < 0;
+                if (side != 0) continue;
                 double d = 0.0;
                 bool exact = false;
-                const int where = pair_window(ra, gx[i * w + jj], i0 + i, c0 + jj, lo, hi, &d, &exact);
+                const int where = pair_window(ra, g[jj], gi, c0 + jj, lo, hi, &d, &exact);
                 nb += where < 0;
                 if (where == 0) {
                   part[q].push_back(d);
-                  part_keys[q].push_back(exact ? -1 : (i0 + i) * n + c0 + jj);
+                  part_keys[q].push_back(exact ? -1 : gi * n + c0 + jj);
                 }
               }
+            }
             below[q] = nb;
           }
         });
