@@ -47,12 +47,15 @@ struct WindowPass {
   std::vector<int64_t> keys;
 };
 
-// The r-th smallest (0-based) exact distance among a window pass's inside pairs. It lies between the r-th smallest
-// lower end L and the r-th smallest upper end H of the pairs' intervals [d̂ − e, d̂ + e] (e = 0 where exact): every
-// pair whose interval ends below L is below it, every pair whose interval starts above H is above it, and only the
-// pairs whose interval meets [L, H] are recomputed exactly (D::exact_distances) and sorted.
+// The r0-th and r1-th smallest (0-based, r0 ≤ r1) exact distances among a window pass's inside pairs. Each lies
+// between the r-th smallest lower end L and the r-th smallest upper end H of the pairs' intervals [d̂ − e, d̂ + e]
+// (e = 0 where exact): every pair whose interval ends below L(r0) is below both, every pair whose interval starts
+// above H(r1) is above both, and only the pairs whose interval meets [L(r0), H(r1)] are recomputed exactly
+// (D::exact_distances) and selected. One call serves both middle ranks of an even count (they are usually equal or
+// adjacent), so the candidates are found and recomputed once.
 template <class D>
-double exact_rank(const ScaledRows& a, const WindowPass& w, const std::vector<double>& norms, int64_t r) {
+std::pair<double, double> exact_ranks(const ScaledRows& a, const WindowPass& w, const std::vector<double>& norms,
+                                      int64_t r0, int64_t r1) {
   const int64_t m = static_cast<int64_t>(w.values.size()), n = a.xs.size(0);
   const double beta = a.xs.scalar_type() == ScalarType::Double
                           ? distance_bound_coef(a.xs.size(1), unit_roundoff<double>())
@@ -64,28 +67,45 @@ double exact_rank(const ScaledRows& a, const WindowPass& w, const std::vector<do
     lo[t] = std::max(w.values[t] - e, 0.0);
     hi[t] = w.values[t] + e;
   }
-  auto nth = [r](std::vector<double> v) {
+  auto nth = [](std::vector<double>& v, int64_t r) {  // v is scratch from here on
     std::nth_element(v.begin(), v.begin() + r, v.end());
     return v[r];
   };
-  const double L = nth(lo), H = nth(hi);
+  const double L = nth(lo, r0), H = nth(hi, r1);
   int64_t below = 0;
   std::vector<double> exact;
   std::vector<int64_t> todo;
   for (int64_t t = 0; t < m; ++t) {
-    if (hi[t] < L) {
+    const int64_t key = w.keys[t];
+    const double e = key < 0 ? 0.0 : beta * (norms[key / n] + norms[key % n]);
+    const double t_lo = std::max(w.values[t] - e, 0.0), t_hi = w.values[t] + e;
+    if (t_hi < L) {
       ++below;
-    } else if (lo[t] <= H) {
-      if (w.keys[t] < 0) exact.push_back(w.values[t]);
-      else todo.push_back(w.keys[t]);
+    } else if (t_lo <= H) {
+      if (key < 0) exact.push_back(w.values[t]);
+      else todo.push_back(key);
     }
   }
   const std::vector<double> more = D::exact_distances(a, todo);
   exact.insert(exact.end(), more.begin(), more.end());
-  const int64_t at = r - below;
-  STD_TORCH_CHECK(at >= 0 && at < static_cast<int64_t>(exact.size()), "fastcka median: rank outside its bracket");
-  std::nth_element(exact.begin(), exact.begin() + at, exact.end());
-  return exact[at];
+  const int64_t at0 = r0 - below, at1 = r1 - below;
+  STD_TORCH_CHECK(at0 >= 0 && at1 < static_cast<int64_t>(exact.size()), "fastcka median: rank outside its bracket");
+  const double v0 = nth(exact, at0);
+  if (at1 == at0) return {v0, v0};
+  // after nth_element everything past at0 is ≥ v0: rank at1 > at0 is selected among them
+  std::nth_element(exact.begin() + at0 + 1, exact.begin() + at1, exact.end());
+  return {v0, exact[at1]};
+}
+
+// Entries k and k+1 (when want_next; else k twice) of a bin or window whose first `zeros` entries are diagonal
+// zeros and whose entries from `offset` on are the collected pairs of w, each twice (i < j and j < i).
+template <class D>
+std::pair<double, double> window_entries(const ScaledRows& a, const WindowPass& w, const std::vector<double>& norms,
+                                         int64_t zeros, int64_t offset, int64_t k, bool want_next) {
+  const int64_t k1 = want_next ? k + 1 : k;
+  if (k1 < zeros) return {0.0, 0.0};
+  if (k < zeros) return {0.0, exact_ranks<D>(a, w, norms, (k1 - offset) / 2, (k1 - offset) / 2).first};
+  return exact_ranks<D>(a, w, norms, (k - offset) / 2, (k1 - offset) / 2);
 }
 
 // The shift x₀ the kernels subtract: the column-wise (lower) medians of a seeded pseudo-random subset of at most 255
@@ -215,11 +235,7 @@ std::pair<double, double> select_squared_distances(const ScaledRows& a, int64_t 
       const int64_t zeros = prefix == 0 ? n : 0;
       STD_TORCH_CHECK(2 * static_cast<int64_t>(w.values.size()) + zeros == in_bin,
                       "fastcka median: pass counts disagree");
-      auto entry = [&](int64_t r) -> double {  // the r-th smallest entry of the bin
-        return r < zeros ? 0.0 : exact_rank<D>(a, w, norms, (r - zeros) / 2);
-      };
-      const double lo = entry(k);
-      return {lo, want_next ? entry(k + 1) : lo};
+      return window_entries<D>(a, w, norms, zeros, zeros, k, want_next);
     }
     if (bits < 64 && in_bin / 2 <= kCollectCapacity && want_next) {  // rank k+1 lies in a later bin
       const double lo = select_squared_distances<D>(a, k_global, false, cache).first;
@@ -285,18 +301,13 @@ bool select_by_window(const ScaledRows& a, int64_t k, bool want_next, int64_t me
   // a window of one tied value needs no values: its count alone places the ranks (heavily tied data overflow it)
   const bool one_value = lo_bits == hi_bits;
   if ((w.inside > kCollectCapacity && !one_value) || !inside(k) || !inside(k_last)) return false;
-  const std::vector<double> norms = one_value ? std::vector<double>() : D::host_norms(a);
-  auto entry = [&](int64_t r) -> double {  // the diagonal zeros are the n smallest entries (distances are ≥ 0)
-    if (r < n) return 0.0;
-    if (one_value) {
-      double v;
-      std::memcpy(&v, &lo_bits, sizeof(v));
-      return v;
-    }
-    return exact_rank<D>(a, w, norms, (r - offset) / 2);
-  };
-  const double lo = entry(k);
-  *out = {lo, want_next ? entry(k + 1) : lo};
+  if (one_value) {  // the diagonal zeros are the n smallest entries (distances are ≥ 0), then the tied value
+    double v;
+    std::memcpy(&v, &lo_bits, sizeof(v));
+    *out = {k < n ? 0.0 : v, (want_next ? k + 1 : k) < n ? 0.0 : v};
+    return true;
+  }
+  *out = window_entries<D>(a, w, D::host_norms(a), n, offset, k, want_next);
   return true;
 }
 

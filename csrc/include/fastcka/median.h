@@ -128,9 +128,6 @@ FASTCKA_HD int64_t pair_digit(const DistanceRows<T>& r, double dot, int64_t i, i
   return has_prefix(b, prefix, bits) ? next_digit(b, bits) : -1;
 }
 
-// The window pass's verdict on a pair (i < j): −1 below [lo, hi], +1 above, 0 inside. Inside, *d is d̂ with *exact
-// false where d̂'s whole error interval lies in the window (the driver reads ranks exactly from such intervals:
-// exact_rank), else the exact distance; d̂ alone decides only where its interval lies wholly on one side.
 // Where d̂'s error interval [f − e, f + e] lies against the window [lo, hi] (bit patterns): −1 wholly below, +1 wholly
 // above, 0 otherwise. Branch-free, so a pass can count the (nearly all) decided pairs without mispredictions, half the
 // pairs being below and half above in no order, and send only the rare undecided ones to pair_window.
@@ -140,6 +137,9 @@ FASTCKA_HD int interval_side(double f, double e, uint64_t lo, uint64_t hi) {
   return static_cast<int>(f_lo > hi) - static_cast<int>(f_hi < lo);
 }
 
+// The window pass's verdict on a pair (i < j): −1 below [lo, hi], +1 above, 0 inside. Inside, *d is d̂ with *exact
+// false where d̂'s whole error interval lies in the window (the driver reads ranks exactly from such intervals:
+// exact_ranks), else the exact distance; d̂ alone decides only where its interval lies wholly on one side.
 template <typename T>
 FASTCKA_HD int pair_window(const DistanceRows<T>& r, double dot, int64_t i, int64_t j, uint64_t lo, uint64_t hi,
                            double* d, bool* exact) {
