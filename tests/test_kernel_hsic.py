@@ -181,8 +181,9 @@ def test_attention_sink_rows_of_a_batch_major_flattening_cost_no_digits():
 
 
 def test_median_method_out_of_range_is_an_error():
-    with pytest.raises(RuntimeError, match="method must be 0-3"):
-        fastcka.ops.median_sq_dist(torch.randn(5, 2), 4)
+    for method in (-1, 5):
+        with pytest.raises(RuntimeError, match="method must be 0-4"):
+            fastcka.ops.median_sq_dist(torch.randn(5, 2), method)
 
 
 def test_constant_and_degenerate_rbf():

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <map>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -252,7 +253,47 @@ std::pair<double, double> select_squared_distances(const ScaledRows& a, int64_t 
 // How median_sq_dist finds the ranks. Auto: the window where it pays (enough pairs, a sample that fits), else or on
 // a miss the radix passes. The last two exist for the tests: the window alone (an error if it misses), and a window
 // placed at a tenth of the rank, so that on spread data it misses and the fallback runs.
-enum MedianMethod : int64_t { kMedianAuto = 0, kMedianRadix = 1, kMedianWindowOnly = 2, kMedianWindowMiss = 3 };
+// Methods 2 and 4 force the window's full-precision and reduced-precision passes (4 falls back to 2 on a backend
+// without a reduced pass); auto picks between them (reduced_window_pays).
+enum MedianMethod : int64_t {
+  kMedianAuto = 0,
+  kMedianRadix = 1,
+  kMedianWindowOnly = 2,
+  kMedianWindowMiss = 3,
+  kMedianWindowReduced = 4
+};
+
+// Does the backend have a reduced-precision window pass (D::distance_window_reduced, D::reduced_pass_fast)?
+template <class D, class = void>
+struct HasReducedWindow : std::false_type {};
+template <class D>
+struct HasReducedWindow<D, std::void_t<decltype(&D::distance_window_reduced)>> : std::true_type {};
+
+// Auto takes the reduced pass when the sampled pairs predict that at most this share of all pairs falls in its
+// error band around the window (each such pair is recomputed exactly, at ~3× the per-pair cost the bf16 GEMM saves).
+constexpr double kReducedMaxUndecided = 0.25;
+
+// The share of the sampled pairs (exact distances `sample`, in sample order) that the reduced pass could not sort
+// against [lo, hi]: the estimate of the share of all pairs it would recompute.
+template <class D>
+double reduced_undecided_share(const ScaledRows& a, const std::vector<double>& sample, uint64_t seed, uint64_t lo,
+                               uint64_t hi) {
+  const int64_t n = a.xs.size(0), p = a.xs.size(1), ms = static_cast<int64_t>(sample.size());
+  const std::vector<double> norms = D::host_norms(a);
+  const double beta = a.xs.scalar_type() == ScalarType::Double ? distance_bound_coef(p, unit_roundoff<double>())
+                                                               : distance_bound_coef(p, unit_roundoff<float>());
+  const ReducedBound rb = reduced_bound(p, beta);
+  int64_t undecided = 0;
+  for (int64_t t = 0; t < ms; ++t) {
+    int64_t i, j;
+    sampled_pair(seed, t, n, &i, &j);
+    // an estimate, not the bound: t ≈ √n and r ≈ 0.4·2⁻⁸·t (a uniform rounding error within the binade)
+    const double ni = norms[i], nj = norms[j], d = sample[t], ti = std::sqrt(ni), tj = std::sqrt(nj);
+    const double e = reduced_error(rb, ni, nj, ti, tj, 0.0015625 * ti, 0.0015625 * tj, 0.5 * (ni + nj - d));
+    undecided += interval_side(d, e, lo, hi) == 0;
+  }
+  return ms > 0 ? static_cast<double>(undecided) / static_cast<double>(ms) : 1.0;
+}
 
 constexpr int64_t kWindowMinPairs = int64_t(1) << 17;  // below this the radix passes cost little anyway
 constexpr int64_t kWindowMinSample = int64_t(1) << 13;
@@ -277,6 +318,12 @@ bool select_by_window(const ScaledRows& a, int64_t k, bool want_next, int64_t me
   if (m > kWindowMaxSample && method == kMedianAuto) return false;
   std::vector<double> sample = D::sample_distances(a, std::min(m, kWindowMaxSample), kWindowSeed);
   const int64_t ms = static_cast<int64_t>(sample.size());
+  bool reduced = false;
+  std::vector<double> in_order;  // the sample in pair order, for the reduced pass's estimate (selection reorders it)
+  if constexpr (HasReducedWindow<D>::value) {
+    reduced = method == kMedianWindowReduced || (method == kMedianAuto && D::reduced_pass_fast());
+    if (method == kMedianAuto && reduced) in_order = sample;
+  }
   // ranks of the entries → quantiles among the pairs (each pair is 2 entries, after the n diagonal zeros); the
   // test-only miss puts the bracket at a tenth of the rank, which misses unless the data are nearly all ties
   auto pair_quantile = [&](int64_t r) {
@@ -295,7 +342,14 @@ bool select_by_window(const ScaledRows& a, int64_t k, bool want_next, int64_t me
   const uint64_t hi_bits = r_hi >= ms - 1 ? ~uint64_t(0) : distance_bits(sample_at(r_hi));
   const double expected = static_cast<double>(std::min(r_hi, ms) - std::max<int64_t>(r_lo, 0)) / ms * pairs;
   if (method == kMedianAuto && expected > static_cast<double>(kCollectCapacity / 2)) return false;
-  WindowPass w = D::distance_window(a, lo_bits, hi_bits);
+  WindowPass w;
+  if constexpr (HasReducedWindow<D>::value) {
+    if (reduced && method == kMedianAuto)
+      reduced = reduced_undecided_share<D>(a, in_order, kWindowSeed, lo_bits, hi_bits) <= kReducedMaxUndecided;
+    w = reduced ? D::distance_window_reduced(a, lo_bits, hi_bits) : D::distance_window(a, lo_bits, hi_bits);
+  } else {
+    w = D::distance_window(a, lo_bits, hi_bits);
+  }
   const int64_t offset = n + 2 * w.below;  // entries below the window: the diagonal zeros and the pairs below, twice
   auto inside = [&](int64_t r) { return r < n || (r >= offset && r < offset + 2 * w.inside); };
   // a window of one tied value needs no values: its count alone places the ranks (heavily tied data overflow it)
@@ -316,7 +370,8 @@ template <class D>
 Tensor median_sq_dist(const Tensor& x_, int64_t method) {
   check_matrix(x_, "fastcka::median_sq_dist", "x");
   STD_TORCH_CHECK(x_.size(0) >= 1, "fastcka::median_sq_dist: x needs at least one row, got 0");
-  STD_TORCH_CHECK(method >= kMedianAuto && method <= kMedianWindowMiss, "fastcka::median_sq_dist: method must be 0-3");
+  STD_TORCH_CHECK(method >= kMedianAuto && method <= kMedianWindowReduced,
+                  "fastcka::median_sq_dist: method must be 0-4");
   const ScaledRows a = D::scale_rows(as_contiguous(x_));
   const int64_t n = x_.size(0), total = n * n;
   // numpy's median: the middle entry for an odd count, the mean of the two middle ones for an even count
@@ -324,7 +379,8 @@ Tensor median_sq_dist(const Tensor& x_, int64_t method) {
   const bool want_next = total % 2 == 0;
   std::pair<double, double> ranks;
   const bool found = method != kMedianRadix && select_by_window<D>(a, k, want_next, method, &ranks);
-  STD_TORCH_CHECK(found || method != kMedianWindowOnly, "fastcka::median_sq_dist: the window missed (method 2)");
+  STD_TORCH_CHECK(found || (method != kMedianWindowOnly && method != kMedianWindowReduced),
+                  "fastcka::median_sq_dist: the window missed (method ", method, ")");
   if (!found) {
     std::map<std::pair<uint64_t, int>, std::vector<int64_t>> cache;
     ranks = select_squared_distances<D>(a, k, want_next, cache);

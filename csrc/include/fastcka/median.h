@@ -159,6 +159,92 @@ FASTCKA_HD int pair_window(const DistanceRows<T>& r, double dot, int64_t i, int6
   return b < lo ? -1 : (b > hi ? 1 : 0);
 }
 
+// --- the reduced-precision window pass ---------------------------------------------------------------------------
+// The window pass only sorts pairs into below / inside / above a bracket, so it may read the dots from a bfloat16
+// GEMM (8 significant bits, 3–5× the float32 GEMM's speed on CPUs with bf16 dot instructions) and recompute the
+// pairs its error bound cannot sort. The model of that GEMM is what torch's CPU bfloat16 matmul computes: exact bf16
+// products accumulated in float32 (oneDNN and cpublas accumulate in float32), each output rounded once to bfloat16
+// (tests/test_median_reduced.py checks the model on this torch). With a, b the scaled rows as stored, ã = bf16(a)
+// and δa = ã − a (exact in the rows' precision: ã is within 2⁻⁸ of a), a·b = ã·b̃ − δa·b̃ − ã·δb + δa·δb, so by
+// Cauchy–Schwarz, with per-row norms t = ‖ã‖ and r = ‖δa‖ (float64):
+//   inputs:        |ã·b̃ − a·b| ≤ rᵢtⱼ + tᵢrⱼ + rᵢrⱼ        (r ≈ 0.4·2⁻⁸·t for typical data: 2.5× tighter than
+//                                                          the coordinate-wise 2·2⁻⁸·‖a‖‖b‖);
+//   accumulation:  ≤ γ_p(2⁻²⁴)·Σ|ãₖb̃ₖ| ≤ γ_p(2⁻²⁴)·tᵢtⱼ, plus < 2⁻¹²⁶ per term and per addition where the dot
+//                  instructions flush subnormals to zero (the scaled rows are ≤ 1 in magnitude);
+//   output:        |ŝ − s| ≤ u_b/(1 − u_b)·|ŝ|, u_b = 2⁻⁸.
+// f = nᵢ + nⱼ − 2ŝ differs from the distance with the exact dot by twice their sum, and that one from the exact d
+// by the full-precision pass's β(nᵢ + nⱼ) (distance_bound_coef): |f − d| ≤ reduced_error(...) below. The factor
+// 2.02 (not 2) covers the float64 rounding of the norms t, r and of the bound itself.
+struct ReducedBound {
+  double beta;  // × (nᵢ + nⱼ): the full-precision pass's terms
+  double acc;   // × tᵢtⱼ: float32 accumulation
+  double out;   // × |ŝ|: the output's rounding to bfloat16
+  double abs;   // absolute: flushed subnormals
+};
+
+// The bound's coefficients for p features; beta = distance_bound_coef of the stored rows' precision. A p so large
+// that γ_p(2⁻²⁴) is not small gets an infinite bound (every pair is recomputed: the driver will not pick the pass).
+FASTCKA_HD ReducedBound reduced_bound(int64_t p, double beta) {
+  const double ub = 0.00390625, pu = static_cast<double>(p) * 5.9604644775390625e-08;
+  ReducedBound b;
+  b.beta = beta;
+  b.acc = pu < 0.25 ? 2.02 * pu / (1.0 - pu) : 1e300;
+  b.out = 2.02 * ub / (1.0 - ub);
+  b.abs = 2.02 * 2.0 * static_cast<double>(p + 1) * 1.1754943508222875e-38;  // 2·(p + 1)·2⁻¹²⁶, twice
+  return b;
+}
+
+// The bound grouped for a pass along row i: e = a + β·nⱼ + b·tⱼ + c·rⱼ + out·|ŝ|.
+struct ReducedRowTerms {
+  double a, b, c;
+};
+
+FASTCKA_HD ReducedRowTerms reduced_row_terms(const ReducedBound& b, double ni, double ti, double ri) {
+  ReducedRowTerms t;
+  t.a = b.beta * ni + b.abs;
+  t.b = 2.02 * ri + b.acc * ti;  // rᵢtⱼ and the accumulation's tᵢtⱼ
+  t.c = 2.02 * (ti + ri);        // tᵢrⱼ + rᵢrⱼ
+  return t;
+}
+
+FASTCKA_HD double reduced_error_at(const ReducedBound& b, const ReducedRowTerms& row, double nj, double tj, double rj,
+                                   double dot) {
+  return row.a + b.beta * nj + row.b * tj + row.c * rj + b.out * fabs(dot);
+}
+
+// |f − d| ≤ this, for the pair with norms² nᵢ, nⱼ, bf16-row norms tᵢ, tⱼ, rounding-error norms rᵢ, rⱼ and GEMM dot ŝ.
+FASTCKA_HD double reduced_error(const ReducedBound& b, double ni, double nj, double ti, double tj, double ri,
+                                double rj, double dot) {
+  return reduced_error_at(b, reduced_row_terms(b, ni, ti, ri), nj, tj, rj, dot);
+}
+
+// The dot of two rows in their own precision, eight partial sums (vectorisable without reassociation flags): the
+// reduced pass's second tier. Its error is within the full-precision pass's β (γ_p holds for any summation order).
+template <typename T>
+FASTCKA_HD double row_dot(const T* a, const T* b, int64_t p) {
+  T acc[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+  int64_t c = 0;
+  for (; c + 8 <= p; c += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += a[c + u] * b[c + u];
+  for (; c < p; ++c) acc[0] += a[c] * b[c];
+  return static_cast<double>(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+}
+
+// Round-to-nearest-even float → bfloat16 bits (NaN stays NaN), and back.
+FASTCKA_HD uint16_t bf16_bits(float v) {
+  uint32_t u;
+  memcpy(&u, &v, sizeof(u));
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+FASTCKA_HD double bf16_value(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float v;
+  memcpy(&v, &u, sizeof(v));
+  return static_cast<double>(v);
+}
+
 FASTCKA_HD uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;

@@ -6,6 +6,8 @@
 // over values computed in the input precision; column sums go straight to their owner chunk's slots and row sums to
 // per-chunk partials that are added in a fixed order, so results do not depend on the thread count.
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <tuple>
 #include <vector>
 
@@ -61,6 +63,128 @@ template <typename T>
 inline double entry_of(const KernelSpec& k, const DistanceRows<T>& r, double dot, int64_t gi, int64_t gj) {
   const bool diag = gi == gj;
   return kernel_entry(k, dot, k.type == kKernelRbf && !diag ? kernel_sq_dist(r, dot, gi, gj) : 0.0, diag);
+}
+
+// The rows rounded to bfloat16 (round to nearest even; float64 rows through float32), as a bf16 tensor.
+inline Tensor bf16_rows(const Tensor& xs) {
+  const int64_t n = xs.size(0), p = xs.size(1);
+  Tensor out = empty_like_shape(xs, {n, p}, ScalarType::BFloat16);
+  uint16_t* o = static_cast<uint16_t*>(out.mutable_data_ptr());
+  FASTCKA_DISPATCH_FLOATING(xs.scalar_type(), "bf16_rows", [&] {
+    const scalar_t* x = xs.const_data_ptr<scalar_t>();
+    torch::stable::parallel_for(0, n * p, 1 << 16, [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1; ++e) o[e] = bf16_bits(static_cast<float>(x[e]));
+    });
+  });
+  return out;
+}
+
+// The window pass's error bound along a row (median.h): the full-precision pass has e = β(nᵢ + nⱼ) (t = r = null,
+// out = 0); the reduced pass reduced_error_at with the per-row terms.
+struct WindowBound {
+  ReducedBound coef;
+  const double* norms;
+  const double* t;  // ‖ã‖ per row, or null
+  const double* r;  // ‖ã − a‖ per row, or null
+};
+
+// One row's pairs against columns [0, len) of its GEMM block: returns how many lie wholly below [lo_d, hi_d] and marks
+// in `open` those neither below nor above (undecided by this bound, or NaN). Branch-free and in doubles (they order
+// like the bit patterns, being ≥ 0), so the compiler vectorises it; compiled for AVX-512 and AVX2 too and picked at
+// load time where the CPU has them (the bits on which the answer depends never come from here: `open` pairs are
+// decided by the caller).
+template <typename G, bool kReduced>
+__attribute__((target_clones("default", "avx2", "arch=x86-64-v4"))) int64_t
+classify_row(const G* g, int64_t len, const double* nj, const double* tj, const double* rj, double ni,
+             ReducedRowTerms row, ReducedBound coef, double lo_d, double hi_d, uint8_t* open) {
+  int64_t below = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    double dot;
+    if constexpr (std::is_same_v<G, uint16_t>) {
+      const uint32_t u = static_cast<uint32_t>(g[j]) << 16;
+      float v;
+      std::memcpy(&v, &u, sizeof(v));
+      dot = static_cast<double>(v);
+    } else {
+      dot = static_cast<double>(g[j]);
+    }
+    const double raw = ni + nj[j] - 2.0 * dot, f = raw > 0.0 ? raw : 0.0;
+    double e = row.a + coef.beta * nj[j];
+    if constexpr (kReduced) e += row.b * tj[j] + row.c * rj[j] + coef.out * std::fabs(dot);
+    const double down = f - e, up = f + e, f_lo = down > 0.0 ? down : 0.0;
+    const bool is_below = up < lo_d, is_above = f_lo > hi_d;
+    below += is_below;
+    open[j] = !(is_below || is_above);
+  }
+  return below;
+}
+
+// The window pass's loop over the triangle (pairs i < j), from row-block GEMMs of `rows` (elements G): classify_row
+// sorts what the bound decides; decide(g, gi, gj, &d, &exact) returns −1 / 0 / +1 as pair_window does for the rest.
+// Column chunks in parallel; below counted, inside pairs collected (value, and key gi·n + gj or −1 where exact) while
+// they fit in kCollectCapacity.
+template <typename G, bool kReduced, class Decide>
+WindowPass window_pass(const Tensor& rows, int64_t n, const WindowBound& bound, uint64_t lo, uint64_t hi,
+                       Decide&& decide) {
+  WindowPass out;
+  double lo_d, hi_d;
+  std::memcpy(&lo_d, &lo, sizeof(lo_d));
+  std::memcpy(&hi_d, &hi, sizeof(hi_d));
+  if (hi >= distance_bits(INFINITY)) hi_d = INFINITY;  // ~0: everything is below the top
+  const double* norms = bound.norms;
+  for_each_row_block(rows, nullptr, true, [&](int64_t i0, int64_t nrows, int64_t c0, int64_t w, const Tensor& gxt,
+                                              const Tensor&) {
+    const G* gx = static_cast<const G*>(gxt.const_data_ptr());
+    // chunks of kChunkCols columns: the rows j an undecided pair reads (decide) stay in L2 while the block's rows
+    // i sweep them
+    const int64_t chunks = (w + kChunkCols - 1) / kChunkCols, step = kChunkCols;
+    std::vector<std::vector<double>> part(chunks);
+    std::vector<std::vector<int64_t>> part_keys(chunks);
+    std::vector<int64_t> below(chunks, 0);
+    torch::stable::parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
+      std::vector<uint8_t> open(step);
+      for (int64_t q = q0; q < q1; ++q) {
+        int64_t nb = 0;
+        for (int64_t i = 0; i < nrows; ++i) {
+          const int64_t gi = i0 + i, j0 = std::max(q * step, gi + 1 - c0), j1 = std::min(w, (q + 1) * step);
+          if (j0 >= j1) continue;
+          const double ni = norms[gi];
+          const ReducedRowTerms row = kReduced ? reduced_row_terms(bound.coef, ni, bound.t[gi], bound.r[gi])
+                                               : ReducedRowTerms{bound.coef.beta * ni, 0.0, 0.0};
+          const G* g = gx + i * w + j0;
+          const int64_t cj = c0 + j0;
+          nb += classify_row<G, kReduced>(g, j1 - j0, norms + cj, kReduced ? bound.t + cj : nullptr,
+                                          kReduced ? bound.r + cj : nullptr, ni, row, bound.coef, lo_d, hi_d,
+                                          open.data());
+          for (int64_t jj = 0; jj < j1 - j0; ++jj) {
+            if (!open[jj]) continue;
+            double d = 0.0;
+            bool exact = false;
+            const int where = decide(g + jj, gi, cj + jj, &d, &exact);
+            nb += where < 0;
+            if (where == 0) {
+              part[q].push_back(d);
+              part_keys[q].push_back(exact ? -1 : gi * n + cj + jj);
+            }
+          }
+        }
+        below[q] = nb;
+      }
+    });
+    for (int64_t q = 0; q < chunks; ++q) {
+      out.below += below[q];
+      out.inside += static_cast<int64_t>(part[q].size());
+      if (out.inside <= kCollectCapacity) {
+        out.values.insert(out.values.end(), part[q].begin(), part[q].end());
+        out.keys.insert(out.keys.end(), part_keys[q].begin(), part_keys[q].end());
+      }
+    }
+  });
+  if (out.inside > kCollectCapacity) {
+    std::vector<double>().swap(out.values);
+    std::vector<int64_t>().swap(out.keys);
+  }
+  return out;
 }
 
 }  // namespace
@@ -283,61 +407,64 @@ struct CpuKernelHsic : CpuBackend {
   }
 
   // The pairs i < j below the window [lo, hi] (counted) and inside it (counted, and collected while they fit);
-  // column chunks in parallel as in the histogram.
+  // column chunks in parallel as in the histogram. Full precision: the GEMM in the input precision, pair_window.
   static WindowPass distance_window(const ScaledRows& a, uint64_t lo, uint64_t hi) {
     WindowPass out;
-    const int64_t n = a.xs.size(0);
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_window", [&] {
       const double s = host_s(a);
       const DistanceRows<scalar_t> ra = distance_rows<scalar_t>(a, s * s);
-      for_each_row_block(a.xs, nullptr, true, [&](int64_t i0, int64_t rows, int64_t c0, int64_t w, const Tensor& gxt,
-                                                 const Tensor&) {
-        const scalar_t* gx = gxt.const_data_ptr<scalar_t>();
-        const int64_t chunks = std::min<int64_t>(8, (w + kChunkCols - 1) / kChunkCols), step = (w + chunks - 1) / chunks;
-        std::vector<std::vector<double>> part(chunks);
-        std::vector<std::vector<int64_t>> part_keys(chunks);
-        std::vector<int64_t> below(chunks, 0);
-        torch::stable::parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
-          for (int64_t q = q0; q < q1; ++q) {
-            int64_t nb = 0;
-            const double* norms_c = ra.norms + c0;
-            for (int64_t i = 0; i < rows; ++i) {
-              const int64_t gi = i0 + i;
-              const double ni = ra.norms[gi];
-              const scalar_t* g = gx + i * w;
-              for (int64_t jj = std::max(q * step, gi + 1 - c0); jj < std::min(w, (q + 1) * step); ++jj) {
-                // the fast path of pair_window, inline: decided pairs are only counted
-                const double nj = norms_c[jj], f = squared_distance(static_cast<double>(g[jj]), ni, nj, false);
-                const int side = interval_side(f, ra.beta * (ni + nj), lo, hi);
-                nb += side < 0;
-                if (side != 0) continue;
-                double d = 0.0;
-                bool exact = false;
-                const int where = pair_window(ra, g[jj], gi, c0 + jj, lo, hi, &d, &exact);
-                nb += where < 0;
-                if (where == 0) {
-                  part[q].push_back(d);
-                  part_keys[q].push_back(exact ? -1 : gi * n + c0 + jj);
-                }
-              }
-            }
-            below[q] = nb;
-          }
-        });
-        for (int64_t q = 0; q < chunks; ++q) {
-          out.below += below[q];
-          out.inside += static_cast<int64_t>(part[q].size());
-          if (out.inside <= kCollectCapacity) {
-            out.values.insert(out.values.end(), part[q].begin(), part[q].end());
-            out.keys.insert(out.keys.end(), part_keys[q].begin(), part_keys[q].end());
-          }
-        }
+      const WindowBound bound{ReducedBound{ra.beta, 0.0, 0.0, 0.0}, ra.norms, nullptr, nullptr};
+      out = window_pass<scalar_t, false>(a.xs, a.xs.size(0), bound, lo, hi, [&](const scalar_t* g, int64_t gi,
+                                                                                 int64_t gj, double* d, bool* exact) {
+        return pair_window(ra, *g, gi, gj, lo, hi, d, exact);
       });
     });
-    if (out.inside > kCollectCapacity) {
-      std::vector<double>().swap(out.values);
-      std::vector<int64_t>().swap(out.keys);
-    }
+    return out;
+  }
+
+  // The CPU has bf16 dot instructions (AVX512-BF16 or AMX): torch's bf16 GEMM then runs at 3–5× float32's speed.
+  // Elsewhere it is emulated and no faster, and auto keeps the full-precision pass.
+  static bool reduced_pass_fast() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    static const bool fast = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+    return fast;
+#else
+    return false;
+#endif
+  }
+
+  // The window pass from a bfloat16 GEMM (median.h: the reduced-precision window pass and its bound): pairs whose
+  // error interval lies wholly on one side are counted; the rest take pair_window with the dot recomputed in the
+  // rows' precision (row_dot), which decides nearly all of them and recomputes the others exactly.
+  static WindowPass distance_window_reduced(const ScaledRows& a, uint64_t lo, uint64_t hi) {
+    const int64_t n = a.xs.size(0), p = a.xs.size(1);
+    const Tensor xb = bf16_rows(a.xs);
+    const uint16_t* xbp = static_cast<const uint16_t*>(xb.const_data_ptr());
+    const double* norms = a.norms.const_data_ptr<double>();
+    std::vector<double> t(n), r(n);  // ‖ã‖ and ‖ã − a‖ per row, float64
+    WindowPass out;
+    FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_window_reduced", [&] {
+      const scalar_t* xs = a.xs.const_data_ptr<scalar_t>();
+      torch::stable::parallel_for(0, n, 64, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          double tt = 0.0, rr = 0.0;
+          for (int64_t c = 0; c < p; ++c) {
+            const double v = bf16_value(xbp[i * p + c]), dv = v - static_cast<double>(xs[i * p + c]);
+            tt += v * v;
+            rr += dv * dv;
+          }
+          t[i] = std::sqrt(tt);
+          r[i] = std::sqrt(rr);
+        }
+      });
+      const double s = host_s(a);
+      const DistanceRows<scalar_t> ra = distance_rows<scalar_t>(a, s * s);
+      const WindowBound bound{reduced_bound(p, ra.beta), norms, t.data(), r.data()};
+      out = window_pass<uint16_t, true>(xb, n, bound, lo, hi, [&](const uint16_t*, int64_t gi, int64_t gj, double* d,
+                                                                  bool* exact) {
+        return pair_window(ra, row_dot(xs + gi * p, xs + gj * p, p), gi, gj, lo, hi, d, exact);
+      });
+    });
     return out;
   }
 
