@@ -3,12 +3,14 @@
 launchers, compiled against csrc/emu/cuda_emu.h; built by `make emu`), against the float64 reference.
 
 The emulation runs a block's threads as fibers that meet at real barriers, with per-block shared memory, lock-step
-warp shuffles, real atomics and blocks in a shuffled order on several OS threads (see cuda_emu.h). Sizes are small
-and chosen for the kernels' geometry: 32×32 tiles (n = 31, 32, 33: a tile ± 1, a single partial tile), several
-blocks meeting in float64 atomics (n ≥ 65, p > 256), feature counts that are not a multiple of the warp or the
-tile's 32-feature chunks, odd n. The float64 sums that the CUDA kernels reduce with atomics (and the CPU with a
-different blocking) are equal to the reference only up to summation order: those comparisons use rtol 1e-9 and an
-absolute floor relative to the largest term, never bit equality; the median and the counts are compared exactly.
+warp shuffles, real atomics and blocks in a shuffled order on several OS threads, and cuBLAS's GEMMs as loops (see
+cuda_emu.h). Sizes are small and chosen for the kernels' geometry: the kernel-HSIC row blocks, which the emulation
+build makes small (see KERNEL_SIZES), 32×32 tiles of the median and centring passes (n = 31, 32, 33: a tile ± 1, a
+single partial tile), several blocks meeting in float64 atomics (n ≥ 65, p > 256), feature counts that are not a
+multiple of the warp or of 32-feature chunks, odd n. The float64 sums that the CUDA kernels reduce in their own order
+(and the CPU with a different blocking) are equal to the reference only up to summation order: those comparisons use
+rtol 1e-9 and an absolute floor relative to the largest term, never bit equality; the median and the counts are
+compared exactly.
 """
 
 from __future__ import annotations
