@@ -4,8 +4,7 @@
 // products come from one cuBLAS GEMM per side (blas.cuh: the input precision, never TF32), then a fused epilogue
 // kernel evaluates the kernels with the header math the CPU pass uses and reduces in float64 without atomics; the
 // gradient multiplies its W blocks by X' in a second GEMM (details above block_rows). The median's distance passes
-// still use one block per 32×32 tile pair (ti < tj), whose row tiles are staged through shared memory to form the
-// tile's dot products (tile_dots).
+// (radix histogram, window) walk the same row blocks of the triangle's GEMM dots.
 #include <vector>
 
 #include "cuda/blas.cuh"
@@ -14,43 +13,6 @@
 
 namespace fastcka {
 namespace cuda {
-
-constexpr int kTile = 32;
-constexpr int kTileThreads = 256;
-constexpr int kPerThread = kTile * kTile / kTileThreads;  // 4 entries of the tile per thread
-
-// dot[r] = x'_{ti·32+ii} · x'_{tj·32+jj} for this thread's entries (ii, jj) = divmod(tid + 256·r, 32).
-template <typename T>
-__device__ void tile_dots(const T* x, int64_t n, int64_t p, int64_t ti, int64_t tj, T* dot) {
-  __shared__ T si[kTile][kTile + 1];
-  __shared__ T sj[kTile][kTile + 1];
-  for (int r = 0; r < kPerThread; ++r) dot[r] = T(0);
-  for (int64_t c0 = 0; c0 < p; c0 += kTile) {
-    for (int e = threadIdx.x; e < kTile * kTile; e += blockDim.x) {
-      const int row = e / kTile, col = e % kTile;
-      const int64_t gi = ti * kTile + row, gj = tj * kTile + row, c = c0 + col;
-      si[row][col] = (gi < n && c < p) ? x[gi * p + c] : T(0);
-      sj[row][col] = (gj < n && c < p) ? x[gj * p + c] : T(0);
-    }
-    __syncthreads();
-    for (int r = 0; r < kPerThread; ++r) {
-      const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
-      T acc = dot[r];
-#pragma unroll 8
-      for (int c = 0; c < kTile; ++c) acc += si[ii][c] * sj[jj][c];
-      dot[r] = acc;
-    }
-    __syncthreads();
-  }
-}
-
-__device__ inline void tile_of_block(int64_t tiles, int64_t* ti, int64_t* tj) {
-  __shared__ int64_t s_ti, s_tj;
-  if (threadIdx.x == 0) triangle_tile(blockIdx.x, tiles, &s_ti, &s_tj);
-  __syncthreads();
-  *ti = s_ti;
-  *tj = s_tj;
-}
 
 // A side's kernel: γ' from gamma and the shift c the vote kernel wrote into the moments (slot kmShiftX/Y).
 __device__ inline KernelSpec device_spec(int type, const double* gamma, int side, const double* scale,
@@ -69,7 +31,7 @@ __device__ inline DistanceRows<T> device_rows(DistanceRows<T> r, const double* s
   return r;
 }
 
-// The shift vote of one side (tiled_hsic.h), one block of kTileThreads threads: m[slot] = c, and the side's κ.
+// The shift vote of one side (tiled_hsic.h), one block: m[slot] = c, and the side's κ.
 template <typename T>
 __global__ void shift_vote_kernel(const T* x, int64_t n, int64_t p, int type, const double* gamma, int side,
                                   const double* scale, double* m) {
@@ -341,48 +303,39 @@ __global__ void grad_finish_kernel(const T* prod, const double* wsum, const T* x
   }
 }
 
-// A radix pass over the pairs i < j of this tile pair: the histogram of the next digit of the distances that carry
-// the prefix.
+// The median's passes run over the same row blocks of the triangle's dots (for_each_triangle_block), row i of the
+// block in blockIdx.y, its columns jj > i (the pairs i < j) strided over blockIdx.x.
+
+// A radix pass over one row block: the histogram of the next digit of the distances that carry the prefix (integer
+// atomics: the counts do not depend on the order).
 template <typename T>
-__global__ void distance_histogram_kernel(const T* xs, DistanceRows<T> rx, const double* scale, int64_t n, int64_t p,
+__global__ void distance_histogram_kernel(const T* gx, DistanceRows<T> rx, const double* scale, int64_t i0, int64_t w,
                                           uint64_t prefix, int bits, unsigned long long* hist) {
   rx = device_rows(rx, scale);
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  int64_t ti, tj;
-  tile_of_block(tiles, &ti, &tj);
-  T gx[kPerThread];
-  tile_dots(xs, n, p, ti, tj, gx);
-  for (int r = 0; r < kPerThread; ++r) {
-    const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
-    const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
-    if (gi >= n || gj >= n || gj <= gi) continue;
-    const int64_t digit = pair_digit(rx, static_cast<double>(gx[r]), gi, gj, prefix, bits);
+  const int64_t i = blockIdx.y, gi = i0 + i;
+  for (int64_t jj = i + 1 + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; jj < w;
+       jj += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t digit = pair_digit(rx, static_cast<double>(gx[i * w + jj]), gi, i0 + jj, prefix, bits);
     if (digit >= 0) atomicAdd(hist + digit, 1ull);
   }
 }
 
-// A window pass: counts the pairs i < j below [lo, hi] (one atomic per block) and collects those inside it while
-// they fit; count[1] keeps counting past the buffer, so the host sees an overflow.
+// A window pass over one row block: counts the pairs below [lo, hi] (one atomic per block) and collects those
+// inside it while they fit; count[1] keeps counting past the buffer, so the host sees an overflow. (The collected
+// order depends on scheduling; the ranks read from them do not.)
 template <typename T>
-__global__ void distance_window_kernel(const T* xs, DistanceRows<T> rx, const double* scale, int64_t n, int64_t p,
-                                       uint64_t lo, uint64_t hi, double* collect, int64_t* keys,
+__global__ void distance_window_kernel(const T* gx, DistanceRows<T> rx, const double* scale, int64_t i0, int64_t w,
+                                       int64_t n, uint64_t lo, uint64_t hi, double* collect, int64_t* keys,
                                        unsigned long long* count) {
   rx = device_rows(rx, scale);
-  __shared__ unsigned long long block_below;
-  if (threadIdx.x == 0) block_below = 0;
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  int64_t ti, tj;
-  tile_of_block(tiles, &ti, &tj);  // its __syncthreads publishes block_below = 0
-  T gx[kPerThread];
-  tile_dots(xs, n, p, ti, tj, gx);
-  unsigned long long below = 0;
-  for (int r = 0; r < kPerThread; ++r) {
-    const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
-    const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
-    if (gi >= n || gj >= n || gj <= gi) continue;
+  const int64_t i = blockIdx.y, gi = i0 + i;
+  double below = 0.0;  // a count, exact in float64, for block_sum
+  for (int64_t jj = i + 1 + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; jj < w;
+       jj += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t gj = i0 + jj;
     double d = 0.0;
     bool exact = false;
-    const int where = pair_window(rx, static_cast<double>(gx[r]), gi, gj, lo, hi, &d, &exact);
+    const int where = pair_window(rx, static_cast<double>(gx[i * w + jj]), gi, gj, lo, hi, &d, &exact);
     below += where < 0;
     if (where == 0) {
       const unsigned long long slot = atomicAdd(count + 1, 1ull);
@@ -392,9 +345,8 @@ __global__ void distance_window_kernel(const T* xs, DistanceRows<T> rx, const do
       }
     }
   }
-  if (below) atomicAdd(&block_below, below);
-  __syncthreads();
-  if (threadIdx.x == 0 && block_below) atomicAdd(count, block_below);
+  below = block_sum(below);
+  if (threadIdx.x == 0 && below > 0.0) atomicAdd(count, static_cast<unsigned long long>(below));
 }
 
 // The exact distances of the pairs keys[t] = i·n + j, one thread per pair.
@@ -427,22 +379,26 @@ __global__ void shift_rows_kernel(int64_t n, int64_t* out) {
     out[r] = shift_row(r, n);
 }
 
-// The median passes launch one block per tile pair: at most 65,535 row tiles keep the tiles·(tiles + 1)/2 pairs within
-// gridDim.x (< 2³¹), so n ≤ 2,097,120. A larger n is refused here, not launched on a grid that wraps (the cast to
-// unsigned covered a fraction of the tiles for n ≥ 2,965,793) or fails. (The kernel-HSIC row-block passes have no
-// such limit; their GEMMs take n < 2³¹.)
-constexpr int64_t kMaxTiles = 65535;
-
-inline int64_t checked_tiles(int64_t n) {
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  STD_TORCH_CHECK(tiles <= kMaxTiles, "fastcka CUDA distance median: n = ", n, " rows, more than the ", kMaxTiles * kTile,
-                  " one launch covers");
-  return tiles;
+// Calls f(i0, rows, w, gx) for each row block of the triangle: gx = X'_I X'_{i0:}ᵀ (rows × w, w = n − i0), from a
+// cuBLAS GEMM in the input precision into one B·n scratch (block_rows), on the current stream.
+template <typename T, class F>
+void for_each_triangle_block(const Tensor& xs, F&& f) {
+  const int64_t n = xs.size(0), p = xs.size(1), B = block_rows(n);
+  Tensor gx = empty_like_shape(xs, {B * n}, xs.scalar_type());
+  const cublasHandle_t h = blas_handle(xs);
+  const cudaStream_t s = current_stream(xs);
+  const T* x = xs.const_data_ptr<T>();
+  T* g = gx.mutable_data_ptr<T>();
+  for (int64_t i0 = 0; i0 < n; i0 += B) {
+    const int64_t rows = std::min(B, n - i0), w = n - i0;
+    gemm_rowmajor(h, s, true, rows, w, p, x + i0 * p, x + i0 * p, g);
+    f(i0, rows, w, static_cast<const T*>(g));
+  }
 }
 
-inline unsigned triangle_blocks(int64_t n) {
-  const int64_t tiles = checked_tiles(n);
-  return static_cast<unsigned>(tiles * (tiles + 1) / 2);
+// The grid of a median pass over one row block: a row per blockIdx.y (rows ≤ B ≤ 4096), its columns over blockIdx.x.
+inline dim3 row_block_grid(int64_t rows, int64_t w) {
+  return dim3(static_cast<unsigned>(blocks_for(w, kThreads, 1024)), static_cast<unsigned>(rows));
 }
 
 inline Tensor to_cpu(const Tensor& t) {
@@ -498,10 +454,10 @@ struct CudaKernelHsic : CudaBackend {
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_pass", [&] {
       const cudaStream_t s = cuda::current_stream(a.xs);
       double* m = o.m.mutable_data_ptr<double>();
-      FASTCKA_LAUNCH(1, cuda::kTileThreads, 0, s, cuda::shift_vote_kernel)(
+      FASTCKA_LAUNCH(1, cuda::kThreads, 0, s, cuda::shift_vote_kernel)(
           a.x.const_data_ptr<scalar_t>(), n, p, static_cast<int>(kx), gamma.const_data_ptr<double>(), 0,
           a.scale.const_data_ptr<double>(), m);
-      FASTCKA_LAUNCH(1, cuda::kTileThreads, 0, s, cuda::shift_vote_kernel)(
+      FASTCKA_LAUNCH(1, cuda::kThreads, 0, s, cuda::shift_vote_kernel)(
           b.x.const_data_ptr<scalar_t>(), n, q, static_cast<int>(ky), gamma.const_data_ptr<double>(), 1,
           b.scale.const_data_ptr<double>(), m);
       const int64_t B = cuda::block_rows(n), row_tiles_max = cuda::ceil_div(B, cuda::kEpiRows);
@@ -594,15 +550,15 @@ struct CudaKernelHsic : CudaBackend {
   }
 
   static std::vector<int64_t> distance_histogram(const ScaledRows& a, uint64_t prefix, int bits) {
-    const int64_t n = a.xs.size(0);
     Tensor hist = zeros_f64(a.xs, kDigitBins);  // 64-bit counters in float64-sized slots
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_histogram", [&] {
-      FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs),
-                     cuda::distance_histogram_kernel)(
-          a.xs.const_data_ptr<scalar_t>(), distance_rows<scalar_t>(a, 0.0), a.scale.const_data_ptr<double>(), n,
-          a.xs.size(1), prefix, bits,
-          reinterpret_cast<unsigned long long*>(hist.mutable_data_ptr<double>()));
-      cuda::check_launch("distance_histogram");
+      const cudaStream_t s = cuda::current_stream(a.xs);
+      auto* h = reinterpret_cast<unsigned long long*>(hist.mutable_data_ptr<double>());
+      cuda::for_each_triangle_block<scalar_t>(a.xs, [&](int64_t i0, int64_t rows, int64_t w, const scalar_t* gx) {
+        FASTCKA_LAUNCH(cuda::row_block_grid(rows, w), cuda::kThreads, 0, s, cuda::distance_histogram_kernel)(
+            gx, distance_rows<scalar_t>(a, 0.0), a.scale.const_data_ptr<double>(), i0, w, prefix, bits, h);
+        cuda::check_launch("distance_histogram");
+      });
     });
     const Tensor h = cuda::to_cpu(hist);
     const auto* c = reinterpret_cast<const unsigned long long*>(h.const_data_ptr<double>());
@@ -615,13 +571,14 @@ struct CudaKernelHsic : CudaBackend {
     Tensor keys = empty_like_shape(a.xs, {kCollectCapacity}, ScalarType::Long);
     Tensor count = zeros_f64(a.xs, 2);  // [below, inside] as 64-bit counters
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_window", [&] {
-      FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs),
-                     cuda::distance_window_kernel)(
-          a.xs.const_data_ptr<scalar_t>(), distance_rows<scalar_t>(a, 0.0), a.scale.const_data_ptr<double>(), n,
-          a.xs.size(1), lo, hi,
-          buf.mutable_data_ptr<double>(), keys.mutable_data_ptr<int64_t>(),
-          reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<double>()));
-      cuda::check_launch("distance_window");
+      const cudaStream_t s = cuda::current_stream(a.xs);
+      cuda::for_each_triangle_block<scalar_t>(a.xs, [&](int64_t i0, int64_t rows, int64_t w, const scalar_t* gx) {
+        FASTCKA_LAUNCH(cuda::row_block_grid(rows, w), cuda::kThreads, 0, s, cuda::distance_window_kernel)(
+            gx, distance_rows<scalar_t>(a, 0.0), a.scale.const_data_ptr<double>(), i0, w, n, lo, hi,
+            buf.mutable_data_ptr<double>(), keys.mutable_data_ptr<int64_t>(),
+            reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<double>()));
+        cuda::check_launch("distance_window");
+      });
     });
     const Tensor c = cuda::to_cpu(count);
     const auto* cc = reinterpret_cast<const unsigned long long*>(c.const_data_ptr<double>());
