@@ -47,7 +47,7 @@ __global__ void shift_vote_kernel(const T* x, int64_t n, int64_t p, int type, co
   }
 }
 
-// The shifted entry of pair (gi, gj) of one side from its tile dot product.
+// The shifted entry of pair (gi, gj) of one side from its GEMM dot product.
 template <typename T>
 __device__ inline double device_entry(const KernelSpec& k, const DistanceRows<T>& r, T dot, int64_t gi, int64_t gj) {
   const bool diag = gi == gj;
@@ -76,9 +76,11 @@ __global__ void shift_normalise_kernel(const T* x, const T* shift, int64_t n, in
 // → float64; TF32 never, whatever the global setting: blas.cuh). An epilogue kernel then evaluates the kernel entries
 // from the dots with the header math the CPU pass uses (tiled_hsic.h, median.h: kernel_entry, kernel_sq_dist with
 // its guard recompute, kernel_grad_weight).
-// Scratch: B·n entries per side with B = max(kMinBlockRows, kBlockEntries / n), i.e. 2²⁴ entries (64 MB per side at
-// float32, 128 MB at float64) while n ≤ 2¹⁸ (B ≥ 64); beyond that B = 64 rows: 64·n entries per side (n = 10⁶: 256
-// MB per side at float32). The gradient writes its W blocks over the dots in place, so it needs no more.
+// Scratch: B·n entries per side with B = min(n, max(kMinBlockRows, kBlockEntries / n)), i.e. at most 2²⁴ entries (64
+// MB per side at float32, 128 MB at float64) while n ≤ 2¹⁸ (B ≥ 64); beyond that B = 64 rows: 64·n entries per side
+// (n = 10⁶: 256 MB per side at float32). The gradient writes its W blocks over the dots in place, so it needs no
+// more; the median's passes use one side's. The forward's float64 partials add 2n·⌈B/kEpiRows⌉ + 2B·⌈n/kEpiCols⌉
+// entries (n = 65,536, B = 256: 9 MB).
 // Determinism: an epilogue block (kEpiRows rows × kEpiCols columns, one thread per column) reduces its rows with warp
 // shuffles and its columns in-thread, in float64, and writes its partials to slots of its own; a finishing kernel adds
 // the slots in a fixed order with one writer per output. No atomics: results do not depend on block scheduling.
