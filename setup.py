@@ -67,6 +67,20 @@ def nvidia_pip_dirs():
     return incs, libs
 
 
+def cublas_link_arg(libs) -> str:
+    """The linker argument for cuBLAS (csrc/ops/cuda/blas.cuh). The pip `nvidia` wheels ship only the versioned
+    library (libcublas.so.13), which -lcublas does not find, so it is then named by file; at run time torch has
+    already loaded that same library (libtorch_cuda needs it), so the loader finds it without an rpath."""
+    for d in libs:
+        if os.path.exists(os.path.join(d, "libcublas.so")):
+            return "-lcublas"
+    for d in libs:
+        found = sorted(glob.glob(os.path.join(d, "libcublas.so.*")))
+        if found:
+            return "-l:" + os.path.basename(found[0])
+    return "-lcublas"
+
+
 def torch_arch_list(archs: str) -> str:
     """'80;90' -> '8.0;9.0+PTX' (torch's BuildExtension turns it into -gencode flags; PTX for the newest)."""
     caps = [a.strip().replace(".", "") for a in archs.split(";") if a.strip()]
@@ -101,6 +115,7 @@ def extensions():
             sources,
             extra_compile_args={"cxx": cxx + ["-DUSE_CUDA", "-DFASTCKA_WITH_CUDA"], "nvcc": nvcc},
             library_dirs=libs,
+            extra_link_args=[cublas_link_arg(libs)],
             **kwargs,
         )
     ]

@@ -3,12 +3,14 @@
 launchers, compiled against csrc/emu/cuda_emu.h; built by `make emu`), against the float64 reference.
 
 The emulation runs a block's threads as fibers that meet at real barriers, with per-block shared memory, lock-step
-warp shuffles, real atomics and blocks in a shuffled order on several OS threads (see cuda_emu.h). Sizes are small
-and chosen for the kernels' geometry: 32×32 tiles (n = 31, 32, 33: a tile ± 1, a single partial tile), several
-blocks meeting in float64 atomics (n ≥ 65, p > 256), feature counts that are not a multiple of the warp or the
-tile's 32-feature chunks, odd n. The float64 sums that the CUDA kernels reduce with atomics (and the CPU with a
-different blocking) are equal to the reference only up to summation order: those comparisons use rtol 1e-9 and an
-absolute floor relative to the largest term, never bit equality; the median and the counts are compared exactly.
+warp shuffles, real atomics and blocks in a shuffled order on several OS threads, and cuBLAS's GEMMs as loops (see
+cuda_emu.h). Sizes are small and chosen for the kernels' geometry: the kernel-HSIC row blocks, which the emulation
+build makes small (see KERNEL_SIZES), 32×32 tiles of the median and centring passes (n = 31, 32, 33: a tile ± 1, a
+single partial tile), several blocks meeting in float64 atomics (n ≥ 65, p > 256), feature counts that are not a
+multiple of the warp or of 32-feature chunks, odd n. The float64 sums that the CUDA kernels reduce in their own order
+(and the CPU with a different blocking) are equal to the reference only up to summation order: those comparisons use
+rtol 1e-9 and an absolute floor relative to the largest term, never bit equality; the median and the counts are
+compared exactly.
 """
 
 from __future__ import annotations
@@ -136,9 +138,12 @@ def test_linear_hsic_float32_agrees_with_float64(ops, unbiased):
     torch.testing.assert_close(got, ref, rtol=2e-5, atol=2e-6 * ref.abs().max().item())
 
 
-# --- kernel HSIC: shift_normalise, normalise, row_sq, hsic_pass, dot, kernel_combine, hsic_grad, grad_finish ---------
-# n: a single partial tile (5), a tile − 1, a tile, a tile + 1, four tiles (97: ten triangle blocks); p, q around
-# the 32-feature chunks of tile_dots.
+# --- kernel HSIC: shift_normalise, normalise, row_sq, the row-block passes (cuBLAS GEMMs, hsic_block, its finish,
+# grad_u, hsic_grad_block, grad_row_sums, grad_finish), dot, kernel_combine --------------------------------------------
+# The emulation's row blocks hold B = min(n, max(8, 1024 // n)) rows and its epilogue tiles 4 rows × 64 columns (two
+# warps; kernel_hsic_kernel.cu): n = 5 and 31 fit one block with room to spare (n < 1024 // n), n = 32 fills one
+# exactly, n = 33 takes 31 + 2 rows, n = 97 ten blocks of 10 rows and a last of 7 (two column tiles), n = 290
+# (below) 36 blocks of 8 rows and one of 2. p, q: one feature, p around the warp, p = 64.
 KERNEL_SIZES = {5: (1, 2), 31: (33, 3), 32: (32, 64), 33: (35, 1), 97: (7, 40)}
 KERNEL_PAIRS = [(RBF, RBF), (LINEAR, LINEAR), (RBF, LINEAR)]
 
@@ -169,8 +174,66 @@ def test_kernel_hsic_backward(ops, n, kernels, unbiased):
     close(dy, ry, rtol=1e-8)
 
 
+@pytest.mark.parametrize("n,unbiased", [(2, False), (3, False), (4, True), (4, False), (130, True)])
+@pytest.mark.parametrize("kernels", KERNEL_PAIRS)
+def test_kernel_hsic_row_block_edges(ops, n, unbiased, kernels):
+    """The smallest n of each estimator (one block of 2, 3 or 4 rows: a single epilogue tile, mostly idle lanes), and
+    n = 130: 16 blocks of 8 rows and one of 2, three column tiles of which the last holds 2 columns, p = 70 and
+    q = 65 (just over a multiple of the warp). Forward and gradient against the reference."""
+    p, q = (70, 65) if n == 130 else (3, 2)
+    x, y = correlated_pair(n, p, q, seed=5 * n + 1)
+    gamma = torch.tensor([0.3 / p, 0.5 / q], dtype=torch.float64)
+    terms = lambda a, b: ref_terms(gram(a, kernels[0], gamma[0].item()), gram(b, kernels[1], gamma[1].item()), unbiased)
+    close(ops.kernel_hsic(x, y, gamma, kernels[0], kernels[1], unbiased), terms(x, y))
+    dx, dy = ops._kernel_hsic_backward(G, x, y, gamma, kernels[0], kernels[1], unbiased)
+    rx, ry = ref_grads(x, y, terms, G)
+    close(dx, rx, rtol=1e-8, scale=rx.abs().max().item())
+    close(dy, ry, rtol=1e-8, scale=ry.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kernel_hsic_does_not_depend_on_block_order(ops, dtype):
+    """Bit-for-bit the same results run after run: the emulation runs the blocks of each launch in a new shuffled
+    order on several OS threads, so a sum that depended on block scheduling (float64 atomics: the former tiled pass)
+    would differ in its last bits. The CUDA passes reduce through per-block slots in a fixed order instead."""
+    x, y = correlated_pair(97, 7, 40, seed=4, dtype=dtype)
+    gamma = torch.tensor([0.05, 0.01], dtype=torch.float64)
+    for kx, ky, unbiased in ((RBF, RBF, False), (RBF, LINEAR, True)):
+        first = ops.kernel_hsic(x, y, gamma, kx, ky, unbiased)
+        grad = ops._kernel_hsic_backward(G, x, y, gamma, kx, ky, unbiased)
+        for _ in range(2):
+            assert torch.equal(ops.kernel_hsic(x, y, gamma, kx, ky, unbiased), first)
+            again = ops._kernel_hsic_backward(G, x, y, gamma, kx, ky, unbiased)
+            assert torch.equal(again[0], grad[0]) and torch.equal(again[1], grad[1])
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-8), (torch.float32, 1e-3)])
+def test_kernel_hsic_gradient_on_clusters_and_duplicates(ops, dtype, rtol):
+    """Rows far apart against their spread (two clusters 1e3 apart) and 15 equal rows: the GEMM distances lose
+    their digits there and the epilogue recomputes them from the rows (kernel_sq_dist's guard), with the global row
+    and column indices of the block. The gradient against the reference's, float32 within 1e-3 of the largest
+    entry (float32 W blocks and products)."""
+    torch.manual_seed(0)
+    lab = (torch.arange(90) < 30).double()[:, None]
+    x = torch.randn(90, 6, dtype=torch.float64) + 1e3 * lab
+    x[60:75] = x[60]
+    y = torch.randn(90, 3, dtype=torch.float64) + x[:, :3]
+    x, y = x.to(dtype), y.to(dtype)
+    gamma = torch.tensor([0.5 / 6, 0.5 / 3], dtype=torch.float64)
+    for unbiased in (False, True):
+        terms = lambda a, b: ref_terms(gram(a, RBF, gamma[0].item()), gram(b, RBF, gamma[1].item()), unbiased)
+        ref = terms(x.double(), y.double())
+        got = ops.kernel_hsic(x, y, gamma, RBF, RBF, unbiased)
+        torch.testing.assert_close(got, ref, rtol=1e-9 if dtype == torch.float64 else 1e-5,
+                                   atol=1e-6 * ref.abs().max().item())
+        dx, dy = ops._kernel_hsic_backward(G, x, y, gamma, RBF, RBF, unbiased)
+        rx, ry = ref_grads(x, y, terms, G)
+        for d, r in ((dx, rx), (dy, ry)):
+            torch.testing.assert_close(d.double(), r, rtol=rtol, atol=rtol * r.abs().max().item())
+
+
 def test_kernel_hsic_beyond_the_shift_subset(ops):
-    """n > 255: the shift is the column median of a seeded row subset (index_select), 45 triangle blocks."""
+    """n > 255: the shift is the column median of a seeded row subset (index_select); 37 row blocks."""
     x, y = correlated_pair(290, 9, 4, seed=7)
     x = x + 50.0  # a mean far from zero: the shift matters
     gamma = torch.tensor([0.05, 0.1], dtype=torch.float64)
@@ -346,6 +409,19 @@ def test_emulated_atomics_and_block_order(emu):
     order = out[3:]
     assert sorted(order.tolist()) == list(range(blocks))
     assert order.tolist() != list(range(blocks))  # not the launch order
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (5, 3, 7), (33, 70, 65), (4, 6, 0)])
+def test_row_major_gemm_on_cublas(emu, dtype, m, n, k):
+    """cuda::gemm_rowmajor (blas.cuh), the kernel-HSIC passes' GEMMs, through the emulated cuBLAS (column-major, as
+    the real one): a·bᵀ and a·b equal torch's product of the same row-major matrices; no features (k = 0) give 0."""
+    a = randn(m, k, seed=m + k).to(dtype)
+    b = randn(n, k, seed=n + 2 * k).to(dtype)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(emu._emu_gemm(a, b, True), a @ b.T, rtol=rtol, atol=rtol)
+    bt = b.T.contiguous()
+    torch.testing.assert_close(emu._emu_gemm(a, bt, False), a @ bt, rtol=rtol, atol=rtol)
 
 
 def test_emulation_reports_undefined_warp_use_and_bad_launches(emu):

@@ -1,5 +1,6 @@
 """Checks that only a real GPU can make (run by `make gpu-check`; skipped without CUDA): no host synchronisation on
-the ops' hot path, and float32 products: IEEE by default, following a global TF32 setting as documented."""
+the ops' hot path, and float32 products: IEEE by default, following a global TF32 setting as documented, except in
+the kernel-HSIC passes, which ignore it."""
 
 from __future__ import annotations
 
@@ -88,6 +89,28 @@ def test_float32_products_follow_a_global_tf32_setting(tf32_on, method):
     assert abs(got - ref) <= 1e-2 * abs(ref)
     exact = fastcka.cka(x.cuda(), y.cuda(), method=method).item()
     assert abs(exact - ref) <= 1e-9
+
+
+def test_kernel_hsic_products_ignore_tf32(tf32_on):
+    """The kernel-HSIC passes run their GEMMs on cuBLAS in the input precision (csrc/ops/cuda/blas.cuh), not through
+    ATen's matmul: their squared distances are trusted from a float32 error bound (and the linear kernel's entries are
+    the products), which a TF32 product would break. So the forward values and the gradients are bit-for-bit those
+    with TF32 off (the passes are deterministic), for RBF and linear kernels, across several row blocks (n = 3000)."""
+    x, y = correlated_pair(3000, 300, 40, seed=6, dtype=torch.float32, device="cuda")
+    x[100:130] = x[100] + 1e3  # equal rows far out: distances recomputed by the guard
+    gamma = torch.tensor([0.5 / 300, 0.5 / 40], dtype=torch.float64, device="cuda")
+    grad = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64, device="cuda")
+    ops = torch.ops.fastcka
+    runs = []
+    for allow in (True, False):
+        torch.backends.cuda.matmul.allow_tf32 = allow
+        torch.set_float32_matmul_precision("high" if allow else "highest")
+        runs.append([ops.kernel_hsic(x, y, gamma, 1, 0, True), *ops._kernel_hsic_backward(grad, x, y, gamma, 1, 0, True),
+                     ops.kernel_hsic(x, y, gamma, 0, 0, False)])
+    for with_tf32, without in zip(*runs):
+        assert torch.equal(with_tf32, without)
+    ref = R.hsic(torch.exp(-0.5 / 300 * R.squared_distances(x.double().cpu())), R.gram_linear(y.double().cpu()), True)
+    assert abs(runs[1][0][0].item() - ref.item()) <= 1e-5 * abs(ref.item())
 
 
 def test_raw_ops_refuse_arguments_on_another_device():

@@ -91,6 +91,59 @@ inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, int
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
+// --- cuBLAS: the handle calls and the two GEMMs the CUDA sources use (cuda/blas.cuh), with cuBLAS's column-major
+// semantics and argument checks, as plain loops that accumulate in the element type (cublasSgemm/Dgemm in
+// CUBLAS_DEFAULT_MATH: float32 products are IEEE float32, never TF32). Host memory, synchronous, like the launches.
+typedef struct FastckaEmuCublas* cublasHandle_t;
+enum cublasStatus_t : int { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_NOT_INITIALIZED = 1, CUBLAS_STATUS_INVALID_VALUE = 7 };
+enum cublasOperation_t : int { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
+enum cublasMath_t : int { CUBLAS_DEFAULT_MATH = 0 };
+inline cublasStatus_t cublasCreate(cublasHandle_t* h) {
+  static int handle;
+  *h = reinterpret_cast<cublasHandle_t>(&handle);
+  return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t) {
+  return h ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED;
+}
+inline cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t) {
+  return h ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED;
+}
+namespace fastcka_emu {
+// C (m×n, leading dimension ldc) = α·op(A)·op(B) + β·C, all column-major; op(A) is m×k, op(B) k×n.
+template <class T>
+cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const T* alpha,
+                    const T* A, int lda, const T* B, int ldb, const T* beta, T* C, int ldc) {
+  if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+  const int rows_a = ta == CUBLAS_OP_N ? m : k, rows_b = tb == CUBLAS_OP_N ? k : n;
+  if (m < 0 || n < 0 || k < 0 || lda < (rows_a > 1 ? rows_a : 1) || ldb < (rows_b > 1 ? rows_b : 1) ||
+      ldc < (m > 1 ? m : 1))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < m; ++i) {
+      T acc = T(0);
+      for (int64_t l = 0; l < k; ++l) {
+        const T a = ta == CUBLAS_OP_N ? A[i + l * lda] : A[l + i * lda];
+        const T b = tb == CUBLAS_OP_N ? B[l + j * ldb] : B[j + l * ldb];
+        acc += a * b;
+      }
+      T& c = C[i + j * ldc];
+      c = *beta == T(0) ? *alpha * acc : *alpha * acc + *beta * c;  // β = 0: C is not read (may be garbage)
+    }
+  return CUBLAS_STATUS_SUCCESS;
+}
+}  // namespace fastcka_emu
+inline cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                  const float* alpha, const float* A, int lda, const float* B, int ldb,
+                                  const float* beta, float* C, int ldc) {
+  return fastcka_emu::gemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+inline cublasStatus_t cublasDgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                  const double* alpha, const double* A, int lda, const double* B, int ldb,
+                                  const double* beta, double* C, int ldc) {
+  return fastcka_emu::gemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 // The AOTI shim declares this only for CUDA builds; under emulation every tensor is a CPU tensor on the null stream.
 inline int32_t aoti_torch_get_current_cuda_stream(int32_t, void** stream) {
   *stream = nullptr;

@@ -3,6 +3,7 @@
 // block reductions of cuda/primitives.cuh at block sizes the ops never launch. tests/test_cuda_emu.py calls them.
 #include <vector>
 
+#include "cuda/blas.cuh"
 #include "cuda/primitives.cuh"
 
 namespace fastcka {
@@ -95,6 +96,18 @@ Tensor full_mask_shuffle(const Tensor& like, int64_t threads) {
   return out;
 }
 
+// cuda::gemm_rowmajor (blas.cuh) on contiguous row-major a (M×K) and b (N×K if transposed, else K×N): a·bᵀ or a·b.
+Tensor gemm(const Tensor& a, const Tensor& b, bool transposed) {
+  const int64_t M = a.size(0), K = a.size(1), N = transposed ? b.size(0) : b.size(1);
+  STD_TORCH_CHECK((transposed ? b.size(1) : b.size(0)) == K, "_emu_gemm: inner sizes differ");
+  Tensor c = empty_like_shape(a, {M, N}, a.scalar_type());
+  FASTCKA_DISPATCH_FLOATING(a.scalar_type(), "_emu_gemm", [&] {
+    cuda::gemm_rowmajor(cuda::blas_handle(a), nullptr, transposed, M, N, K, a.const_data_ptr<scalar_t>(),
+                        b.const_data_ptr<scalar_t>(), c.mutable_data_ptr<scalar_t>());
+  });
+  return c;
+}
+
 Tensor launch_config(const Tensor& like, int64_t gx, int64_t gy, int64_t threads) {
   Tensor out = zeros_f64(like, 1);
   FASTCKA_LAUNCH(dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), static_cast<unsigned>(threads), 0,
@@ -110,6 +123,7 @@ STABLE_TORCH_LIBRARY_FRAGMENT(fastcka_emu, m) {
   m.def("_emu_atomics(Tensor like, int blocks, int threads) -> Tensor");
   m.def("_emu_full_mask_shuffle(Tensor like, int threads) -> Tensor");
   m.def("_emu_launch_config(Tensor like, int grid_x, int grid_y, int threads) -> Tensor");
+  m.def("_emu_gemm(Tensor a, Tensor b, bool transposed) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(fastcka_emu, CPU, m) {
@@ -118,6 +132,7 @@ STABLE_TORCH_LIBRARY_IMPL(fastcka_emu, CPU, m) {
   m.impl("_emu_atomics", TORCH_BOX(&atomics));
   m.impl("_emu_full_mask_shuffle", TORCH_BOX(&full_mask_shuffle));
   m.impl("_emu_launch_config", TORCH_BOX(&launch_config));
+  m.impl("_emu_gemm", TORCH_BOX(&gemm));
 }
 
 }  // namespace fastcka

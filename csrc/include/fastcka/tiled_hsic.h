@@ -183,16 +183,4 @@ FASTCKA_HD double kernel_grad_scale(int own_type, double gamma, double kappa, do
   return own_type == kKernelRbf ? 4.0 * gamma * s : 2.0 * kappa * s;
 }
 
-// --- triangular tile enumeration (CUDA: one block per tile pair ti ≤ tj) ---------------------------------------------
-FASTCKA_HD void triangle_tile(int64_t t, int64_t tiles, int64_t* ti, int64_t* tj) {
-  // t enumerates (ti, tj), ti ≤ tj, row by row: row ti holds tiles − ti pairs.
-  int64_t row = 0, start = 0;
-  while (start + (tiles - row) <= t) {
-    start += tiles - row;
-    ++row;
-  }
-  *ti = row;
-  *tj = row + (t - start);
-}
-
 }  // namespace fastcka

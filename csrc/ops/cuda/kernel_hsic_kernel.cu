@@ -1,53 +1,18 @@
 // CUDA kernels and registration of the fused kernel-HSIC pass and the exact distance median.
 //
-// Scheme: one block per 32×32 tile pair (ti ≤ tj for the sums and the median passes, all pairs for the gradient).
-// Row tiles of X' and Y' are staged through shared memory 32 features at a time to form the tile's dot products;
-// the epilogue (kernel values, weights, distance digits) is the header math the CPU pass uses. Scalars are reduced
-// per block in float64 and added with one atomic per block; row and column sums go through shared memory first.
+// Scheme. The kernel-HSIC forward and backward passes walk row blocks, as the CPU pass does: each block's dot
+// products come from one cuBLAS GEMM per side (blas.cuh: the input precision, never TF32), then a fused epilogue
+// kernel evaluates the kernels with the header math the CPU pass uses and reduces in float64 without atomics; the
+// gradient multiplies its W blocks by X' in a second GEMM (details above block_rows). The median's distance passes
+// (radix histogram, window) walk the same row blocks of the triangle's GEMM dots.
 #include <vector>
 
+#include "cuda/blas.cuh"
 #include "cuda/primitives.cuh"
 #include "kernel_hsic_impl.h"
 
 namespace fastcka {
 namespace cuda {
-
-constexpr int kTile = 32;
-constexpr int kTileThreads = 256;
-constexpr int kPerThread = kTile * kTile / kTileThreads;  // 4 entries of the tile per thread
-
-// dot[r] = x'_{ti·32+ii} · x'_{tj·32+jj} for this thread's entries (ii, jj) = divmod(tid + 256·r, 32).
-template <typename T>
-__device__ void tile_dots(const T* x, int64_t n, int64_t p, int64_t ti, int64_t tj, T* dot) {
-  __shared__ T si[kTile][kTile + 1];
-  __shared__ T sj[kTile][kTile + 1];
-  for (int r = 0; r < kPerThread; ++r) dot[r] = T(0);
-  for (int64_t c0 = 0; c0 < p; c0 += kTile) {
-    for (int e = threadIdx.x; e < kTile * kTile; e += blockDim.x) {
-      const int row = e / kTile, col = e % kTile;
-      const int64_t gi = ti * kTile + row, gj = tj * kTile + row, c = c0 + col;
-      si[row][col] = (gi < n && c < p) ? x[gi * p + c] : T(0);
-      sj[row][col] = (gj < n && c < p) ? x[gj * p + c] : T(0);
-    }
-    __syncthreads();
-    for (int r = 0; r < kPerThread; ++r) {
-      const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
-      T acc = dot[r];
-#pragma unroll 8
-      for (int c = 0; c < kTile; ++c) acc += si[ii][c] * sj[jj][c];
-      dot[r] = acc;
-    }
-    __syncthreads();
-  }
-}
-
-__device__ inline void tile_of_block(int64_t tiles, int64_t* ti, int64_t* tj) {
-  __shared__ int64_t s_ti, s_tj;
-  if (threadIdx.x == 0) triangle_tile(blockIdx.x, tiles, &s_ti, &s_tj);
-  __syncthreads();
-  *ti = s_ti;
-  *tj = s_tj;
-}
 
 // A side's kernel: γ' from gamma and the shift c the vote kernel wrote into the moments (slot kmShiftX/Y).
 __device__ inline KernelSpec device_spec(int type, const double* gamma, int side, const double* scale,
@@ -66,7 +31,7 @@ __device__ inline DistanceRows<T> device_rows(DistanceRows<T> r, const double* s
   return r;
 }
 
-// The shift vote of one side (tiled_hsic.h), one block of kTileThreads threads: m[slot] = c, and the side's κ.
+// The shift vote of one side (tiled_hsic.h), one block: m[slot] = c, and the side's κ.
 template <typename T>
 __global__ void shift_vote_kernel(const T* x, int64_t n, int64_t p, int type, const double* gamma, int side,
                                   const double* scale, double* m) {
@@ -82,7 +47,7 @@ __global__ void shift_vote_kernel(const T* x, int64_t n, int64_t p, int type, co
   }
 }
 
-// The shifted entry of pair (gi, gj) of one side from its tile dot product.
+// The shifted entry of pair (gi, gj) of one side from its GEMM dot product.
 template <typename T>
 __device__ inline double device_entry(const KernelSpec& k, const DistanceRows<T>& r, T dot, int64_t gi, int64_t gj) {
   const bool diag = gi == gj;
@@ -104,58 +69,139 @@ __global__ void shift_normalise_kernel(const T* x, const T* shift, int64_t n, in
   if (threadIdx.x == 0) atomicMax(maxabs_bits, static_cast<unsigned long long>(__double_as_longlong(m)));
 }
 
+// --- the row-block passes: GEMM blocks (blas.cuh), then fused epilogues ---------------------------------------------
+// A pass walks row blocks of B rows on the host (no device value is read back). Block I = rows [i0, i0 + rows): its
+// dots X'_I X'_Jᵀ come from one cuBLAS GEMM per side into a rows×w scratch (forward: the columns j ≥ i0 of the
+// triangle, w = n − i0; gradient: all n columns), in the input precision (float32 input → IEEE float32 GEMM, float64
+// → float64; TF32 never, whatever the global setting: blas.cuh). An epilogue kernel then evaluates the kernel entries
+// from the dots with the header math the CPU pass uses (tiled_hsic.h, median.h: kernel_entry, kernel_sq_dist with
+// its guard recompute, kernel_grad_weight).
+// Scratch: B·n entries per side with B = min(n, max(kMinBlockRows, kBlockEntries / n)), i.e. at most 2²⁴ entries (64
+// MB per side at float32, 128 MB at float64) while n ≤ 2¹⁸ (B ≥ 64); beyond that B = 64 rows: 64·n entries per side
+// (n = 10⁶: 256 MB per side at float32). The gradient writes its W blocks over the dots in place, so it needs no
+// more; the median's passes use one side's. The forward's float64 partials add 2n·⌈B/kEpiRows⌉ + 2B·⌈n/kEpiCols⌉
+// entries (n = 65,536, B = 256: 9 MB).
+// Determinism: an epilogue block (kEpiRows rows × kEpiCols columns, one thread per column) reduces its rows with warp
+// shuffles and its columns in-thread, in float64, and writes its partials to slots of its own; a finishing kernel adds
+// the slots in a fixed order with one writer per output. No atomics: results do not depend on block scheduling.
+#ifdef FASTCKA_CUDA_EMU
+// The emulation's tests use n ≤ 300: small blocks and tiles, so that they cover several row blocks (a partial last
+// one, n < B, n = B), several epilogue tiles per block in both directions, and more than one warp per tile.
+constexpr int64_t kBlockEntries = 1024, kMinBlockRows = 8;
+constexpr int kEpiCols = 64, kEpiRows = 4;
+#else
+constexpr int64_t kBlockEntries = int64_t(1) << 24, kMinBlockRows = 64;
+constexpr int kEpiCols = 256, kEpiRows = 32;
+#endif
+static_assert(kEpiCols % 32 == 0 && kEpiRows <= kEpiCols, "epilogue tiles are whole warps wide");
+
+inline int64_t block_rows(int64_t n) {
+  return std::min(n, std::max(kMinBlockRows, kBlockEntries / std::max<int64_t>(n, 1)));
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Σ over the 32 lanes (every lane gets the same total: the butterfly adds the same two values on both sides).
+__device__ inline double warp_sum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One tile of the forward block: the shifted entries K', L' of the pairs (gi, gj), gj ≥ gi, from the dots gx, gy
+// (rows × w, column jj is gj = i0 + jj). Diagonal entries go to dk, dl; off-diagonal ones to the tile's Σ K∘L, Σ K∘K,
+// Σ L∘L (tilepart), its column sums (colpart[tile row][jj]) and its row sums (rowpart[row][tile column]).
 template <typename T>
-__global__ void hsic_pass_kernel(const T* xs, const T* ys, DistanceRows<T> rx, DistanceRows<T> ry, int64_t n,
-                                 int64_t p, int64_t q, int kx, int ky, const double* gamma, const double* scale_x,
-                                 const double* scale_y, double* m, double* rk, double* rl, double* dk, double* dl) {
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  int64_t ti, tj;
-  tile_of_block(tiles, &ti, &tj);
-  T gx[kPerThread], gy[kPerThread];
-  tile_dots(xs, n, p, ti, tj, gx);
-  tile_dots(ys, n, q, ti, tj, gy);
+__global__ void __launch_bounds__(kEpiCols)
+    hsic_block_kernel(const T* gx, const T* gy, DistanceRows<T> rx, DistanceRows<T> ry, int64_t i0, int64_t rows,
+                      int64_t w, int kx, int ky, const double* gamma, const double* scale_x, const double* scale_y,
+                      const double* m, double* dk, double* dl, double* colpart, double* rowpart, double* tilepart) {
+  const int64_t jj = blockIdx.x * static_cast<int64_t>(kEpiCols) + threadIdx.x, gj = i0 + jj;
+  const int64_t r0 = blockIdx.y * static_cast<int64_t>(kEpiRows);
   const KernelSpec spx = device_spec(kx, gamma, 0, scale_x, m), spy = device_spec(ky, gamma, 1, scale_y, m);
   rx = device_rows(rx, scale_x);
   ry = device_rows(ry, scale_y);
-  __shared__ double row_k[kTile], row_l[kTile], col_k[kTile], col_l[kTile];
-  if (threadIdx.x < kTile) row_k[threadIdx.x] = row_l[threadIdx.x] = col_k[threadIdx.x] = col_l[threadIdx.x] = 0.0;
-  __syncthreads();
-  double skl = 0, skk = 0, sll = 0;
-  for (int r = 0; r < kPerThread; ++r) {
-    const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
-    const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
-    if (gi >= n || gj >= n || gj < gi) continue;
-    const double k = device_entry(spx, rx, gx[r], gi, gj);
-    const double l = device_entry(spy, ry, gy[r], gi, gj);
-    if (gi == gj) {  // the diagonal is kept apart from every sum (tiled_hsic.h)
-      dk[gi] = k;
-      dl[gi] = l;
-      continue;
+  __shared__ double row_part[kEpiRows][kEpiCols / 32][2];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  double skl = 0.0, skk = 0.0, sll = 0.0, col_k = 0.0, col_l = 0.0;
+  for (int r = 0; r < kEpiRows; ++r) {  // the same trip count in every thread: the shuffles need all 32 lanes
+    const int64_t i = r0 + r, gi = i0 + i;
+    double k = 0.0, l = 0.0;
+    if (i < rows && jj < w && gj >= gi) {
+      k = device_entry(spx, rx, gx[i * w + jj], gi, gj);
+      l = device_entry(spy, ry, gy[i * w + jj], gi, gj);
+      if (gj == gi) {  // the diagonal is kept apart from every sum (tiled_hsic.h)
+        dk[gi] = k;
+        dl[gi] = l;
+        k = l = 0.0;
+      }
+      skl += k * l;
+      skk += k * k;
+      sll += l * l;
+      col_k += k;
+      col_l += l;
     }
-    skl += 2.0 * k * l;  // entries j > i stand for (i, j) and (j, i)
-    skk += 2.0 * k * k;
-    sll += 2.0 * l * l;
-    atomicAdd(&row_k[ii], k);
-    atomicAdd(&row_l[ii], l);
-    atomicAdd(&col_k[jj], k);
-    atomicAdd(&col_l[jj], l);
+    k = warp_sum(k);
+    l = warp_sum(l);
+    if (lane == 0) {
+      row_part[r][warp][0] = k;
+      row_part[r][warp][1] = l;
+    }
   }
-  skl = block_sum(skl);
-  if (threadIdx.x == 0) atomicAdd(m + kmKL, skl);
+  if (jj < w) {
+    colpart[2 * (blockIdx.y * w + jj)] = col_k;
+    colpart[2 * (blockIdx.y * w + jj) + 1] = col_l;
+  }
+  skl = block_sum(skl);  // its barriers also publish row_part
   skk = block_sum(skk);
-  if (threadIdx.x == 0) atomicAdd(m + kmKK, skk);
   sll = block_sum(sll);
-  if (threadIdx.x == 0) atomicAdd(m + kmLL, sll);
-  __syncthreads();
-  if (threadIdx.x < kTile) {
-    const int64_t gi = ti * kTile + threadIdx.x, gj = tj * kTile + threadIdx.x;
-    if (gi < n) {
-      atomicAdd(rk + gi, row_k[threadIdx.x]);
-      atomicAdd(rl + gi, row_l[threadIdx.x]);
+  if (threadIdx.x == 0) {
+    double* t = tilepart + 3 * (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x);
+    t[0] = skl;
+    t[1] = skk;
+    t[2] = sll;
+  }
+  if (threadIdx.x < kEpiRows && r0 + threadIdx.x < rows) {
+    double a = 0.0, b = 0.0;
+    for (int v = 0; v < kEpiCols / 32; ++v) {
+      a += row_part[threadIdx.x][v][0];
+      b += row_part[threadIdx.x][v][1];
     }
-    if (gj < n) {
-      atomicAdd(rk + gj, col_k[threadIdx.x]);
-      atomicAdd(rl + gj, col_l[threadIdx.x]);
+    double* rp = rowpart + 2 * ((r0 + threadIdx.x) * gridDim.x + blockIdx.x);
+    rp[0] = a;
+    rp[1] = b;
+  }
+}
+
+// The forward block's partials, in a fixed order: index i0 + j gets the column sums of its tile rows and, for the
+// block's own rows (j < rows; the triangle's columns start at i0), the row sums of its tiles; one thread per index.
+// Block 0 adds the tiles' Σ to the moments (entries j > i stand for (i, j) and (j, i)).
+__global__ void hsic_block_finish_kernel(const double* colpart, const double* rowpart, const double* tilepart,
+                                         int64_t i0, int64_t rows, int64_t w, int64_t row_tiles, int64_t col_tiles,
+                                         double* rk, double* rl, double* m) {
+  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < w;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    double k = 0.0, l = 0.0;
+    for (int64_t t = 0; t < row_tiles; ++t) {
+      k += colpart[2 * (t * w + j)];
+      l += colpart[2 * (t * w + j) + 1];
+    }
+    if (j < rows)
+      for (int64_t c = 0; c < col_tiles; ++c) {
+        k += rowpart[2 * (j * col_tiles + c)];
+        l += rowpart[2 * (j * col_tiles + c) + 1];
+      }
+    rk[i0 + j] += k;
+    rl[i0 + j] += l;
+  }
+  if (blockIdx.x == 0) {  // block-uniform: every thread of block 0 takes part in the block sums
+    double s[3] = {0.0, 0.0, 0.0};
+    for (int64_t t = threadIdx.x; t < row_tiles * col_tiles; t += blockDim.x)
+      for (int c = 0; c < 3; ++c) s[c] += tilepart[3 * t + c];
+    for (int c = 0; c < 3; ++c) s[c] = block_sum(s[c]);
+    if (threadIdx.x == 0) {
+      m[kmKL] += 2.0 * s[0];
+      m[kmKK] += 2.0 * s[1];
+      m[kmLL] += 2.0 * s[2];
     }
   }
 }
@@ -168,132 +214,130 @@ __device__ inline KernelGradCoef side_coef(const double* g, const double* m, boo
                 : kernel_grad_coef(g[0], g[2], ky, kx, sl, sk, tl, tk, n, unbiased);
 }
 
-__device__ inline double rho(const double* r, const double* d, int64_t i, double kappa, bool unbiased) {
-  return kernel_grad_rho(r[i], d[i], unbiased) * kappa;
+// uᵢ of both sides (tiled_hsic.h: uᵢ = u_other·ρ_other,ᵢ + u_own·ρ_own,ᵢ), one thread per row.
+__global__ void grad_u_kernel(const double* rk, const double* rl, const double* dk, const double* dl, const double* m,
+                              const double* g, int64_t n, bool unbiased, double* ux, double* uy) {
+  const KernelGradCoef cx = side_coef(g, m, true, n, unbiased), cy = side_coef(g, m, false, n, unbiased);
+  const double kapx = m[kmKappaX], kapy = m[kmKappaY];
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const double rho_k = kernel_grad_rho(rk[i], dk[i], unbiased) * kapx;
+    const double rho_l = kernel_grad_rho(rl[i], dl[i], unbiased) * kapy;
+    ux[i] = cx.u_other * rho_l + cx.u_own * rho_k;
+    uy[i] = cy.u_other * rho_k + cy.u_own * rho_l;
+  }
 }
 
-// All tile pairs: W tiles in shared memory, then acc_x[gi, :] += Σ_j W^x_ij x'_j (float64 atomics) and W row sums.
+// One tile of a gradient block: W of both sides (kernel_grad_weight) written over the dots gx, gy (rows × n) in place
+// (each entry is read and written by one thread only), and W's row sums per tile (rowpart[row][tile column]).
 template <typename T>
-__global__ void hsic_grad_kernel(const T* xs, const T* ys, DistanceRows<T> rx, DistanceRows<T> ry, int64_t n, int64_t p,
-                                 int64_t q, int kx, int ky, const double* gamma, const double* scale_x,
-                                 const double* scale_y, const double* m, const double* rk, const double* rl,
-                                 const double* dk, const double* dl, const double* g, bool unbiased, double* acc_x,
-                                 double* acc_y, double* wsum_x, double* wsum_y) {
-  const int64_t ti = blockIdx.y, tj = blockIdx.x;
-  T gx[kPerThread], gy[kPerThread];
-  tile_dots(xs, n, p, ti, tj, gx);
-  tile_dots(ys, n, q, ti, tj, gy);
+__global__ void __launch_bounds__(kEpiCols)
+    hsic_grad_block_kernel(T* gx, T* gy, DistanceRows<T> rx, DistanceRows<T> ry, int64_t i0, int64_t rows,
+                           int64_t n, int kx, int ky, const double* gamma, const double* scale_x,
+                           const double* scale_y, const double* m, const double* g, bool unbiased, const double* ux,
+                           const double* uy, double* rowpart) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(kEpiCols) + threadIdx.x;
+  const int64_t r0 = blockIdx.y * static_cast<int64_t>(kEpiRows);
   const KernelSpec spx = device_spec(kx, gamma, 0, scale_x, m), spy = device_spec(ky, gamma, 1, scale_y, m);
   rx = device_rows(rx, scale_x);
   ry = device_rows(ry, scale_y);
   const KernelGradCoef cx = side_coef(g, m, true, n, unbiased), cy = side_coef(g, m, false, n, unbiased);
-  const double kapx = m[kmKappaX], kapy = m[kmKappaY];
-  __shared__ double wx[kTile][kTile + 1], wy[kTile][kTile + 1];
-  for (int r = 0; r < kPerThread; ++r) {
-    const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
-    const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
+  __shared__ double row_part[kEpiRows][kEpiCols / 32][2];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const double ux_j = j < n ? ux[j] : 0.0, uy_j = j < n ? uy[j] : 0.0;
+  for (int r = 0; r < kEpiRows; ++r) {
+    const int64_t i = r0 + r, gi = i0 + i;
     double vx = 0.0, vy = 0.0;
-    if (gi < n && gj < n) {
-      const bool diag = gi == gj;
-      const double k = device_entry(spx, rx, gx[r], gi, gj);
-      const double l = device_entry(spy, ry, gy[r], gi, gj);
-      const double rki = rho(rk, dk, gi, kapx, unbiased), rkj = rho(rk, dk, gj, kapx, unbiased);
-      const double rli = rho(rl, dl, gi, kapy, unbiased), rlj = rho(rl, dl, gj, kapy, unbiased);
-      vx = kernel_grad_weight(cx, kx, spx.shift, k, l, cx.u_other * rli + cx.u_own * rki,
-                              cx.u_other * rlj + cx.u_own * rkj, diag);
-      vy = kernel_grad_weight(cy, ky, spy.shift, l, k, cy.u_other * rki + cy.u_own * rli,
-                              cy.u_other * rkj + cy.u_own * rlj, diag);
+    if (i < rows && j < n) {
+      const int64_t e = i * n + j;
+      const bool diag = gi == j;
+      const double k = device_entry(spx, rx, gx[e], gi, j), l = device_entry(spy, ry, gy[e], gi, j);
+      vx = kernel_grad_weight(cx, kx, spx.shift, k, l, ux[gi], ux_j, diag);
+      vy = kernel_grad_weight(cy, ky, spy.shift, l, k, uy[gi], uy_j, diag);
+      gx[e] = static_cast<T>(vx);
+      gy[e] = static_cast<T>(vy);
     }
-    wx[ii][jj] = vx;
-    wy[ii][jj] = vy;
+    vx = warp_sum(vx);
+    vy = warp_sum(vy);
+    if (lane == 0) {
+      row_part[r][warp][0] = vx;
+      row_part[r][warp][1] = vy;
+    }
   }
   __syncthreads();
-  if (threadIdx.x < kTile) {
-    const int64_t gi = ti * kTile + threadIdx.x;
+  if (threadIdx.x < kEpiRows && r0 + threadIdx.x < rows) {
     double a = 0.0, b = 0.0;
-    for (int jj = 0; jj < kTile; ++jj) {
-      a += wx[threadIdx.x][jj];
-      b += wy[threadIdx.x][jj];
+    for (int v = 0; v < kEpiCols / 32; ++v) {
+      a += row_part[threadIdx.x][v][0];
+      b += row_part[threadIdx.x][v][1];
     }
-    if (gi < n) {
-      atomicAdd(wsum_x + gi, a);
-      atomicAdd(wsum_y + gi, b);
-    }
-  }
-  for (int64_t e = threadIdx.x; e < kTile * p; e += blockDim.x) {
-    const int ii = static_cast<int>(e / p);
-    const int64_t c = e % p, gi = ti * kTile + ii;
-    if (gi >= n) continue;
-    double acc = 0.0;
-    for (int jj = 0; jj < kTile && tj * kTile + jj < n; ++jj) acc += wx[ii][jj] * static_cast<double>(xs[(tj * kTile + jj) * p + c]);
-    atomicAdd(acc_x + gi * p + c, acc);
-  }
-  for (int64_t e = threadIdx.x; e < kTile * q; e += blockDim.x) {
-    const int ii = static_cast<int>(e / q);
-    const int64_t c = e % q, gi = ti * kTile + ii;
-    if (gi >= n) continue;
-    double acc = 0.0;
-    for (int jj = 0; jj < kTile && tj * kTile + jj < n; ++jj) acc += wy[ii][jj] * static_cast<double>(ys[(tj * kTile + jj) * q + c]);
-    atomicAdd(acc_y + gi * q + c, acc);
+    double* rp = rowpart + 2 * ((r0 + threadIdx.x) * gridDim.x + blockIdx.x);
+    rp[0] = a;
+    rp[1] = b;
   }
 }
 
-// out = scale·(acc − [rbf] wsum_i·x'_i), scale from kernel_grad_scale (read on the device).
+// W's row sums of the block (both sides, interleaved), from the tiles' partials in a fixed order.
+__global__ void grad_row_sums_kernel(const double* rowpart, int64_t rows, int64_t col_tiles, double* wsum) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < rows;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    double a = 0.0, b = 0.0;
+    for (int64_t c = 0; c < col_tiles; ++c) {
+      a += rowpart[2 * (i * col_tiles + c)];
+      b += rowpart[2 * (i * col_tiles + c) + 1];
+    }
+    wsum[2 * i] = a;
+    wsum[2 * i + 1] = b;
+  }
+}
+
+// A block's rows of one side's gradient: out = scale·(W X' − [rbf] diag(W1) X'), from the product prod = W X'
+// (rows × p), the row sums wsum[2i + side] and the block's scaled rows xs; scale from kernel_grad_scale.
 template <typename T>
-__global__ void grad_finish_kernel(const double* acc, const double* wsum, const T* xs, int64_t n, int64_t p, int type,
-                                   const double* gamma, int side, const double* scale, const double* m, int kappa_slot,
-                                   T* out) {
+__global__ void grad_finish_kernel(const T* prod, const double* wsum, const T* xs, int64_t rows, int64_t p, int type,
+                                   const double* gamma, int side, const double* scale, const double* m, T* out) {
   const double s = scale[0];
-  const double sc = kernel_grad_scale(type, gamma[side] / (s * s), m[kappa_slot], s);
-  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n * p;
+  const double sc = kernel_grad_scale(type, gamma[side] / (s * s), m[side == 0 ? kmKappaX : kmKappaY], s);
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < rows * p;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const double diag = type == kKernelRbf ? wsum[k / p] * static_cast<double>(xs[k]) : 0.0;
-    out[k] = static_cast<T>(sc * (acc[k] - diag));
+    const double diag = type == kKernelRbf ? wsum[2 * (k / p) + side] * static_cast<double>(xs[k]) : 0.0;
+    out[k] = static_cast<T>(sc * (static_cast<double>(prod[k]) - diag));
   }
 }
 
-// A radix pass over the pairs i < j of this tile pair: the histogram of the next digit of the distances that carry
-// the prefix.
+// The median's passes run over the same row blocks of the triangle's dots (for_each_triangle_block), row i of the
+// block in blockIdx.y, its columns jj > i (the pairs i < j) strided over blockIdx.x.
+
+// A radix pass over one row block: the histogram of the next digit of the distances that carry the prefix (integer
+// atomics: the counts do not depend on the order).
 template <typename T>
-__global__ void distance_histogram_kernel(const T* xs, DistanceRows<T> rx, const double* scale, int64_t n, int64_t p,
+__global__ void distance_histogram_kernel(const T* gx, DistanceRows<T> rx, const double* scale, int64_t i0, int64_t w,
                                           uint64_t prefix, int bits, unsigned long long* hist) {
   rx = device_rows(rx, scale);
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  int64_t ti, tj;
-  tile_of_block(tiles, &ti, &tj);
-  T gx[kPerThread];
-  tile_dots(xs, n, p, ti, tj, gx);
-  for (int r = 0; r < kPerThread; ++r) {
-    const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
-    const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
-    if (gi >= n || gj >= n || gj <= gi) continue;
-    const int64_t digit = pair_digit(rx, static_cast<double>(gx[r]), gi, gj, prefix, bits);
+  const int64_t i = blockIdx.y, gi = i0 + i;
+  for (int64_t jj = i + 1 + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; jj < w;
+       jj += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t digit = pair_digit(rx, static_cast<double>(gx[i * w + jj]), gi, i0 + jj, prefix, bits);
     if (digit >= 0) atomicAdd(hist + digit, 1ull);
   }
 }
 
-// A window pass: counts the pairs i < j below [lo, hi] (one atomic per block) and collects those inside it while
-// they fit; count[1] keeps counting past the buffer, so the host sees an overflow.
+// A window pass over one row block: counts the pairs below [lo, hi] (one atomic per block) and collects those
+// inside it while they fit; count[1] keeps counting past the buffer, so the host sees an overflow. (The collected
+// order depends on scheduling; the ranks read from them do not.)
 template <typename T>
-__global__ void distance_window_kernel(const T* xs, DistanceRows<T> rx, const double* scale, int64_t n, int64_t p,
-                                       uint64_t lo, uint64_t hi, double* collect, int64_t* keys,
+__global__ void distance_window_kernel(const T* gx, DistanceRows<T> rx, const double* scale, int64_t i0, int64_t w,
+                                       int64_t n, uint64_t lo, uint64_t hi, double* collect, int64_t* keys,
                                        unsigned long long* count) {
   rx = device_rows(rx, scale);
-  __shared__ unsigned long long block_below;
-  if (threadIdx.x == 0) block_below = 0;
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  int64_t ti, tj;
-  tile_of_block(tiles, &ti, &tj);  // its __syncthreads publishes block_below = 0
-  T gx[kPerThread];
-  tile_dots(xs, n, p, ti, tj, gx);
-  unsigned long long below = 0;
-  for (int r = 0; r < kPerThread; ++r) {
-    const int e = threadIdx.x + kTileThreads * r, ii = e / kTile, jj = e % kTile;
-    const int64_t gi = ti * kTile + ii, gj = tj * kTile + jj;
-    if (gi >= n || gj >= n || gj <= gi) continue;
+  const int64_t i = blockIdx.y, gi = i0 + i;
+  double below = 0.0;  // a count, exact in float64, for block_sum
+  for (int64_t jj = i + 1 + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; jj < w;
+       jj += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t gj = i0 + jj;
     double d = 0.0;
     bool exact = false;
-    const int where = pair_window(rx, static_cast<double>(gx[r]), gi, gj, lo, hi, &d, &exact);
+    const int where = pair_window(rx, static_cast<double>(gx[i * w + jj]), gi, gj, lo, hi, &d, &exact);
     below += where < 0;
     if (where == 0) {
       const unsigned long long slot = atomicAdd(count + 1, 1ull);
@@ -303,9 +347,8 @@ __global__ void distance_window_kernel(const T* xs, DistanceRows<T> rx, const do
       }
     }
   }
-  if (below) atomicAdd(&block_below, below);
-  __syncthreads();
-  if (threadIdx.x == 0 && block_below) atomicAdd(count, block_below);
+  below = block_sum(below);
+  if (threadIdx.x == 0 && below > 0.0) atomicAdd(count, static_cast<unsigned long long>(below));
 }
 
 // The exact distances of the pairs keys[t] = i·n + j, one thread per pair.
@@ -338,21 +381,26 @@ __global__ void shift_rows_kernel(int64_t n, int64_t* out) {
     out[r] = shift_row(r, n);
 }
 
-// One launch covers at most 65,535 row tiles: the tiles·(tiles + 1)/2 tile pairs then fit gridDim.x (< 2³¹) and the
-// gradient's tiles fit gridDim.y (≤ 65,535), so n ≤ 2,097,120. A larger n is refused here, not launched on a grid
-// that wraps (the cast to unsigned covered a fraction of the tiles for n ≥ 2,965,793) or fails.
-constexpr int64_t kMaxTiles = 65535;
-
-inline int64_t checked_tiles(int64_t n) {
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  STD_TORCH_CHECK(tiles <= kMaxTiles, "fastcka CUDA kernel HSIC: n = ", n, " rows, more than the ", kMaxTiles * kTile,
-                  " one launch covers");
-  return tiles;
+// Calls f(i0, rows, w, gx) for each row block of the triangle: gx = X'_I X'_{i0:}ᵀ (rows × w, w = n − i0), from a
+// cuBLAS GEMM in the input precision into one B·n scratch (block_rows), on the current stream.
+template <typename T, class F>
+void for_each_triangle_block(const Tensor& xs, F&& f) {
+  const int64_t n = xs.size(0), p = xs.size(1), B = block_rows(n);
+  Tensor gx = empty_like_shape(xs, {B * n}, xs.scalar_type());
+  const cublasHandle_t h = blas_handle(xs);
+  const cudaStream_t s = current_stream(xs);
+  const T* x = xs.const_data_ptr<T>();
+  T* g = gx.mutable_data_ptr<T>();
+  for (int64_t i0 = 0; i0 < n; i0 += B) {
+    const int64_t rows = std::min(B, n - i0), w = n - i0;
+    gemm_rowmajor(h, s, true, rows, w, p, x + i0 * p, x + i0 * p, g);
+    f(i0, rows, w, static_cast<const T*>(g));
+  }
 }
 
-inline unsigned triangle_blocks(int64_t n) {
-  const int64_t tiles = checked_tiles(n);
-  return static_cast<unsigned>(tiles * (tiles + 1) / 2);
+// The grid of a median pass over one row block: a row per blockIdx.y (rows ≤ B ≤ 4096), its columns over blockIdx.x.
+inline dim3 row_block_grid(int64_t rows, int64_t w) {
+  return dim3(static_cast<unsigned>(blocks_for(w, kThreads, 1024)), static_cast<unsigned>(rows));
 }
 
 inline Tensor to_cpu(const Tensor& t) {
@@ -401,28 +449,52 @@ struct CudaKernelHsic : CudaBackend {
 
   static void kernel_combine(const Tensor& m, int64_t n, bool unbiased, double noise, Tensor& out);
 
+  // The fused forward pass over the triangle j ≥ i, row block by row block (see the comment above block_rows).
   static PassOutput hsic_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky, const Tensor& gamma) {
-    const int64_t n = a.xs.size(0);
+    const int64_t n = a.xs.size(0), p = a.xs.size(1), q = b.xs.size(1);
     PassOutput o = zeroed_pass_output(a.xs, n);
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_pass", [&] {
       const cudaStream_t s = cuda::current_stream(a.xs);
-      FASTCKA_LAUNCH(1, cuda::kTileThreads, 0, s, cuda::shift_vote_kernel)(
-          a.x.const_data_ptr<scalar_t>(), n, a.xs.size(1), static_cast<int>(kx), gamma.const_data_ptr<double>(), 0,
-          a.scale.const_data_ptr<double>(), o.m.mutable_data_ptr<double>());
-      FASTCKA_LAUNCH(1, cuda::kTileThreads, 0, s, cuda::shift_vote_kernel)(
-          b.x.const_data_ptr<scalar_t>(), n, b.xs.size(1), static_cast<int>(ky), gamma.const_data_ptr<double>(), 1,
-          b.scale.const_data_ptr<double>(), o.m.mutable_data_ptr<double>());
-      FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, s, cuda::hsic_pass_kernel)(
-          a.xs.const_data_ptr<scalar_t>(), b.xs.const_data_ptr<scalar_t>(), distance_rows<scalar_t>(a, 0.0),
-          distance_rows<scalar_t>(b, 0.0), n, a.xs.size(1), b.xs.size(1), static_cast<int>(kx), static_cast<int>(ky),
-          gamma.const_data_ptr<double>(), a.scale.const_data_ptr<double>(), b.scale.const_data_ptr<double>(),
-          o.m.mutable_data_ptr<double>(), o.rk.mutable_data_ptr<double>(), o.rl.mutable_data_ptr<double>(),
-          o.dk.mutable_data_ptr<double>(), o.dl.mutable_data_ptr<double>());
-      cuda::check_launch("kernel_hsic_pass");
+      double* m = o.m.mutable_data_ptr<double>();
+      FASTCKA_LAUNCH(1, cuda::kThreads, 0, s, cuda::shift_vote_kernel)(
+          a.x.const_data_ptr<scalar_t>(), n, p, static_cast<int>(kx), gamma.const_data_ptr<double>(), 0,
+          a.scale.const_data_ptr<double>(), m);
+      FASTCKA_LAUNCH(1, cuda::kThreads, 0, s, cuda::shift_vote_kernel)(
+          b.x.const_data_ptr<scalar_t>(), n, q, static_cast<int>(ky), gamma.const_data_ptr<double>(), 1,
+          b.scale.const_data_ptr<double>(), m);
+      const int64_t B = cuda::block_rows(n), row_tiles_max = cuda::ceil_div(B, cuda::kEpiRows);
+      const int64_t col_tiles_max = cuda::ceil_div(n, cuda::kEpiCols);
+      Tensor gx = empty_like_shape(a.xs, {B * n}, a.xs.scalar_type()), gy = empty_like_shape(a.xs, {B * n}, a.xs.scalar_type());
+      Tensor colpart = empty_like_shape(a.xs, {2 * row_tiles_max * n}, ScalarType::Double);
+      Tensor rowpart = empty_like_shape(a.xs, {2 * B * col_tiles_max}, ScalarType::Double);
+      Tensor tilepart = empty_like_shape(a.xs, {3 * row_tiles_max * col_tiles_max}, ScalarType::Double);
+      const cublasHandle_t h = cuda::blas_handle(a.xs);
+      const scalar_t *xs = a.xs.const_data_ptr<scalar_t>(), *ys = b.xs.const_data_ptr<scalar_t>();
+      scalar_t *gxp = gx.mutable_data_ptr<scalar_t>(), *gyp = gy.mutable_data_ptr<scalar_t>();
+      for (int64_t i0 = 0; i0 < n; i0 += B) {
+        const int64_t rows = std::min(B, n - i0), w = n - i0;
+        cuda::gemm_rowmajor(h, s, true, rows, w, p, xs + i0 * p, xs + i0 * p, gxp);  // X'_I X'_{i0:}ᵀ
+        cuda::gemm_rowmajor(h, s, true, rows, w, q, ys + i0 * q, ys + i0 * q, gyp);
+        const int64_t col_tiles = cuda::ceil_div(w, cuda::kEpiCols), row_tiles = cuda::ceil_div(rows, cuda::kEpiRows);
+        FASTCKA_LAUNCH(dim3(static_cast<unsigned>(col_tiles), static_cast<unsigned>(row_tiles)), cuda::kEpiCols, 0, s,
+                       cuda::hsic_block_kernel)(
+            gx.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(), distance_rows<scalar_t>(a, 0.0),
+            distance_rows<scalar_t>(b, 0.0), i0, rows, w, static_cast<int>(kx), static_cast<int>(ky),
+            gamma.const_data_ptr<double>(), a.scale.const_data_ptr<double>(), b.scale.const_data_ptr<double>(),
+            o.m.const_data_ptr<double>(), o.dk.mutable_data_ptr<double>(), o.dl.mutable_data_ptr<double>(),
+            colpart.mutable_data_ptr<double>(), rowpart.mutable_data_ptr<double>(),
+            tilepart.mutable_data_ptr<double>());
+        FASTCKA_LAUNCH(cuda::blocks_for(w, cuda::kThreads), cuda::kThreads, 0, s, cuda::hsic_block_finish_kernel)(
+            colpart.const_data_ptr<double>(), rowpart.const_data_ptr<double>(), tilepart.const_data_ptr<double>(), i0,
+            rows, w, row_tiles, col_tiles, o.rk.mutable_data_ptr<double>(), o.rl.mutable_data_ptr<double>(), m);
+        cuda::check_launch("kernel_hsic_pass");
+      }
     });
     return o;
   }
 
+  // Both sides' gradients, row block by row block: the full rows of dots (GEMM), W over them (epilogue), then
+  // scale·(W X' − [rbf] diag(W1) X') with W X' from a second GEMM, as the CPU pass does.
   static std::tuple<Tensor, Tensor> hsic_grad_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky,
                                                    const Tensor& gamma, PassOutput& o, const Tensor& grad,
                                                    bool unbiased) {
@@ -432,44 +504,63 @@ struct CudaKernelHsic : CudaBackend {
     sum_into(o.rl, o.m, kmSl);
     sum_into(o.dk, o.m, kmTk);
     sum_into(o.dl, o.m, kmTl);
-    Tensor acc_x = zeros_f64(a.xs, n * p), acc_y = zeros_f64(a.xs, n * q);
-    Tensor ws_x = zeros_f64(a.xs, n), ws_y = zeros_f64(a.xs, n);
+    Tensor ux = empty_like_shape(a.xs, {n}, ScalarType::Double), uy = empty_like_shape(a.xs, {n}, ScalarType::Double);
     Tensor dx = empty_like_shape(a.xs, {n, p}, a.xs.scalar_type());
     Tensor dy = empty_like_shape(b.xs, {n, q}, b.xs.scalar_type());
-    const int64_t tiles = cuda::checked_tiles(n);
+    FASTCKA_LAUNCH(cuda::blocks_for(n, cuda::kThreads), cuda::kThreads, 0, s, cuda::grad_u_kernel)(
+        o.rk.const_data_ptr<double>(), o.rl.const_data_ptr<double>(), o.dk.const_data_ptr<double>(),
+        o.dl.const_data_ptr<double>(), o.m.const_data_ptr<double>(), grad.const_data_ptr<double>(), n, unbiased,
+        ux.mutable_data_ptr<double>(), uy.mutable_data_ptr<double>());
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_grad", [&] {
-      FASTCKA_LAUNCH(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles)), cuda::kTileThreads, 0, s,
-                     cuda::hsic_grad_kernel)(
-          a.xs.const_data_ptr<scalar_t>(), b.xs.const_data_ptr<scalar_t>(), distance_rows<scalar_t>(a, 0.0),
-          distance_rows<scalar_t>(b, 0.0), n, p, q, static_cast<int>(kx), static_cast<int>(ky),
-          gamma.const_data_ptr<double>(), a.scale.const_data_ptr<double>(), b.scale.const_data_ptr<double>(),
-          o.m.const_data_ptr<double>(), o.rk.const_data_ptr<double>(), o.rl.const_data_ptr<double>(),
-          o.dk.const_data_ptr<double>(), o.dl.const_data_ptr<double>(), grad.const_data_ptr<double>(), unbiased,
-          acc_x.mutable_data_ptr<double>(), acc_y.mutable_data_ptr<double>(), ws_x.mutable_data_ptr<double>(),
-          ws_y.mutable_data_ptr<double>());
-      FASTCKA_LAUNCH(cuda::blocks_for(n * p, cuda::kThreads), cuda::kThreads, 0, s, cuda::grad_finish_kernel)(
-          acc_x.const_data_ptr<double>(), ws_x.const_data_ptr<double>(), a.xs.const_data_ptr<scalar_t>(), n, p,
-          static_cast<int>(kx), gamma.const_data_ptr<double>(), 0, a.scale.const_data_ptr<double>(),
-          o.m.const_data_ptr<double>(), kmKappaX, dx.mutable_data_ptr<scalar_t>());
-      FASTCKA_LAUNCH(cuda::blocks_for(n * q, cuda::kThreads), cuda::kThreads, 0, s, cuda::grad_finish_kernel)(
-          acc_y.const_data_ptr<double>(), ws_y.const_data_ptr<double>(), b.xs.const_data_ptr<scalar_t>(), n, q,
-          static_cast<int>(ky), gamma.const_data_ptr<double>(), 1, b.scale.const_data_ptr<double>(),
-          o.m.const_data_ptr<double>(), kmKappaY, dy.mutable_data_ptr<scalar_t>());
-      cuda::check_launch("kernel_hsic_grad");
+      const int64_t B = cuda::block_rows(n), col_tiles = cuda::ceil_div(n, cuda::kEpiCols);
+      Tensor gx = empty_like_shape(a.xs, {B * n}, a.xs.scalar_type()), gy = empty_like_shape(a.xs, {B * n}, a.xs.scalar_type());
+      Tensor px = empty_like_shape(a.xs, {B * p}, a.xs.scalar_type()), py = empty_like_shape(a.xs, {B * q}, a.xs.scalar_type());
+      Tensor rowpart = empty_like_shape(a.xs, {2 * B * col_tiles}, ScalarType::Double);
+      Tensor wsum = empty_like_shape(a.xs, {2 * B}, ScalarType::Double);
+      const cublasHandle_t h = cuda::blas_handle(a.xs);
+      const scalar_t *xs = a.xs.const_data_ptr<scalar_t>(), *ys = b.xs.const_data_ptr<scalar_t>();
+      scalar_t *gxp = gx.mutable_data_ptr<scalar_t>(), *gyp = gy.mutable_data_ptr<scalar_t>();
+      scalar_t *pxp = px.mutable_data_ptr<scalar_t>(), *pyp = py.mutable_data_ptr<scalar_t>();
+      scalar_t *ox = dx.mutable_data_ptr<scalar_t>(), *oy = dy.mutable_data_ptr<scalar_t>();
+      for (int64_t i0 = 0; i0 < n; i0 += B) {
+        const int64_t rows = std::min(B, n - i0), row_tiles = cuda::ceil_div(rows, cuda::kEpiRows);
+        cuda::gemm_rowmajor(h, s, true, rows, n, p, xs + i0 * p, xs, gxp);  // X'_I X'ᵀ
+        cuda::gemm_rowmajor(h, s, true, rows, n, q, ys + i0 * q, ys, gyp);
+        FASTCKA_LAUNCH(dim3(static_cast<unsigned>(col_tiles), static_cast<unsigned>(row_tiles)), cuda::kEpiCols, 0, s,
+                       cuda::hsic_grad_block_kernel)(
+            gxp, gyp, distance_rows<scalar_t>(a, 0.0), distance_rows<scalar_t>(b, 0.0), i0, rows, n,
+            static_cast<int>(kx), static_cast<int>(ky), gamma.const_data_ptr<double>(),
+            a.scale.const_data_ptr<double>(), b.scale.const_data_ptr<double>(), o.m.const_data_ptr<double>(),
+            grad.const_data_ptr<double>(), unbiased, ux.const_data_ptr<double>(), uy.const_data_ptr<double>(),
+            rowpart.mutable_data_ptr<double>());
+        FASTCKA_LAUNCH(cuda::blocks_for(rows, cuda::kThreads), cuda::kThreads, 0, s, cuda::grad_row_sums_kernel)(
+            rowpart.const_data_ptr<double>(), rows, col_tiles, wsum.mutable_data_ptr<double>());
+        cuda::gemm_rowmajor(h, s, false, rows, p, n, gx.const_data_ptr<scalar_t>(), xs, pxp);  // W^x_I X'
+        cuda::gemm_rowmajor(h, s, false, rows, q, n, gy.const_data_ptr<scalar_t>(), ys, pyp);
+        FASTCKA_LAUNCH(cuda::blocks_for(rows * p, cuda::kThreads), cuda::kThreads, 0, s, cuda::grad_finish_kernel)(
+            px.const_data_ptr<scalar_t>(), wsum.const_data_ptr<double>(), xs + i0 * p, rows, p, static_cast<int>(kx),
+            gamma.const_data_ptr<double>(), 0, a.scale.const_data_ptr<double>(), o.m.const_data_ptr<double>(),
+            ox + i0 * p);
+        FASTCKA_LAUNCH(cuda::blocks_for(rows * q, cuda::kThreads), cuda::kThreads, 0, s, cuda::grad_finish_kernel)(
+            py.const_data_ptr<scalar_t>(), wsum.const_data_ptr<double>(), ys + i0 * q, rows, q, static_cast<int>(ky),
+            gamma.const_data_ptr<double>(), 1, b.scale.const_data_ptr<double>(), o.m.const_data_ptr<double>(),
+            oy + i0 * q);
+        cuda::check_launch("kernel_hsic_grad");
+      }
     });
     return std::make_tuple(dx, dy);
   }
 
   static std::vector<int64_t> distance_histogram(const ScaledRows& a, uint64_t prefix, int bits) {
-    const int64_t n = a.xs.size(0);
     Tensor hist = zeros_f64(a.xs, kDigitBins);  // 64-bit counters in float64-sized slots
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_histogram", [&] {
-      FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs),
-                     cuda::distance_histogram_kernel)(
-          a.xs.const_data_ptr<scalar_t>(), distance_rows<scalar_t>(a, 0.0), a.scale.const_data_ptr<double>(), n,
-          a.xs.size(1), prefix, bits,
-          reinterpret_cast<unsigned long long*>(hist.mutable_data_ptr<double>()));
-      cuda::check_launch("distance_histogram");
+      const cudaStream_t s = cuda::current_stream(a.xs);
+      auto* h = reinterpret_cast<unsigned long long*>(hist.mutable_data_ptr<double>());
+      cuda::for_each_triangle_block<scalar_t>(a.xs, [&](int64_t i0, int64_t rows, int64_t w, const scalar_t* gx) {
+        FASTCKA_LAUNCH(cuda::row_block_grid(rows, w), cuda::kThreads, 0, s, cuda::distance_histogram_kernel)(
+            gx, distance_rows<scalar_t>(a, 0.0), a.scale.const_data_ptr<double>(), i0, w, prefix, bits, h);
+        cuda::check_launch("distance_histogram");
+      });
     });
     const Tensor h = cuda::to_cpu(hist);
     const auto* c = reinterpret_cast<const unsigned long long*>(h.const_data_ptr<double>());
@@ -482,13 +573,14 @@ struct CudaKernelHsic : CudaBackend {
     Tensor keys = empty_like_shape(a.xs, {kCollectCapacity}, ScalarType::Long);
     Tensor count = zeros_f64(a.xs, 2);  // [below, inside] as 64-bit counters
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_window", [&] {
-      FASTCKA_LAUNCH(cuda::triangle_blocks(n), cuda::kTileThreads, 0, cuda::current_stream(a.xs),
-                     cuda::distance_window_kernel)(
-          a.xs.const_data_ptr<scalar_t>(), distance_rows<scalar_t>(a, 0.0), a.scale.const_data_ptr<double>(), n,
-          a.xs.size(1), lo, hi,
-          buf.mutable_data_ptr<double>(), keys.mutable_data_ptr<int64_t>(),
-          reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<double>()));
-      cuda::check_launch("distance_window");
+      const cudaStream_t s = cuda::current_stream(a.xs);
+      cuda::for_each_triangle_block<scalar_t>(a.xs, [&](int64_t i0, int64_t rows, int64_t w, const scalar_t* gx) {
+        FASTCKA_LAUNCH(cuda::row_block_grid(rows, w), cuda::kThreads, 0, s, cuda::distance_window_kernel)(
+            gx, distance_rows<scalar_t>(a, 0.0), a.scale.const_data_ptr<double>(), i0, w, n, lo, hi,
+            buf.mutable_data_ptr<double>(), keys.mutable_data_ptr<int64_t>(),
+            reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<double>()));
+        cuda::check_launch("distance_window");
+      });
     });
     const Tensor c = cuda::to_cpu(count);
     const auto* cc = reinterpret_cast<const unsigned long long*>(c.const_data_ptr<double>());

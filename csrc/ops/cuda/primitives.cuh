@@ -1,5 +1,6 @@
-// CUDA building blocks of the GEMM-based ops, the twins of cpu/primitives.h: float64 reductions (block reduce +
-// one float64 atomicAdd per block, so the last bits of a sum may vary from run to run) and fused element-wise passes.
+// CUDA building blocks of the GEMM-based ops, the twins of cpu/primitives.h: float64 reductions and fused element-wise
+// passes. Dot products and sums (dot_into) add per-block partials in a fixed order and do not depend on block
+// scheduling; column_sums still adds one float64 atomic per block, so the last bits of those sums may vary.
 // The math they feed (moment combination, gradient coefficients, the power-of-two normaliser) comes from
 // csrc/include/fastcka/, shared with the CPU.
 #pragma once
@@ -137,14 +138,24 @@ __global__ void normalise_kernel(T* x, int64_t len, const unsigned long long* ma
     x[k] = static_cast<T>(static_cast<double>(x[k]) * s);  // float64: 2^149 is not a float
 }
 
+// Σ a∘b (b == nullptr: Σ a) per block into part[blockIdx.x]; dot_finish_kernel adds the partials in a fixed order, so
+// the sum does not depend on block scheduling.
 template <typename T>
-__global__ void dot_kernel(const T* a, const T* b, int64_t len, double* out) {
+__global__ void dot_kernel(const T* a, const T* b, int64_t len, double* part) {
   double acc = 0.0;
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < len;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x)
     acc += b ? static_cast<double>(a[k]) * static_cast<double>(b[k]) : static_cast<double>(a[k]);
   acc = block_sum(acc);
-  if (threadIdx.x == 0) atomicAdd(out, acc);
+  if (threadIdx.x == 0) part[blockIdx.x] = acc;
+}
+
+// *out += Σ part (one block).
+__global__ inline void dot_finish_kernel(const double* part, int64_t parts, double* out) {
+  double acc = 0.0;
+  for (int64_t t = threadIdx.x; t < parts; t += blockDim.x) acc += part[t];
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) *out += acc;
 }
 
 // One warp per row.
@@ -203,12 +214,17 @@ inline Tensor center_normalise(const Tensor& x, Tensor& m, int slot) {
   return xc;
 }
 
+// m[slot] += Σ a∘b (b == nullptr: Σ a), deterministic (dot_kernel).
 inline void dot_into(const Tensor& a, const Tensor* b, Tensor& m, int slot) {
   const cudaStream_t s = current_stream(a);
+  const int blocks = blocks_for(a.numel(), kThreads * 4, 1024);
+  Tensor part = empty_like_shape(a, {blocks}, ScalarType::Double);
   FASTCKA_DISPATCH_FLOATING(a.scalar_type(), "dot", [&] {
-    FASTCKA_LAUNCH(blocks_for(a.numel(), kThreads * 4, 1024), kThreads, 0, s, dot_kernel)(
+    FASTCKA_LAUNCH(blocks, kThreads, 0, s, dot_kernel)(
         a.const_data_ptr<scalar_t>(), b ? b->const_data_ptr<scalar_t>() : nullptr, a.numel(),
-        m.mutable_data_ptr<double>() + slot);
+        part.mutable_data_ptr<double>());
+    FASTCKA_LAUNCH(1, kThreads, 0, s, dot_finish_kernel)(part.const_data_ptr<double>(), blocks,
+                                                          m.mutable_data_ptr<double>() + slot);
     check_launch("dot");
   });
 }
