@@ -1,6 +1,6 @@
 // Kernel HSIC through the fused tiled pass, and the exact median of squared distances, device-generic.
-// The backend D supplies the passes (CPU: BLAS row blocks + fused epilogue; CUDA: cuBLAS row blocks + fused epilogue kernels), the
-// float64 reductions and the combine; the math is in csrc/include/fastcka/{tiled_hsic,median}.h.
+// The backend D supplies the passes (CPU: BLAS row blocks + fused epilogue; CUDA: cuBLAS row blocks + fused epilogue
+// kernels), the float64 reductions and the combine; the math is in csrc/include/fastcka/{tiled_hsic,median}.h.
 #pragma once
 
 #include <algorithm>
