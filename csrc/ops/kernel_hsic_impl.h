@@ -310,10 +310,12 @@ bool select_by_window(const ScaledRows& a, int64_t k, bool want_next, int64_t me
     return true;
   }
   if (method == kMedianAuto && pairs < kWindowMinPairs) return false;
-  // sample size: about 8·√pairs (the sample's cost grows with it, the window's content and its selection shrink as
-  // 1/√m), and at least enough that the bracket's expected content fits in half the collect buffer
+  // sample size: the window's undecided pairs (~6·pairs/√m of them, each a p-term dot) against the sample's exact
+  // distances (m of them, each ~2× a dot's cost) balance near m = (1.5·pairs)^(2/3); and at least enough that the
+  // bracket's expected content fits in half the collect buffer
   const double need = 2.0 * kWindowZ * static_cast<double>(pairs) / static_cast<double>(kCollectCapacity / 2);
-  const int64_t balanced = std::min<int64_t>(int64_t(1) << 16, static_cast<int64_t>(8.0 * std::sqrt(double(pairs))));
+  const int64_t balanced =
+      std::min<int64_t>(int64_t(1) << 18, static_cast<int64_t>(std::cbrt(2.25 * double(pairs) * double(pairs))));
   const int64_t m = std::max({kWindowMinSample, balanced, static_cast<int64_t>(need * need) + 1});
   if (m > kWindowMaxSample && method == kMedianAuto) return false;
   std::vector<double> sample = D::sample_distances(a, std::min(m, kWindowMaxSample), kWindowSeed);

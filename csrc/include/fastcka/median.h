@@ -218,16 +218,20 @@ FASTCKA_HD double reduced_error(const ReducedBound& b, double ni, double nj, dou
   return reduced_error_at(b, reduced_row_terms(b, ni, ti, ri), nj, tj, rj, dot);
 }
 
-// The dot of two rows in their own precision, eight partial sums (vectorisable without reassociation flags): the
-// reduced pass's second tier. Its error is within the full-precision pass's β (γ_p holds for any summation order).
+// The dot of two rows in their own precision, sixteen partial sums (one or two SIMD registers of them, so the loop
+// vectorises without reassociation flags): the reduced pass's second tier. Its error is within the full-precision
+// pass's β (γ_p holds for any summation order).
 template <typename T>
 FASTCKA_HD double row_dot(const T* a, const T* b, int64_t p) {
-  T acc[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+  T acc[16];
+  for (int u = 0; u < 16; ++u) acc[u] = T(0);
   int64_t c = 0;
-  for (; c + 8 <= p; c += 8)
-    for (int u = 0; u < 8; ++u) acc[u] += a[c + u] * b[c + u];
+  for (; c + 16 <= p; c += 16)
+    for (int u = 0; u < 16; ++u) acc[u] += a[c + u] * b[c + u];
   for (; c < p; ++c) acc[0] += a[c] * b[c];
-  return static_cast<double>(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+  for (int w = 8; w >= 1; w /= 2)
+    for (int u = 0; u < w; ++u) acc[u] += acc[u + w];
+  return static_cast<double>(acc[0]);
 }
 
 // Round-to-nearest-even float → bfloat16 bits (NaN stays NaN), and back.

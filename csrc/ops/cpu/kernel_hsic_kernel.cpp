@@ -64,6 +64,18 @@ void for_each_row_block(const Tensor& xs, const Tensor* ys, bool triangle, F&& f
 #define FASTCKA_VECTOR_CLONES
 #endif
 
+// The per-pair p-term loops (median.h) compiled for AVX2 and AVX-512 too: the window's undecided pairs and the
+// sampled and candidate pairs spend most of their time there.
+template <typename T>
+FASTCKA_VECTOR_CLONES double cpu_row_dot(const T* a, const T* b, int64_t p) {
+  return row_dot(a, b, p);
+}
+
+template <typename T>
+FASTCKA_VECTOR_CLONES double cpu_exact_sq_dist(const T* x, int64_t p, int64_t i, int64_t j, double s2) {
+  return exact_sq_dist(x, p, i, j, s2);
+}
+
 // The rbf entries e^{−γ'd} − c of one row against len columns from its GEMM dots, in one branch-free loop the
 // compiler vectorises (tiled_hsic.h: exp_minus); `open` marks where kernel_sq_dist's guard wants the exact distance.
 template <typename T>
@@ -519,7 +531,7 @@ struct CpuKernelHsic : CpuBackend {
       const WindowBound bound{reduced_bound(p, ra.beta), norms, t.data(), r.data()};
       out = window_pass<uint16_t, true>(xb, n, bound, lo, hi, [&](const uint16_t*, int64_t gi, int64_t gj, double* d,
                                                                   bool* exact) {
-        return pair_window(ra, row_dot(xs + gi * p, xs + gj * p, p), gi, gj, lo, hi, d, exact);
+        return pair_window(ra, cpu_row_dot(xs + gi * p, xs + gj * p, p), gi, gj, lo, hi, d, exact);
       });
     });
     return out;
@@ -538,7 +550,7 @@ struct CpuKernelHsic : CpuBackend {
     FASTCKA_DISPATCH_FLOATING(a.x.scalar_type(), "exact_distances", [&] {
       const scalar_t* x = a.x.const_data_ptr<scalar_t>();
       torch::stable::parallel_for(0, m, 1024, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) out[t] = exact_sq_dist(x, p, keys[t] / n, keys[t] % n, s * s);
+        for (int64_t t = t0; t < t1; ++t) out[t] = cpu_exact_sq_dist(x, p, keys[t] / n, keys[t] % n, s * s);
       });
     });
     return out;
@@ -555,7 +567,7 @@ struct CpuKernelHsic : CpuBackend {
         for (int64_t t = s0; t < s1; ++t) {
           int64_t i, j;
           sampled_pair(seed, t, n, &i, &j);
-          out[t] = exact_sq_dist(x, p, i, j, s * s);
+          out[t] = cpu_exact_sq_dist(x, p, i, j, s * s);
         }
       });
     });
