@@ -12,7 +12,7 @@ from conftest import correlated_pair, randn
 
 PANEL = 64  # CpuBackend::kGramPanel
 # (n, p, q): p = 1; widths one under, at and one over the panel and its multiples; p ≠ q; p ≫ q and q ≫ p; widths that
-# split into unequal panels (200 → 4 × 50, 300 → 5 × 60, 513 → 9 × 57).
+# end in a narrower panel (200 → 3 × 56 + 32, 300 → 4 × 64 + 44, 513 → 8 × 64 + 1).
 SHAPES = [(40, 1, 1), (40, 1, 130), (50, 63, 65), (60, PANEL, 2 * PANEL), (70, 129, 127), (80, 191, 3),
           (90, 200, 300), (33, 513, 7), (300, 5, 1000), (257, 130, 129)]
 

@@ -53,7 +53,8 @@ template <class D>
 void gram_sq_add(const Tensor& z, Tensor& m, int slot) {
   const int64_t p = z.size(1);
   const int64_t panels = (p + D::kGramPanel - 1) / D::kGramPanel;
-  const int64_t b = (p + panels - 1) / panels;  // equal widths: no thin last panel
+  // near-equal widths rounded up to 8 columns (MKL, one thread: 64-column panels ran ~20 % faster than 43)
+  const int64_t b = ((p + panels - 1) / panels + 7) / 8 * 8;
   for (int64_t c0 = 0;; c0 += b) {
     const Tensor rest = narrowed(z, 1, c0, p - c0);
     if (p - c0 <= b) {  // the last panel: its whole Gram, weight 1

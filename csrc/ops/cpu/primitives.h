@@ -87,25 +87,28 @@ void scale_inplace(T* x, int64_t len, double s) {
   });
 }
 
-// Column means and max |x − mean| (from the column extremes) in one pass, float64.
+// Column means and max |x − mean| (from the column extremes) in one pass: sums in float64, extremes in T (exact, and
+// twice the lanes of float64 for float32 input).
 template <typename T>
 std::vector<double> column_means_and_spread(const T* x, int64_t n, int64_t p, double* maxabs) {
   const int64_t nch = std::max<int64_t>(1, std::min(num_chunks(n, 256, 32), (int64_t(1) << 20) / std::max<int64_t>(p, 1)));
   const int64_t step = (n + nch - 1) / nch;
-  std::vector<double> part(3 * nch * p);
+  std::vector<double> part(nch * p);
+  std::vector<T> ext(2 * nch * p);
   torch::stable::parallel_for(0, nch, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      double *acc = part.data() + 3 * c * p, *lo = acc + p, *hi = lo + p;
+      double* acc = part.data() + c * p;
+      T *lo = ext.data() + 2 * c * p, *hi = lo + p;
       for (int64_t j = 0; j < p; ++j) {
         acc[j] = 0.0;
-        lo[j] = INFINITY;
-        hi[j] = -INFINITY;
+        lo[j] = static_cast<T>(INFINITY);
+        hi[j] = static_cast<T>(-INFINITY);
       }
       for (int64_t i = c * step; i < std::min(n, (c + 1) * step); ++i) {
         const T* row = x + i * p;
         for (int64_t j = 0; j < p; ++j) {
-          const double v = static_cast<double>(row[j]);
-          acc[j] += v;
+          const T v = row[j];
+          acc[j] += static_cast<double>(v);
           lo[j] = std::min(lo[j], v);
           hi[j] = std::max(hi[j], v);
         }
@@ -115,11 +118,10 @@ std::vector<double> column_means_and_spread(const T* x, int64_t n, int64_t p, do
   std::vector<double> mean(p, 0.0), lo(p, INFINITY), hi(p, -INFINITY);
   for (int64_t c = 0; c < nch; ++c)
     for (int64_t j = 0; j < p; ++j) {
-      const double* q = part.data() + 3 * c * p;
       if (c * step >= n) continue;
-      mean[j] += q[j];
-      lo[j] = std::min(lo[j], q[p + j]);
-      hi[j] = std::max(hi[j], q[2 * p + j]);
+      mean[j] += part[c * p + j];
+      lo[j] = std::min(lo[j], static_cast<double>(ext[2 * c * p + j]));
+      hi[j] = std::max(hi[j], static_cast<double>(ext[(2 * c + 1) * p + j]));
     }
   double m = 0.0;
   for (int64_t j = 0; j < p; ++j) {
