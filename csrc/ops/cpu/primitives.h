@@ -87,6 +87,55 @@ void scale_inplace(T* x, int64_t len, double s) {
   });
 }
 
+// The two passes of center_normalise touch every element; the default build targets baseline x86-64 (SSE2), so with
+// GCC on x86-64 Linux they are also compiled for AVX2 and picked at load time (an ifunc): ~2× faster per pass on the
+// bench machine. Vectorised across columns only, and AVX2 without FMA: both versions give the same bits.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTCKA_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FASTCKA_CPU_CLONES
+#endif
+
+// Rows [r0, r1) into column sums (float64) and extremes (in T, exact).
+template <typename T>
+__attribute__((always_inline)) inline void column_stats_rows_impl(const T* x, int64_t r0, int64_t r1, int64_t p,
+                                                                  double* acc, T* lo, T* hi) {
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* row = x + i * p;
+    for (int64_t j = 0; j < p; ++j) {
+      const T v = row[j];
+      acc[j] += static_cast<double>(v);
+      lo[j] = std::min(lo[j], v);
+      hi[j] = std::max(hi[j], v);
+    }
+  }
+}
+FASTCKA_CPU_CLONES inline void column_stats_rows(const float* x, int64_t r0, int64_t r1, int64_t p, double* acc,
+                                                 float* lo, float* hi) {
+  column_stats_rows_impl(x, r0, r1, p, acc, lo, hi);
+}
+FASTCKA_CPU_CLONES inline void column_stats_rows(const double* x, int64_t r0, int64_t r1, int64_t p, double* acc,
+                                                 double* lo, double* hi) {
+  column_stats_rows_impl(x, r0, r1, p, acc, lo, hi);
+}
+
+// Rows [r0, r1) of out = (x − mean)·s, in float64 and rounded once.
+template <typename T>
+__attribute__((always_inline)) inline void center_rows_impl(const T* x, int64_t r0, int64_t r1, int64_t p,
+                                                            const double* mean, double s, T* out) {
+  for (int64_t i = r0; i < r1; ++i)
+    for (int64_t j = 0; j < p; ++j)
+      out[i * p + j] = static_cast<T>((static_cast<double>(x[i * p + j]) - mean[j]) * s);
+}
+FASTCKA_CPU_CLONES inline void center_rows(const float* x, int64_t r0, int64_t r1, int64_t p, const double* mean,
+                                           double s, float* out) {
+  center_rows_impl(x, r0, r1, p, mean, s, out);
+}
+FASTCKA_CPU_CLONES inline void center_rows(const double* x, int64_t r0, int64_t r1, int64_t p, const double* mean,
+                                           double s, double* out) {
+  center_rows_impl(x, r0, r1, p, mean, s, out);
+}
+
 // Column means and max |x − mean| (from the column extremes) in one pass: sums in float64, extremes in T (exact, and
 // twice the lanes of float64 for float32 input).
 template <typename T>
@@ -104,15 +153,7 @@ std::vector<double> column_means_and_spread(const T* x, int64_t n, int64_t p, do
         lo[j] = static_cast<T>(INFINITY);
         hi[j] = static_cast<T>(-INFINITY);
       }
-      for (int64_t i = c * step; i < std::min(n, (c + 1) * step); ++i) {
-        const T* row = x + i * p;
-        for (int64_t j = 0; j < p; ++j) {
-          const T v = row[j];
-          acc[j] += static_cast<double>(v);
-          lo[j] = std::min(lo[j], v);
-          hi[j] = std::max(hi[j], v);
-        }
-      }
+      column_stats_rows(x, std::min(n, c * step), std::min(n, (c + 1) * step), p, acc, lo, hi);
     }
   });
   std::vector<double> mean(p, 0.0), lo(p, INFINITY), hi(p, -INFINITY);
@@ -144,9 +185,7 @@ inline Tensor center_normalise(const Tensor& x, Tensor& m, int slot) {
     const std::vector<double> mean = column_means_and_spread(xp, n, p, &maxabs);
     const double s = pow2_normaliser(maxabs);
     torch::stable::parallel_for(0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(p, 1)), [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0; i < r1; ++i)
-        for (int64_t j = 0; j < p; ++j)
-          op[i * p + j] = static_cast<scalar_t>((static_cast<double>(xp[i * p + j]) - mean[j]) * s);
+      center_rows(xp, r0, r1, p, mean.data(), s, op);
     });
     m.mutable_data_ptr<double>()[slot] = s;
   });
