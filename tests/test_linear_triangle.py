@@ -76,3 +76,11 @@ def test_cka_matrix_symmetric_diagonal(unbiased):
     terms = torch.ops.fastcka.linear_hsic_matrix(xs, [], unbiased, 1).diagonal()
     ref = torch.stack([R.hsic(R.gram_linear(a), R.gram_linear(a), unbiased) for a in xs])
     torch.testing.assert_close(terms, ref, rtol=1e-12, atol=0.0)
+
+
+def test_raw_op_with_no_features():
+    """The public functions reject a (n, 0) input; the raw op must still not divide by zero panels (SIGFPE)."""
+    x, y = torch.randn(10, 0, dtype=torch.float64), randn(10, 3, seed=24)
+    h = torch.ops.fastcka.linear_hsic(x, y, False, 1)
+    assert h[0].item() == 0.0 and h[1].item() == 0.0 and h[2].item() > 0
+    assert torch.ops.fastcka.linear_hsic_matrix([x], [], False, 1).item() == 0.0

@@ -52,6 +52,7 @@ LinearPrepared linear_prepare(const Tensor& x_, const Tensor& y_, bool unbiased,
 template <class D>
 void gram_sq_add(const Tensor& z, Tensor& m, int slot) {
   const int64_t p = z.size(1);
+  if (p == 0) return;  // no features: the Gram is empty
   const int64_t panels = (p + D::kGramPanel - 1) / D::kGramPanel;
   // near-equal widths rounded up to 8 columns (MKL, one thread: 64-column panels ran ~20 % faster than 43)
   const int64_t b = ((p + panels - 1) / panels + 7) / 8 * 8;
