@@ -3,7 +3,9 @@
 Rows per shape (n, p = q) ∈ {(8192, 256), (2048, 512), (512, 4096)}:
   fastcka           fastcka.cka(x, y) (auto path: feature space for the first two, sample space for the third)
   floor             only the GEMMs of the path fastcka picks, on pre-centred inputs: XcᵀYc, XcᵀXc, YcᵀYc (feature)
-                    or XcXcᵀ, YcYcᵀ (sample), float32
+                    or XcXcᵀ, YcYcᵀ (sample), float32. fastcka's feature path forms only the block upper triangle of the
+                    symmetric XcᵀXc and YcᵀYc (64-column panels on the CPU): about 2/3 of these multiply-adds at p = q,
+                    so its row can lie below this one
   torch_feature     plain torch, feature-space formula (centre, three GEMMs, norms), float32
   torch_gram        plain torch, Kornblith et al.'s Gram + center_gram formula, float32
   fastcka_unbiased  fastcka.cka(x, y, unbiased=True): the estimator cka-pytorch and torch-cka compute

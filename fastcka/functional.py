@@ -289,9 +289,9 @@ def cka_matrix(
         cross = ops.linear_hsic_matrix(mx, my, bool(unbiased), code)
         if ys is None:
             self_x = self_y = cross.diagonal()
-        else:
-            self_x = ops.linear_hsic_matrix(mx, [], bool(unbiased), code).diagonal()
-            self_y = ops.linear_hsic_matrix(my, [], bool(unbiased), code).diagonal()
+        else:  # one layer per call: the diagonal of a symmetric call would also cost every pair among the layers
+            self_x = torch.stack([ops.linear_hsic_matrix([t], [], bool(unbiased), code)[0, 0] for t in mx])
+            self_y = torch.stack([ops.linear_hsic_matrix([t], [], bool(unbiased), code)[0, 0] for t in my])
         h = torch.stack(torch.broadcast_tensors(cross, self_x[:, None], self_y[None, :]), -1)
         out = cka_from_terms(h)
         if ys is None:  # exactly 1 on the diagonal (0 for a constant layer), not 1 ± rounding

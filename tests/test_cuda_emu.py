@@ -94,7 +94,8 @@ G = torch.tensor([1.0, -0.7, 0.4], dtype=torch.float64)  # a gradient of the thr
 # --- linear HSIC: column_sums, subtract_means, normalise, dot, row_sq, linear_combine, linear_grad_assemble ----------
 # (4, 1, 2): the smallest unbiased n, one thread per column; (33, 31, 33): p around the warp; (70, 40, 65): row_sq's
 # warps over partial 32-feature chunks; (130, 257, 5): column_sums with two row chunks (blockIdx.y) and two column
-# blocks, dot products over several blocks.
+# blocks, dot products over several blocks. The emulation's kGramPanel is 8 columns: every width above 8 here runs the
+# feature path's self terms as block-triangle panels (gram_sq_add), 257 as 33 of them.
 LINEAR_SIZES = [(4, 1, 2), (33, 31, 33), (70, 40, 65), (130, 257, 5)]
 
 

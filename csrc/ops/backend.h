@@ -7,6 +7,8 @@
 //   center_normalise(x, m, slot) -> xc   column-centred, times an exact power of two stored in m[slot]
 //   row_sq(xc) -> float64 [n]            squared row norms
 //   dot_into(a, b, m, slot)              m[slot] = Σ a∘b (float64)          sum_into(a, m, slot): m[slot] = Σ a
+//   dot_add_into(a, b, m, slot, w)       m[slot] += w·Σ a∘b (float64; w = ±1 or 2, exact)
+//   kGramPanel                           column panel width of symmetric Grams (linear_hsic_impl.h: gram_sq_add)
 //   linear_combine(m, n, unbiased, noise, out3)     the three linear HSICs from the moments (linear_hsic.h)
 //   linear_grad_side(...)                one side's linear-HSIC gradient from its products
 // kernel HSIC and the median (CpuKernelHsic, CudaKernelHsic):

@@ -150,12 +150,12 @@ __global__ void dot_kernel(const T* a, const T* b, int64_t len, double* part) {
   if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
 
-// *out += Σ part (one block).
-__global__ inline void dot_finish_kernel(const double* part, int64_t parts, double* out) {
+// *out += w·Σ part (one block).
+__global__ inline void dot_finish_kernel(const double* part, int64_t parts, double w, double* out) {
   double acc = 0.0;
   for (int64_t t = threadIdx.x; t < parts; t += blockDim.x) acc += part[t];
   acc = block_sum(acc);
-  if (threadIdx.x == 0) *out += acc;
+  if (threadIdx.x == 0) *out += w * acc;
 }
 
 // One warp per row.
@@ -214,8 +214,8 @@ inline Tensor center_normalise(const Tensor& x, Tensor& m, int slot) {
   return xc;
 }
 
-// m[slot] += Σ a∘b (b == nullptr: Σ a), deterministic (dot_kernel).
-inline void dot_into(const Tensor& a, const Tensor* b, Tensor& m, int slot) {
+// m[slot] += w·Σ a∘b (b == nullptr: Σ a), deterministic (dot_kernel, then dot_finish_kernel in a fixed order).
+inline void dot_into(const Tensor& a, const Tensor* b, Tensor& m, int slot, double w = 1.0) {
   const cudaStream_t s = current_stream(a);
   const int blocks = blocks_for(a.numel(), kThreads * 4, 1024);
   Tensor part = empty_like_shape(a, {blocks}, ScalarType::Double);
@@ -223,7 +223,7 @@ inline void dot_into(const Tensor& a, const Tensor* b, Tensor& m, int slot) {
     FASTCKA_LAUNCH(blocks, kThreads, 0, s, dot_kernel)(
         a.const_data_ptr<scalar_t>(), b ? b->const_data_ptr<scalar_t>() : nullptr, a.numel(),
         part.mutable_data_ptr<double>());
-    FASTCKA_LAUNCH(1, kThreads, 0, s, dot_finish_kernel)(part.const_data_ptr<double>(), blocks,
+    FASTCKA_LAUNCH(1, kThreads, 0, s, dot_finish_kernel)(part.const_data_ptr<double>(), blocks, w,
                                                           m.mutable_data_ptr<double>() + slot);
     check_launch("dot");
   });
@@ -269,7 +269,18 @@ namespace fastcka {
 struct CudaBackend {
   static Tensor center_normalise(const Tensor& x, Tensor& m, int slot) { return cuda::center_normalise(x, m, slot); }
   static void dot_into(const Tensor& a, const Tensor& b, Tensor& m, int slot) { cuda::dot_into(a, &b, m, slot); }
+  static void dot_add_into(const Tensor& a, const Tensor& b, Tensor& m, int slot, double w) {
+    cuda::dot_into(a, &b, m, slot, w);
+  }
   static void sum_into(const Tensor& a, Tensor& m, int slot) { cuda::dot_into(a, nullptr, m, slot); }
+  // Symmetric Grams ZᵀZ in row panels of this many columns (gram_sq_add). cuBLAS is not measured here: up to 1024
+  // columns the Gram stays one product (today's cost), wider ones split into panels that still fill the GPU. The
+  // emulation uses narrow panels, so that its tests run the panel loop.
+#ifdef FASTCKA_CUDA_EMU
+  static constexpr int64_t kGramPanel = 8;
+#else
+  static constexpr int64_t kGramPanel = 1024;
+#endif
   static Tensor row_sq(const Tensor& xc) { return cuda::row_sq(xc); }
   static void linear_combine(const Tensor& m, int64_t n, bool unbiased, double noise, Tensor& out3) {
     FASTCKA_LAUNCH(1, 1, 0, cuda::current_stream(m), cuda::linear_combine_kernel)(
