@@ -14,7 +14,7 @@ import fastcka
 from conftest import correlated_pair
 
 OPS = torch.ops.fastcka
-MEDIAN_AUTO, MEDIAN_RADIX, MEDIAN_WINDOW_ONLY, MEDIAN_WINDOW_MISS, MEDIAN_WINDOW_REDUCED = 0, 1, 2, 3, 4
+MEDIAN_AUTO, MEDIAN_RADIX, MEDIAN_WINDOW_ONLY, MEDIAN_WINDOW_MISS, MEDIAN_WINDOW_REDUCED, MEDIAN_TWO_WINDOWS = 0, 1, 2, 3, 4, 5
 
 
 def numpy_median(x: torch.Tensor) -> float:
@@ -67,8 +67,9 @@ def test_reduced_window_is_numpys_median(name, x):
     radix = OPS.median_sq_dist(x, MEDIAN_RADIX).item()
     reduced = OPS.median_sq_dist(x, MEDIAN_WINDOW_REDUCED).item()
     auto = OPS.median_sq_dist(x, MEDIAN_AUTO).item()
+    two = OPS.median_sq_dist(x, MEDIAN_TWO_WINDOWS).item()  # the large-n path: binned pass, then a narrow window
     # every method reads the answer from the same exact distances: the same float, bit for bit
-    assert reduced == radix == auto, name
+    assert reduced == radix == auto == two, name
     # and that float is numpy's median up to the summation order of a p-term float64 sum
     assert reduced == pytest.approx(want, rel=1e-13 if x.dtype == torch.float64 else 1e-13, abs=0), name
 
@@ -77,6 +78,19 @@ def test_reduced_window_is_numpys_median(name, x):
 def test_reduced_window_tiny_and_odd_n(n):
     x, _ = correlated_pair(n, 5, 1, seed=n, dtype=torch.float32)
     assert OPS.median_sq_dist(x, MEDIAN_WINDOW_REDUCED).item() == OPS.median_sq_dist(x, MEDIAN_RADIX).item()
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 40, 700, 1001])
+def test_two_windows_tiny_and_odd_n(n):
+    x, _ = correlated_pair(n, 7, 1, seed=n, dtype=torch.float32)
+    assert OPS.median_sq_dist(x, MEDIAN_TWO_WINDOWS).item() == OPS.median_sq_dist(x, MEDIAN_RADIX).item()
+
+
+def test_two_windows_at_a_size_where_auto_takes_them():
+    """n = 56,000: the bracket holds more pairs than the collect buffer, so auto runs the binned pass and a second
+    window (before, three or four radix passes); it must agree with the radix passes to the bit."""
+    x, _ = correlated_pair(56000, 3, 1, seed=70, dtype=torch.float32)
+    assert OPS.median_sq_dist(x, MEDIAN_AUTO).item() == OPS.median_sq_dist(x, MEDIAN_RADIX).item()
 
 
 def test_reduced_window_all_rows_equal_is_zero():

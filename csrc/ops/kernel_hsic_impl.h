@@ -46,6 +46,13 @@ struct WindowPass {
   int64_t below = 0, inside = 0;
   std::vector<double> values;
   std::vector<int64_t> keys;
+  std::vector<int64_t> hist;  // a binned pass: the inside pairs per bin (and nothing collected)
+};
+
+// The bins of a binned window pass: window_bin(d, lo, scale, count) (median.h).
+struct WindowBins {
+  double lo = 0.0, scale = 0.0;
+  int64_t count = 0;
 };
 
 // The r0-th and r1-th smallest (0-based, r0 ≤ r1) exact distances among a window pass's inside pairs. Each lies
@@ -254,13 +261,14 @@ std::pair<double, double> select_squared_distances(const ScaledRows& a, int64_t 
 // a miss the radix passes. The last two exist for the tests: the window alone (an error if it misses), and a window
 // placed at a tenth of the rank, so that on spread data it misses and the fallback runs.
 // Methods 2 and 4 force the window's full-precision and reduced-precision passes (4 falls back to 2 on a backend
-// without a reduced pass); auto picks between them (reduced_window_pays).
+// without a reduced pass); auto picks between them (reduced_undecided_share). Method 5 forces the two-window path.
 enum MedianMethod : int64_t {
   kMedianAuto = 0,
   kMedianRadix = 1,
   kMedianWindowOnly = 2,
   kMedianWindowMiss = 3,
-  kMedianWindowReduced = 4
+  kMedianWindowReduced = 4,
+  kMedianTwoWindows = 5  // the large-n path (select_by_two_windows) at any n, an error if it misses (CPU only)
 };
 
 // Does the backend have a reduced-precision window pass (D::distance_window_reduced, D::reduced_pass_fast)?
@@ -268,6 +276,15 @@ template <class D, class = void>
 struct HasReducedWindow : std::false_type {};
 template <class D>
 struct HasReducedWindow<D, std::void_t<decltype(&D::distance_window_reduced)>> : std::true_type {};
+
+// Does the backend have a binned window pass (D::distance_window_binned)? Then auto's window also serves large n,
+// where the bracket holds more pairs than the collect buffer: select_by_two_windows.
+template <class D, class = void>
+struct HasWindowBinned : std::false_type {};
+template <class D>
+struct HasWindowBinned<D, std::void_t<decltype(&D::distance_window_binned)>> : std::true_type {};
+
+constexpr int64_t kWindowBins = 1024;
 
 // Auto takes the reduced pass when the sampled pairs predict that at most this share of all pairs falls in its
 // error band around the window (each such pair is recomputed exactly, at ~3× the per-pair cost the bf16 GEMM saves).
@@ -301,6 +318,68 @@ constexpr int64_t kWindowMaxSample = int64_t(1) << 22;
 constexpr double kWindowZ = 6.0;  // the bracket's half-width in standard errors of the sample quantile
 constexpr uint64_t kWindowSeed = 0xC4A5EED5ull;
 
+// The window's bracket [lo, hi] holds more pairs than the collect buffer (large n): a first, binned pass counts the
+// pairs below it and the pairs inside per bin; the bins holding ranks k and k + 1 are mapped back to bit-pattern
+// ends (window_bin is monotone, so by bisection) and a second window pass over them collects and selects as usual.
+// Two passes where the radix fallback needs three or four. Returns false (the caller falls back to radix) when a rank
+// is outside the bracket or the bins are too full.
+template <class D>
+bool select_by_two_windows(const ScaledRows& a, int64_t k, bool want_next, uint64_t lo_bits, uint64_t hi_bits,
+                           bool reduced, std::pair<double, double>* out) {
+  const int64_t n = a.xs.size(0), k_last = k + (want_next ? 1 : 0);
+  if (k_last < n) {
+    *out = {0.0, 0.0};
+    return true;
+  }
+  double lo_d, hi_d;
+  std::memcpy(&lo_d, &lo_bits, sizeof(lo_d));
+  std::memcpy(&hi_d, &hi_bits, sizeof(hi_d));
+  if (!(lo_d >= 0.0) || !(hi_d > lo_d) || !(hi_d < INFINITY)) return false;
+  WindowBins bins;
+  bins.count = kWindowBins;
+  bins.lo = lo_d;
+  bins.scale = static_cast<double>(kWindowBins) / (hi_d - lo_d);
+  if (!(bins.scale < INFINITY)) return false;
+  const WindowPass w = D::distance_window_binned(a, lo_bits, hi_bits, reduced, bins);
+  const int64_t offset = n + 2 * w.below;
+  const int64_t kk = std::max(k, n);  // entries below n are the diagonal zeros (window_entries returns them)
+  if (kk < offset || k_last >= offset + 2 * w.inside) return false;
+  const int64_t r0 = (kk - offset) / 2, r1 = (k_last - offset) / 2;
+  int64_t acc = 0, b0 = -1, b1 = -1, before = 0, within = 0;
+  for (int64_t b = 0; b < bins.count && b1 < 0; ++b) {
+    if (b0 < 0 && r0 < acc + w.hist[b]) {
+      b0 = b;
+      before = acc;
+    }
+    if (r1 < acc + w.hist[b]) b1 = b;
+    acc += w.hist[b];
+  }
+  STD_TORCH_CHECK(b0 >= 0 && b1 >= b0, "fastcka median: binned window counts disagree");
+  for (int64_t b = b0; b <= b1; ++b) within += w.hist[b];
+  if (within > kCollectCapacity) return false;
+  auto bin_of = [&](uint64_t bits) {
+    double d;
+    std::memcpy(&d, &bits, sizeof(d));
+    return window_bin(d, bins.lo, bins.scale, bins.count);
+  };
+  auto first_with_bin_above = [&](int64_t b) {  // the smallest pattern in [lo, hi + 1] whose bin exceeds b
+    uint64_t l = lo_bits, h = hi_bits + 1;
+    while (l < h) {
+      const uint64_t mid = l + (h - l) / 2;
+      if (bin_of(mid) > b) h = mid;
+      else l = mid + 1;
+    }
+    return l;
+  };
+  const uint64_t lo2 = b0 == 0 ? lo_bits : first_with_bin_above(b0 - 1);
+  const uint64_t hi2 = first_with_bin_above(b1) - 1;
+  const WindowPass w2 = reduced ? D::distance_window_reduced(a, lo2, hi2) : D::distance_window(a, lo2, hi2);
+  STD_TORCH_CHECK(w2.below == w.below + before && w2.inside == within,
+                  "fastcka median: the two window passes disagree");
+  *out = window_entries<D>(a, w2, D::host_norms(a), n, n + 2 * w2.below, k, want_next);
+  return true;
+}
+
 // The window try: fills *out and returns true when every wanted rank (k, and k+1 if want_next) lies in the window.
 template <class D>
 bool select_by_window(const ScaledRows& a, int64_t k, bool want_next, int64_t method, std::pair<double, double>* out) {
@@ -317,13 +396,14 @@ bool select_by_window(const ScaledRows& a, int64_t k, bool want_next, int64_t me
   const int64_t balanced =
       std::min<int64_t>(int64_t(1) << 18, static_cast<int64_t>(std::cbrt(2.25 * double(pairs) * double(pairs))));
   const int64_t m = std::max({kWindowMinSample, balanced, static_cast<int64_t>(need * need) + 1});
-  if (m > kWindowMaxSample && method == kMedianAuto) return false;
+  if (m > kWindowMaxSample && method == kMedianAuto && !HasWindowBinned<D>::value) return false;
   std::vector<double> sample = D::sample_distances(a, std::min(m, kWindowMaxSample), kWindowSeed);
   const int64_t ms = static_cast<int64_t>(sample.size());
   bool reduced = false;
   std::vector<double> in_order;  // the sample in pair order, for the reduced pass's estimate (selection reorders it)
   if constexpr (HasReducedWindow<D>::value) {
-    reduced = method == kMedianWindowReduced || (method == kMedianAuto && D::reduced_pass_fast());
+    reduced = method == kMedianWindowReduced ||
+              ((method == kMedianAuto || method == kMedianTwoWindows) && D::reduced_pass_fast());
     if (method == kMedianAuto && reduced) in_order = sample;
   }
   // ranks of the entries → quantiles among the pairs (each pair is 2 entries, after the n diagonal zeros); the
@@ -343,7 +423,15 @@ bool select_by_window(const ScaledRows& a, int64_t k, bool want_next, int64_t me
   const uint64_t lo_bits = r_lo <= 0 ? 0 : distance_bits(sample_at(r_lo));
   const uint64_t hi_bits = r_hi >= ms - 1 ? ~uint64_t(0) : distance_bits(sample_at(r_hi));
   const double expected = static_cast<double>(std::min(r_hi, ms) - std::max<int64_t>(r_lo, 0)) / ms * pairs;
-  if (method == kMedianAuto && expected > static_cast<double>(kCollectCapacity / 2)) return false;
+  const bool too_full = method == kMedianAuto && expected > static_cast<double>(kCollectCapacity / 2);
+  if ((too_full || method == kMedianTwoWindows) && lo_bits != hi_bits && hi_bits < distance_bits(INFINITY)) {
+    if constexpr (HasWindowBinned<D>::value) {
+      if (reduced)
+        reduced = reduced_undecided_share<D>(a, in_order, kWindowSeed, lo_bits, hi_bits) <= kReducedMaxUndecided;
+      return select_by_two_windows<D>(a, k, want_next, lo_bits, hi_bits, reduced, out);
+    }
+    return false;
+  }
   WindowPass w;
   if constexpr (HasReducedWindow<D>::value) {
     if (reduced && method == kMedianAuto)
@@ -372,8 +460,8 @@ template <class D>
 Tensor median_sq_dist(const Tensor& x_, int64_t method) {
   check_matrix(x_, "fastcka::median_sq_dist", "x");
   STD_TORCH_CHECK(x_.size(0) >= 1, "fastcka::median_sq_dist: x needs at least one row, got 0");
-  STD_TORCH_CHECK(method >= kMedianAuto && method <= kMedianWindowReduced,
-                  "fastcka::median_sq_dist: method must be 0-4");
+  STD_TORCH_CHECK(method >= kMedianAuto && method <= kMedianTwoWindows,
+                  "fastcka::median_sq_dist: method must be 0-5");
   const ScaledRows a = D::scale_rows(as_contiguous(x_));
   const int64_t n = x_.size(0), total = n * n;
   // numpy's median: the middle entry for an odd count, the mean of the two middle ones for an even count
@@ -381,7 +469,7 @@ Tensor median_sq_dist(const Tensor& x_, int64_t method) {
   const bool want_next = total % 2 == 0;
   std::pair<double, double> ranks;
   const bool found = method != kMedianRadix && select_by_window<D>(a, k, want_next, method, &ranks);
-  STD_TORCH_CHECK(found || (method != kMedianWindowOnly && method != kMedianWindowReduced),
+  STD_TORCH_CHECK(found || method == kMedianAuto || method == kMedianRadix || method == kMedianWindowMiss,
                   "fastcka::median_sq_dist: the window missed (method ", method, ")");
   if (!found) {
     std::map<std::pair<uint64_t, int>, std::vector<int64_t>> cache;

@@ -249,6 +249,15 @@ FASTCKA_HD double bf16_value(uint16_t h) {
   return static_cast<double>(v);
 }
 
+// The bin of a distance d among `count` equal-width bins of [lo, lo + count/scale] (the first pass of the
+// two-window median counts its pairs per bin). Monotone non-decreasing in d (each step rounds monotonically), so
+// each bin is an interval of distances, whose bit-pattern ends the driver finds by bisection; NaN goes to bin 0.
+FASTCKA_HD int64_t window_bin(double d, double lo, double scale, int64_t count) {
+  const double t = (d - lo) * scale;
+  if (!(t > 0.0)) return 0;
+  return t >= static_cast<double>(count) ? count - 1 : static_cast<int64_t>(t);
+}
+
 FASTCKA_HD uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;

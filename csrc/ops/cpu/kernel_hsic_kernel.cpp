@@ -7,6 +7,7 @@
 // per-chunk partials that are added in a fixed order, so results do not depend on the thread count.
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <type_traits>
 #include <tuple>
 #include <vector>
@@ -197,10 +198,16 @@ classify_row(const G* g, int64_t len, const double* nj, const double* tj, const 
 // sorts what the bound decides; decide(g, gi, gj, &d, &exact) returns −1 / 0 / +1 as pair_window does for the rest.
 // Column chunks in parallel; below counted, inside pairs collected (value, and key gi·n + gj or −1 where exact) while
 // they fit in kCollectCapacity.
-template <typename G, bool kReduced, class Decide>
+// With `bins` (bins.count > 0) the inside pairs are not collected but counted per bin of [lo, hi] (median.h:
+// window_bin), from d̂ where its error interval falls in one bin, else from exact_of(gi, gj): the first pass of the
+// two-window median.
+template <typename G, bool kReduced, class Decide, class Exact>
 WindowPass window_pass(const Tensor& rows, int64_t n, const WindowBound& bound, uint64_t lo, uint64_t hi,
-                       Decide&& decide) {
+                       Decide&& decide, const WindowBins& bins, Exact&& exact_of) {
   WindowPass out;
+  const bool binned = bins.count > 0;
+  if (binned) out.hist.assign(bins.count, 0);
+  std::mutex hist_lock;
   double lo_d, hi_d;
   std::memcpy(&lo_d, &lo, sizeof(lo_d));
   std::memcpy(&hi_d, &hi, sizeof(hi_d));
@@ -217,6 +224,7 @@ WindowPass window_pass(const Tensor& rows, int64_t n, const WindowBound& bound, 
     std::vector<int64_t> below(chunks, 0);
     torch::stable::parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
       std::vector<uint8_t> open(step);
+      std::vector<int64_t> hist(binned ? bins.count : 0, 0);
       for (int64_t q = q0; q < q1; ++q) {
         int64_t nb = 0;
         for (int64_t i = 0; i < nrows; ++i) {
@@ -236,13 +244,26 @@ WindowPass window_pass(const Tensor& rows, int64_t n, const WindowBound& bound, 
             bool exact = false;
             const int where = decide(g + jj, gi, cj + jj, &d, &exact);
             nb += where < 0;
-            if (where == 0) {
+            if (where == 0 && binned) {
+              int64_t b = window_bin(d, bins.lo, bins.scale, bins.count);
+              if (!exact) {
+                const double e = bound.coef.beta * (ni + norms[cj + jj]);
+                if (window_bin(d - e > 0.0 ? d - e : 0.0, bins.lo, bins.scale, bins.count) != b ||
+                    window_bin(d + e, bins.lo, bins.scale, bins.count) != b)
+                  b = window_bin(exact_of(gi, cj + jj), bins.lo, bins.scale, bins.count);
+              }
+              ++hist[b];
+            } else if (where == 0) {
               part[q].push_back(d);
               part_keys[q].push_back(exact ? -1 : gi * n + cj + jj);
             }
           }
         }
         below[q] = nb;
+      }
+      if (binned) {  // integer counts: the order of these additions changes nothing
+        std::lock_guard<std::mutex> guard(hist_lock);
+        for (int64_t b = 0; b < bins.count; ++b) out.hist[b] += hist[b];
       }
     });
     for (int64_t q = 0; q < chunks; ++q) {
@@ -254,6 +275,8 @@ WindowPass window_pass(const Tensor& rows, int64_t n, const WindowBound& bound, 
       }
     }
   });
+  if (binned)
+    for (int64_t c : out.hist) out.inside += c;
   if (out.inside > kCollectCapacity) {
     std::vector<double>().swap(out.values);
     std::vector<int64_t>().swap(out.keys);
@@ -478,15 +501,31 @@ struct CpuKernelHsic : CpuBackend {
   // The pairs i < j below the window [lo, hi] (counted) and inside it (counted, and collected while they fit);
   // column chunks in parallel as in the histogram. Full precision: the GEMM in the input precision, pair_window.
   static WindowPass distance_window(const ScaledRows& a, uint64_t lo, uint64_t hi) {
+    return window_full(a, lo, hi, WindowBins{});
+  }
+
+  static WindowPass distance_window_reduced(const ScaledRows& a, uint64_t lo, uint64_t hi) {
+    return window_reduced(a, lo, hi, WindowBins{});
+  }
+
+  // The binned window (the first pass of the two-window median): below counted, inside counted per bin.
+  static WindowPass distance_window_binned(const ScaledRows& a, uint64_t lo, uint64_t hi, bool reduced,
+                                           const WindowBins& bins) {
+    return reduced ? window_reduced(a, lo, hi, bins) : window_full(a, lo, hi, bins);
+  }
+
+  static WindowPass window_full(const ScaledRows& a, uint64_t lo, uint64_t hi, const WindowBins& bins) {
     WindowPass out;
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "distance_window", [&] {
       const double s = host_s(a);
       const DistanceRows<scalar_t> ra = distance_rows<scalar_t>(a, s * s);
       const WindowBound bound{ReducedBound{ra.beta, 0.0, 0.0, 0.0}, ra.norms, nullptr, nullptr};
-      out = window_pass<scalar_t, false>(a.xs, a.xs.size(0), bound, lo, hi, [&](const scalar_t* g, int64_t gi,
-                                                                                 int64_t gj, double* d, bool* exact) {
-        return pair_window(ra, *g, gi, gj, lo, hi, d, exact);
-      });
+      out = window_pass<scalar_t, false>(
+          a.xs, a.xs.size(0), bound, lo, hi,
+          [&](const scalar_t* g, int64_t gi, int64_t gj, double* d, bool* exact) {
+            return pair_window(ra, *g, gi, gj, lo, hi, d, exact);
+          },
+          bins, [&](int64_t gi, int64_t gj) { return cpu_exact_sq_dist(ra.x, ra.p, gi, gj, ra.s2); });
     });
     return out;
   }
@@ -505,7 +544,7 @@ struct CpuKernelHsic : CpuBackend {
   // The window pass from a bfloat16 GEMM (median.h: the reduced-precision window pass and its bound): pairs whose
   // error interval lies wholly on one side are counted; the rest take pair_window with the dot recomputed in the
   // rows' precision (row_dot), which decides nearly all of them and recomputes the others exactly.
-  static WindowPass distance_window_reduced(const ScaledRows& a, uint64_t lo, uint64_t hi) {
+  static WindowPass window_reduced(const ScaledRows& a, uint64_t lo, uint64_t hi, const WindowBins& bins) {
     const int64_t n = a.xs.size(0), p = a.xs.size(1);
     const Tensor xb = bf16_rows(a.xs);
     const uint16_t* xbp = static_cast<const uint16_t*>(xb.const_data_ptr());
@@ -529,10 +568,12 @@ struct CpuKernelHsic : CpuBackend {
       const double s = host_s(a);
       const DistanceRows<scalar_t> ra = distance_rows<scalar_t>(a, s * s);
       const WindowBound bound{reduced_bound(p, ra.beta), norms, t.data(), r.data()};
-      out = window_pass<uint16_t, true>(xb, n, bound, lo, hi, [&](const uint16_t*, int64_t gi, int64_t gj, double* d,
-                                                                  bool* exact) {
-        return pair_window(ra, cpu_row_dot(xs + gi * p, xs + gj * p, p), gi, gj, lo, hi, d, exact);
-      });
+      out = window_pass<uint16_t, true>(
+          xb, n, bound, lo, hi,
+          [&](const uint16_t*, int64_t gi, int64_t gj, double* d, bool* exact) {
+            return pair_window(ra, cpu_row_dot(xs + gi * p, xs + gj * p, p), gi, gj, lo, hi, d, exact);
+          },
+          bins, [&](int64_t gi, int64_t gj) { return cpu_exact_sq_dist(ra.x, p, gi, gj, ra.s2); });
     });
     return out;
   }
