@@ -54,6 +54,9 @@ def _inputs():
     out.append(("high-dimensional gaussian, p 2048", torch.randn(560, 2048, generator=g)))
     simplex = torch.eye(600, 640) * 4 + 0.01 * torch.randn(600, 640, generator=g)
     out.append(("noisy simplex (all distances ≈ 32)", simplex))
+    # collinear rows: every coordinate of a row rounds to bf16 the same way, so the input-rounding errors add up
+    # coherently (|Σ δaₖbₖ| reaches the Cauchy–Schwarz bound) instead of cancelling
+    out.append(("collinear rows (coherent bf16 rounding)", (torch.randn(700, 1, generator=g) * torch.ones(1, 32))))
     out.append(("one far outlier row", torch.cat([torch.randn(600, 20, generator=g), torch.full((1, 20), 1e5)])))
     return out
 
