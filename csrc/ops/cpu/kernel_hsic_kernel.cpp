@@ -290,6 +290,26 @@ WindowPass window_pass(const Tensor& rows, int64_t n, const WindowBound& bound, 
   return out;
 }
 
+// column_medians<D>'s shift (the same rows, the same lower median, NaN ordered last as aten::sort does) by one
+// selection per column instead of a sort: the sort was ~8 % of an exact-median RBF CKA at n = 2048.
+template <typename T>
+std::vector<double> cpu_column_medians(const T* x, int64_t n, int64_t p) {
+  const int64_t rows = std::min(n, kShiftRows), mid = (rows - 1) / 2;
+  std::vector<T> cols(static_cast<size_t>(rows * p));  // column-major copy of the subset
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = x + (n > kShiftRows ? shift_row(r, n) : r) * p;
+    for (int64_t c = 0; c < p; ++c) cols[c * rows + r] = row[c];
+  }
+  auto nan_last = [](T a, T b) { return a < b || (b != b && a == a); };
+  std::vector<double> out(p);
+  for (int64_t c = 0; c < p; ++c) {
+    T* col = cols.data() + c * rows;
+    std::nth_element(col, col + mid, col + rows, nan_last);
+    out[c] = static_cast<double>(col[mid]);
+  }
+  return out;
+}
+
 }  // namespace
 
 struct CpuKernelHsic : CpuBackend {
@@ -307,9 +327,7 @@ struct CpuKernelHsic : CpuBackend {
     a.scale = empty_like_shape(x, {1}, ScalarType::Double);
     FASTCKA_DISPATCH_FLOATING(x.scalar_type(), "scale_rows", [&] {
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      const Tensor med = column_medians<CpuKernelHsic>(x);
-      const scalar_t* mp = med.const_data_ptr<scalar_t>();
-      const std::vector<double> shift(mp, mp + p);
+      const std::vector<double> shift = cpu_column_medians(xp, n, p);
       scalar_t* o = a.xs.mutable_data_ptr<scalar_t>();
       const double s = pow2_normaliser(cpu::subtract_means(xp, shift, n, p, o));
       cpu::scale_inplace(o, n * p, s);
