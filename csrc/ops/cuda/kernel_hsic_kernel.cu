@@ -107,6 +107,22 @@ __device__ inline double warp_sum(double v) {
   return v;
 }
 
+// A tile's per-row partials (two sums per row, one entry per warp: row_part[row][warp][0..1]) added in a fixed
+// order into rowpart[(r0 + row, tile)] (the forward's K and L row sums, the gradient's W row sums).
+__device__ inline void store_row_partials(const double (*row_part)[kEpiCols / 32][2], int64_t r0, int64_t rows,
+                                          double* rowpart) {
+  if (threadIdx.x < kEpiRows && r0 + threadIdx.x < rows) {
+    double a = 0.0, b = 0.0;
+    for (int v = 0; v < kEpiCols / 32; ++v) {
+      a += row_part[threadIdx.x][v][0];
+      b += row_part[threadIdx.x][v][1];
+    }
+    double* rp = rowpart + 2 * ((r0 + threadIdx.x) * gridDim.x + blockIdx.x);
+    rp[0] = a;
+    rp[1] = b;
+  }
+}
+
 // One tile of the forward block: the shifted entries K', L' of the pairs (gi, gj), gj ≥ gi, from the dots gx, gy
 // (rows × w, column jj is gj = i0 + jj). Diagonal entries go to dk, dl; off-diagonal ones to the tile's Σ K∘L, Σ K∘K,
 // Σ L∘L (tilepart), its column sums (colpart[tile row][jj]) and its row sums (rowpart[row][tile column]).
@@ -160,16 +176,7 @@ __global__ void __launch_bounds__(kEpiCols)
     t[1] = skk;
     t[2] = sll;
   }
-  if (threadIdx.x < kEpiRows && r0 + threadIdx.x < rows) {
-    double a = 0.0, b = 0.0;
-    for (int v = 0; v < kEpiCols / 32; ++v) {
-      a += row_part[threadIdx.x][v][0];
-      b += row_part[threadIdx.x][v][1];
-    }
-    double* rp = rowpart + 2 * ((r0 + threadIdx.x) * gridDim.x + blockIdx.x);
-    rp[0] = a;
-    rp[1] = b;
-  }
+  store_row_partials(row_part, r0, rows, rowpart);
 }
 
 // The forward block's partials, in a fixed order: index i0 + j gets the column sums of its tile rows and, for the
@@ -265,16 +272,7 @@ __global__ void __launch_bounds__(kEpiCols)
     }
   }
   __syncthreads();
-  if (threadIdx.x < kEpiRows && r0 + threadIdx.x < rows) {
-    double a = 0.0, b = 0.0;
-    for (int v = 0; v < kEpiCols / 32; ++v) {
-      a += row_part[threadIdx.x][v][0];
-      b += row_part[threadIdx.x][v][1];
-    }
-    double* rp = rowpart + 2 * ((r0 + threadIdx.x) * gridDim.x + blockIdx.x);
-    rp[0] = a;
-    rp[1] = b;
-  }
+  store_row_partials(row_part, r0, rows, rowpart);
 }
 
 // W's row sums of the block (both sides, interleaved), from the tiles' partials in a fixed order.
