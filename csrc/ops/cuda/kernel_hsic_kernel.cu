@@ -179,6 +179,15 @@ __global__ void __launch_bounds__(kEpiCols)
   store_row_partials(row_part, r0, rows, rowpart);
 }
 
+// *a += Σₜ part[t·stride], *b += Σₜ part[t·stride + 1] over t < count, in order: the (K, L) or (W_x, W_y) partials
+// of tiles, added the same way by every finishing kernel.
+__device__ inline void add_pairs(const double* part, int64_t count, int64_t stride, double* a, double* b) {
+  for (int64_t t = 0; t < count; ++t) {
+    *a += part[t * stride];
+    *b += part[t * stride + 1];
+  }
+}
+
 // The forward block's partials, in a fixed order: index i0 + j gets the column sums of its tile rows and, for the
 // block's own rows (j < rows; the triangle's columns start at i0), the row sums of its tiles; one thread per index.
 // Block 0 adds the tiles' Σ to the moments (entries j > i stand for (i, j) and (j, i)).
@@ -188,15 +197,8 @@ __global__ void hsic_block_finish_kernel(const double* colpart, const double* ro
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < w;
        j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     double k = 0.0, l = 0.0;
-    for (int64_t t = 0; t < row_tiles; ++t) {
-      k += colpart[2 * (t * w + j)];
-      l += colpart[2 * (t * w + j) + 1];
-    }
-    if (j < rows)
-      for (int64_t c = 0; c < col_tiles; ++c) {
-        k += rowpart[2 * (j * col_tiles + c)];
-        l += rowpart[2 * (j * col_tiles + c) + 1];
-      }
+    add_pairs(colpart + 2 * j, row_tiles, 2 * w, &k, &l);
+    if (j < rows) add_pairs(rowpart + 2 * j * col_tiles, col_tiles, 2, &k, &l);
     rk[i0 + j] += k;
     rl[i0 + j] += l;
   }
@@ -280,10 +282,7 @@ __global__ void grad_row_sums_kernel(const double* rowpart, int64_t rows, int64_
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < rows;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     double a = 0.0, b = 0.0;
-    for (int64_t c = 0; c < col_tiles; ++c) {
-      a += rowpart[2 * (i * col_tiles + c)];
-      b += rowpart[2 * (i * col_tiles + c) + 1];
-    }
+    add_pairs(rowpart + 2 * i * col_tiles, col_tiles, 2, &a, &b);
     wsum[2 * i] = a;
     wsum[2 * i + 1] = b;
   }
