@@ -65,28 +65,22 @@ void for_each_row_block(const Tensor& xs, const Tensor* ys, bool triangle, F&& f
   }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTCKA_VECTOR_CLONES __attribute__((target_clones("default", "avx2", "arch=x86-64-v4")))
-#else
-#define FASTCKA_VECTOR_CLONES
-#endif
-
 // The per-pair p-term loops (median.h) compiled for AVX2 and AVX-512 too: the window's undecided pairs and the
 // sampled and candidate pairs spend most of their time there.
 template <typename T>
-FASTCKA_VECTOR_CLONES double cpu_row_dot(const T* a, const T* b, int64_t p) {
+FASTCKA_CPU_CLONES double cpu_row_dot(const T* a, const T* b, int64_t p) {
   return row_dot(a, b, p);
 }
 
 template <typename T>
-FASTCKA_VECTOR_CLONES double cpu_exact_sq_dist(const T* x, int64_t p, int64_t i, int64_t j, double s2) {
+FASTCKA_CPU_CLONES double cpu_exact_sq_dist(const T* x, int64_t p, int64_t i, int64_t j, double s2) {
   return exact_sq_dist(x, p, i, j, s2);
 }
 
 // The rbf entries e^{−γ'd} − c of one row against len columns from its GEMM dots, in one branch-free loop the
 // compiler vectorises (tiled_hsic.h: exp_minus); `open` marks where kernel_sq_dist's guard wants the exact distance.
 template <typename T>
-FASTCKA_VECTOR_CLONES void rbf_row(const T* g, const double* nj, double ni, double guard, double gamma, double shift,
+FASTCKA_CPU_CLONES void rbf_row(const T* g, const double* nj, double ni, double guard, double gamma, double shift,
                                    int64_t len, double* out, uint8_t* open) {
   for (int64_t j = 0; j < len; ++j) {
     const double raw = ni + nj[j] - 2.0 * static_cast<double>(g[j]), d = raw > 0.0 ? raw : 0.0;
@@ -111,7 +105,7 @@ void row_entries(const KernelSpec& k, const DistanceRows<T>& r, const T* g, int6
 
 // Σ k∘l, Σ k∘k, Σ l∘l, Σ k, Σ l over a row segment into sums[0..4], and k, l added to the column sums ck, cl: four
 // lanes of partial sums in a fixed order (vectorised; the result does not depend on the thread count).
-FASTCKA_VECTOR_CLONES void accumulate_row(const double* k, const double* l, int64_t len, double* ck, double* cl,
+FASTCKA_CPU_CLONES void accumulate_row(const double* k, const double* l, int64_t len, double* ck, double* cl,
                                           double* sums) {
   double a[5][4] = {};
   int64_t j = 0;
@@ -175,7 +169,7 @@ struct WindowBound {
 // load time where the CPU has them (the bits on which the answer depends never come from here: `open` pairs are
 // decided by the caller).
 template <typename G, bool kReduced>
-FASTCKA_VECTOR_CLONES int64_t
+FASTCKA_CPU_CLONES int64_t
 classify_row(const G* g, int64_t len, const double* nj, const double* tj, const double* rj, double ni,
              ReducedRowTerms row, ReducedBound coef, double lo_d, double hi_d, uint8_t* open) {
   int64_t below = 0;

@@ -87,11 +87,12 @@ void scale_inplace(T* x, int64_t len, double s) {
   });
 }
 
-// The two passes of center_normalise touch every element; the default build targets baseline x86-64 (SSE2), so with
-// GCC on x86-64 Linux they are also compiled for AVX2 and picked at load time (an ifunc): ~2× faster per pass on the
-// bench machine. Vectorised across columns only, and AVX2 without FMA: both versions give the same bits.
+// Loops that touch every element or pair (centring here, the kernel passes' epilogues): the default build targets
+// baseline x86-64 (SSE2), so with GCC on x86-64 Linux they are also compiled for AVX2 and AVX-512 (x86-64-v4) and
+// picked at load time (an ifunc): ~2× faster per pass on the bench machine. -std=c++17 keeps FP contraction off, so
+// every version gives the same bits.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FASTCKA_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#define FASTCKA_CPU_CLONES __attribute__((target_clones("default", "avx2", "arch=x86-64-v4")))
 #else
 #define FASTCKA_CPU_CLONES
 #endif
