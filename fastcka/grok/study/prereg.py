@@ -350,9 +350,10 @@ def restore_checkpoints(resume_dir: Path = RESUME_DIR) -> list[Path]:
     return restored
 
 
-def run_all(log: Callable[[str], None] = print) -> None:
-    """Everything PREREG.md asks for, resumably, one process at a time: restore committed checkpoints, finish the
-    calibration, then the pre-registered runs in grid order (without an S arm if no ε passed)."""
+def run_all(log: Callable[[str], None] = print, jobs: int = 1) -> None:
+    """Everything PREREG.md asks for, resumably: restore committed checkpoints, finish the calibration, then the
+    pre-registered runs in grid order (without an S arm if no ε passed), ``jobs`` runs at a time (one thread each;
+    the runs do not depend on each other, so this changes only the wall time)."""
     from .grid import load_grid, run_grid
 
     for d in restore_checkpoints():
@@ -361,7 +362,7 @@ def run_all(log: Callable[[str], None] = print) -> None:
     text = GRID.read_text()
     specs = [sp for sp in load_grid(text.replace(PLACEHOLDER, "adam_eps = 1.0 }") if eps is None else text)
              if eps is not None or arm(sp.name) != "S"]
-    run_grid(specs, RUNS_DIR, RUNS_CKPT, jobs=1, progress=False)
+    run_grid(specs, RUNS_DIR, RUNS_CKPT, jobs=jobs, progress=False)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -369,12 +370,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("command", choices=["calibrate", "run", "save-checkpoints"],
                    help="calibrate: the blind calibration only; run: restore committed checkpoints, calibrate, then "
                    "the runs; save-checkpoints: copy the unfinished checkpoints to docs/study/prereg/resume/ to commit")
+    p.add_argument("--jobs", type=int, default=1, help="run: how many runs at a time (one thread each; default 1)")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
     if args.command == "calibrate":
         eps = calibrate()
         print(f"calibration: chosen eps {eps:g}" if eps is not None else "calibration: no candidate passed")
     elif args.command == "run":
-        run_all()
+        run_all(jobs=args.jobs)
     else:
         for d in save_checkpoints():
             print(f"saved {d}")
