@@ -281,9 +281,11 @@ def test_setup_states_the_grids_hyperparameters_and_survives_a_grok_at_step_0(tm
     assert "d_model 32" in text and "d_model 128" not in text
 
 
-def test_ctrl_c_stops_a_parallel_grid(tmp_path):
-    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during `--jobs 2`: the running runs
-    checkpoint, the queued run never starts, and the command exits with the interrupted code."""
+@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c", "kill-main"])
+def test_ctrl_c_stops_a_parallel_grid(tmp_path, to_group):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during `--jobs 2`, or `kill -INT` to the
+    main process alone (a grid in the background): the running runs checkpoint, the queued run never starts, and
+    the command exits with the interrupted code."""
     from fastcka.cli import EXIT_INTERRUPTED
 
     runs, ckpt = tmp_path / "runs", tmp_path / "ckpt"
@@ -295,7 +297,10 @@ def test_ctrl_c_stops_a_parallel_grid(tmp_path):
     t0 = time.time()
     while not ck.exists() and time.time() - t0 < 180 and proc.poll() is None:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
     try:
         rc = proc.wait(timeout=180)
     finally:

@@ -168,15 +168,19 @@ def check_resumable(saved: dict, cfg: TrainConfig) -> None:
 
 class _StopOnCtrlC:
     """The first Ctrl-C asks the loop to stop at the end of the current step (and checkpoint); a second one
-    interrupts at once."""
+    interrupts at once. SIGUSR1 (where there is one) asks for the same stop and never interrupts: a parallel grid
+    passes a `kill -INT` of its main process on to its workers with it, which a terminal's Ctrl-C reaches too."""
 
     def __init__(self) -> None:
         self.requested = False
         self._old: Any = None
+        self._old_usr1: Any = None
 
     def __enter__(self) -> "_StopOnCtrlC":
         try:
             self._old = signal.signal(signal.SIGINT, self._handler)
+            if hasattr(signal, "SIGUSR1"):
+                self._old_usr1 = signal.signal(signal.SIGUSR1, self._request)
         except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
             self._old = None
         return self
@@ -186,9 +190,14 @@ class _StopOnCtrlC:
             raise KeyboardInterrupt
         self.requested = True
 
+    def _request(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
     def __exit__(self, *exc: Any) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
+        if self._old_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._old_usr1)
 
 
 def resolve_device(name: str) -> torch.device:

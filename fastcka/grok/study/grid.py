@@ -8,6 +8,7 @@ import fnmatch
 import json
 import os
 import shutil
+import signal
 import time
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -182,6 +183,15 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | Path, ckpt_dir: str | Pat
             stop.touch()
             for f in futs:
                 f.cancel()
+            # a terminal's Ctrl-C reaches the workers too, but `kill -INT <main pid>` (a grid in the background)
+            # reaches only this process, which would then wait for the running runs to finish: pass it on as SIGUSR1,
+            # the training loop's stop request (a second SIGINT would abort a run that is already checkpointing)
+            if hasattr(signal, "SIGUSR1"):
+                for proc in list((getattr(ex, "_processes", None) or {}).values()):
+                    try:
+                        os.kill(proc.pid, signal.SIGUSR1)
+                    except (OSError, AttributeError):
+                        pass
             ex.shutdown(wait=True)
             for f in futs:
                 if f not in collected and f.done() and not f.cancelled():
@@ -197,9 +207,9 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | Path, ckpt_dir: str | Pat
 def _ignore_ctrl_c() -> None:
     """Worker initializer: an idle worker ignores Ctrl-C (a training run installs its own checkpoint-and-stop
     handler), so a Ctrl-C between two runs cannot break the pool."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGUSR1"):  # the main process's stop request (run_grid), which would kill an idle worker
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def _result_line(r: dict) -> str:
