@@ -20,7 +20,11 @@ namespace {
 
 constexpr int64_t kChunkCols = 256;
 
-int64_t block_rows(int64_t n) { return std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << 22) / std::max<int64_t>(n, 1))); }
+// Rows per block: at most 512 and 2²² entries per block, and at least 8 blocks, so the triangle's GEMMs waste at most
+// a sixteenth of the full product below the diagonal (with 4 blocks, n = 2048, they computed 62.5 % of it, not 53 %).
+int64_t block_rows(int64_t n) {
+  return std::max<int64_t>(16, std::min<int64_t>({512, (int64_t(1) << 22) / std::max<int64_t>(n, 1), n / 8}));
+}
 
 inline double host_s(const ScaledRows& a) { return a.scale.const_data_ptr<double>()[0]; }
 
@@ -238,7 +242,16 @@ WindowPass window_pass(const Tensor& rows, int64_t n, const WindowBound& bound, 
           nb += classify_row<G, kReduced>(g, j1 - j0, norms + cj, kReduced ? bound.t + cj : nullptr,
                                           kReduced ? bound.r + cj : nullptr, ni, row, bound.coef, lo_d, hi_d,
                                           open.data());
-          for (int64_t jj = 0; jj < j1 - j0; ++jj) {
+          const int64_t len = j1 - j0;
+          for (int64_t jj = 0; jj < len; ++jj) {
+            if (jj + 8 <= len) {  // eight flags at a time: most words are all zero (few pairs stay undecided)
+              uint64_t word;
+              std::memcpy(&word, open.data() + jj, sizeof(word));
+              if (word == 0) {
+                jj += 7;
+                continue;
+              }
+            }
             if (!open[jj]) continue;
             double d = 0.0;
             bool exact = false;
