@@ -126,6 +126,29 @@ def test_bad_detector_config():
         DetectorConfig(spike_guard="maybe")
 
 
+@pytest.mark.parametrize("kw, match", [
+    ({"rise": float("nan")}, "--rise"), ({"min_drop": float("nan")}, "--min-drop"),
+    ({"memorised_acc": float("nan")}, "--memorised-acc"), ({"halflife": float("inf")}, "--halflife"),
+    ({"spike_ratio": float("nan")}, "--spike-ratio"), ({"spike_min_loss": float("-inf")}, "--spike-min-loss"),
+    ({"memorised_acc": 1.5}, "--memorised-acc"), ({"memorised_acc": 0.0}, "--memorised-acc"),
+    ({"rise": -0.1}, "--rise"), ({"spike_ratio": 0.5}, "--spike-ratio"), ({"persist": 2.5}, "--persist"),
+    ({"spike_window": True}, "--spike-window"), ({"rise": "0.05"}, "--rise"),
+])
+def test_detector_config_refuses_non_finite_and_out_of_range_values(kw, match):
+    """A NaN threshold compares False with everything, so the detector it configures would never fire, silently."""
+    with pytest.raises(ValueError, match=match):
+        DetectorConfig(**kw)
+
+
+def test_nan_rise_would_silence_the_detector():
+    """Why the check above matters: the same curves alarm with rise 0.05 and, were NaN let through, never would."""
+    o, acc, _ = _curves(rise_at=1500)
+    assert detect(STEPS, o, acc, None, DetectorConfig()).alarm_step is not None
+    cfg = DetectorConfig()
+    object.__setattr__(cfg, "rise", float("nan"))  # bypassing the check
+    assert detect(STEPS, o, acc, None, cfg).alarm_step is None
+
+
 def test_spikes_pause_but_do_not_reset_the_persistence_clock():
     """Spikes every 300 steps with a 200-step guard window leave 100-step gaps: a real rise must still alarm."""
     o, acc, _ = _curves(rise_at=1200)

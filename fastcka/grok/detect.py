@@ -63,8 +63,21 @@ class DetectorConfig:
             raise ValueError(f"--spike-guard: expected one of {', '.join(SPIKE_GUARDS)}, got {self.spike_guard!r}")
         if self.direction not in (1, -1):
             raise ValueError(f"--direction: expected +1 or -1, got {self.direction}")
+        for name in ("halflife", "memorised_acc", "min_drop", "rise", "spike_ratio", "spike_min_loss"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                # a NaN threshold compares False with everything: the detector would silently never fire
+                raise ValueError(f"--{name.replace('_', '-')}: expected a finite number, got {v!r}")
+        for name in ("persist", "spike_window"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"--{name.replace('_', '-')}: expected a whole number of steps, got {v!r}")
         if self.halflife <= 0 or self.persist < 0 or self.spike_window < 0:
             raise ValueError("--halflife must be > 0, --persist and --spike-window >= 0")
+        if not 0.0 < self.memorised_acc <= 1.0:
+            raise ValueError(f"--memorised-acc: expected a train accuracy in (0, 1], got {self.memorised_acc}")
+        if self.min_drop < 0 or self.rise < 0 or self.spike_ratio <= 1 or self.spike_min_loss < 0:
+            raise ValueError("--min-drop, --rise and --spike-min-loss must be >= 0, --spike-ratio > 1")
 
 
 @dataclass
