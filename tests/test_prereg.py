@@ -1,6 +1,7 @@
 """The pre-registered test of issue 20 (fastcka/grok/study/prereg.py): its constants are PREREG.md's, the blind
 calibration's rule and bookkeeping, the H1/H2 verdict records on made-up facts, and run facts on a real run."""
 
+import dataclasses
 import json
 import math
 import re
@@ -84,7 +85,7 @@ TINY = dict(p=11, train_frac=0.5, d_model=32, n_heads=2, d_mlp=64, lr=1e-2)
 
 
 def test_calibrate_end_to_end_resumes_and_fills_the_grid(tmp_path, monkeypatch):
-    monkeypatch.setattr(prereg, "SPIKE_FREE_TO", 300)
+    reg = dataclasses.replace(prereg.REG1, spike_free=(prereg.SPIKE_FREE_FROM, 300))
     grid = tmp_path / "grid.toml"
     uncalibrated = re.sub(r"adam_eps = [0-9.e+-]+ \}  # calibrated \(PREREG §2; docs/study/prereg/calibration/\)",
                           prereg.PLACEHOLDER, GRID.read_text())  # the grid as committed before the calibration
@@ -92,7 +93,7 @@ def test_calibrate_end_to_end_resumes_and_fills_the_grid(tmp_path, monkeypatch):
     grid.write_text(uncalibrated)
     ladder = (1e-2, 10.0)  # at lr 1e-2 the tiny run spikes near step 175 with eps 1e-2; eps 10 barely moves
     chosen = prereg.calibrate(grid, tmp_path / "rec", tmp_path / "ck", ladder=ladder, chunk=100, log=lambda s: None,
-                              overrides=TINY)
+                              overrides=TINY, reg=reg)
     record = json.loads((tmp_path / "rec" / "calibration.json").read_text())
     tried = [c["adam_eps"] for c in record["candidates"]]
     assert tried == list(ladder[: len(tried)])
@@ -111,7 +112,7 @@ def test_calibrate_end_to_end_resumes_and_fills_the_grid(tmp_path, monkeypatch):
         assert {s.config["adam_eps"] for s in specs if prereg.arm(s.name) == "S"} == {chosen}
     # a second call reads the decided candidates back and trains nothing; on the filled grid it only checks the value
     monkeypatch.setattr("fastcka.grok.train.train", lambda *a, **k: pytest.fail("trained again"))
-    again = dict(ladder=ladder, chunk=100, log=lambda s: None, overrides=TINY)
+    again = dict(ladder=ladder, chunk=100, log=lambda s: None, overrides=TINY, reg=reg)
     assert prereg.calibrate(grid, tmp_path / "rec", tmp_path / "ck", **again) == chosen
     if chosen is not None:
         grid.write_text(grid.read_text().replace(f"adam_eps = {chosen:g} }}", "adam_eps = 0.5 }"))
@@ -207,8 +208,12 @@ def test_records_render_prose_and_table_from_the_same_record():
 def test_save_and_restore_checkpoints_for_the_next_machine(tmp_path, monkeypatch):
     import torch
 
-    for name, sub in (("CALIBRATION_DIR", "rec"), ("CALIBRATION_CKPT", "cal"), ("RUNS_CKPT", "ck"), ("RUNS_DIR", "runs")):
+    for name, sub in (("RUNS_CKPT", "ck"), ("RUNS_DIR", "runs")):
         monkeypatch.setattr(prereg, name, tmp_path / sub)
+    monkeypatch.setattr(prereg, "_CALIBRATION_KINDS", {
+        "calibration": dataclasses.replace(prereg.REG1, calibration_dir=tmp_path / "rec", calibration_ckpt=tmp_path / "cal"),
+        "calibration2": dataclasses.replace(prereg.REG2, calibration_dir=tmp_path / "rec2",
+                                            calibration_ckpt=tmp_path / "cal2")})
 
     def ckpt(d, step):
         d.mkdir(parents=True, exist_ok=True)
@@ -224,13 +229,16 @@ def test_save_and_restore_checkpoints_for_the_next_machine(tmp_path, monkeypatch
     (tmp_path / "runs" / "D-add-p97-s1005").mkdir(parents=True)
     (tmp_path / "runs" / "D-add-p97-s1005" / "summary.json").write_text("{}")
     resume = tmp_path / "resume"
+    ckpt(tmp_path / "cal2" / "eps-0.0015", 1250)  # the second registration's candidate, undecided
     saved = prereg.save_checkpoints(resume)
-    assert sorted(p.relative_to(resume).as_posix() for p in saved) == ["calibration/eps-1e-06", "runs/S-add-p97-s1001"]
+    assert sorted(p.relative_to(resume).as_posix() for p in saved) == [
+        "calibration/eps-1e-06", "calibration2/eps-0.0015", "runs/S-add-p97-s1001"]
     # a fresh machine: nothing under runs/ -> restored; a local checkpoint that is further along is kept
     shutil.rmtree(tmp_path / "cal")
     ckpt(tmp_path / "ck" / "S-add-p97-s1001", 4500)
+    shutil.rmtree(tmp_path / "cal2")
     restored = prereg.restore_checkpoints(resume)
-    assert restored == [tmp_path / "cal" / "eps-1e-06"]
+    assert restored == [tmp_path / "cal" / "eps-1e-06", tmp_path / "cal2" / "eps-0.0015"]
     assert torch.load(tmp_path / "ck" / "S-add-p97-s1001" / "checkpoint.pt")["step"] == 4500
     # once the run has finished, its stale copy goes
     (tmp_path / "runs" / "S-add-p97-s1001").mkdir()
@@ -251,3 +259,125 @@ def test_section_states_the_calibration_and_whether_the_chosen_eps_trained(tmp_p
     (cal / "eps-0.01.csv").write_text("step,train_loss,train_loss_max,train_acc\n3000,0.001,0.001,1.0\n")
     assert "did not memorise" not in "\n".join(prereg.prereg_section(tmp_path / "runs", cal, GRID))
     assert "pending (0 of 8 S runs finished)" in text and "pending (0 of 16 runs finished)" in text
+
+
+# --- the second registration (docs/study/PREREG2.md) -------------------------------------------------------------
+PREREG2_MD = ROOT / "docs" / "study" / "PREREG2.md"
+GRID2 = ROOT / "docs" / "study" / "prereg2_grid.toml"
+
+
+def test_second_registration_constants_are_prereg2s():
+    text = PREREG2_MD.read_text()
+    r = prereg.REG2
+    assert "ε = 1.5e-3, 2e-3, 3e-3, 5e-3" in text and r.ladder == (1.5e-3, 2e-3, 3e-3, 5e-3) == prereg.LADDER2
+    assert "**1020**" in text and r.seed == 1020 and r.task == "add"
+    assert "[100, 4,000]" in text and r.spike_free == (100, 4000)
+    assert "train accuracy ≥ 0.99 at some logged step ≤ 2,000" in text and r.memorised_by == 2000
+    assert DetectorConfig().memorised_acc == 0.99
+    assert "at most 2 spikes" in text and "k ≥ 0.75 n" in text and "k ≤ 0.25 n" in text and "n < 4" in text
+    assert r.s_arm == "S2" and r.planned_s == 8 and r.doc == "docs/study/PREREG2.md"
+    assert "docs/study/prereg/calibration2/" in text and r.calibration_dir.as_posix() == "docs/study/prereg/calibration2"
+    # the first registration's object carries PREREG.md's constants unchanged
+    r1 = prereg.REG1
+    assert (r1.seed, r1.ladder, r1.spike_free, r1.memorised_by, r1.s_arm) == (1000, prereg.LADDER, (100, 3000), None, "S")
+
+
+def test_second_grid_is_the_preregistered_runs():
+    text = GRID2.read_text()
+    filled = text.replace(prereg.PLACEHOLDER2, "adam_eps = 2e-3 }") if prereg.PLACEHOLDER2 in text else text
+    specs = load_grid(filled)
+    assert [prereg.arm(s.name) for s in specs] == ["S2"] * 8
+    assert sorted((s.seed, s.config["task"]) for s in specs) == sorted(
+        (seed, t) for seed in (1011, 1012, 1013, 1014) for t in ("add", "mul"))
+    first = load_grid(GRID.read_text().replace(prereg.PLACEHOLDER, "adam_eps = 1e-4 }"))
+    used = {s.seed for s in specs} | {s.seed for s in first}
+    assert prereg.REG2.seed not in used and prereg.REG1.seed not in used and not {s.seed for s in specs} & {
+        s.seed for s in first}
+    defaults = lambda t: t[t.index("[defaults]"):t.index("[[group]]")]  # noqa: E731
+    assert defaults(GRID2.read_text()) == defaults(GRID.read_text())  # the same regime and detector
+    for s in specs:
+        c = s.config
+        assert (c["p"], c["lr"], c["weight_decay"], c["train_frac"], c["max_steps"]) == (97, 1e-3, 1.0, 0.3, 20000)
+    if prereg.PLACEHOLDER2 in text:
+        with pytest.raises(ValueError, match="--adam-eps"):
+            load_grid(text)
+
+
+def rows_with_acc(last, memorised_at=None, spikes=(), every=25):
+    return [{"step": s, "train_loss_max": 1.0 if s in spikes else 1e-4,
+             "train_acc": 1.0 if memorised_at is not None and s >= memorised_at else 0.3}
+            for s in range(0, last + 1, every)]
+
+
+def test_second_calibration_outcome_asks_for_memorisation():
+    det, r = DetectorConfig(), prereg.REG2
+    out = lambda rows: prereg.calibration_outcome(rows, det, r)  # noqa: E731
+    assert out(rows_with_acc(3975, memorised_at=600)) is None  # memorised, window not over yet
+    assert out(rows_with_acc(4000, memorised_at=600)) == {"passed": True, "first_spike": None, "memorised": 600}
+    assert out(rows_with_acc(1975)) is None  # not memorised yet, but step 2,000 not reached
+    assert out(rows_with_acc(2000)) == {"passed": False, "first_spike": None, "memorised": None}
+    assert out(rows_with_acc(4000, memorised_at=2000))["memorised"] == 2000  # inclusive
+    assert out(rows_with_acc(4000, memorised_at=2025)) == {"passed": False, "first_spike": None, "memorised": None}
+    assert out(rows_with_acc(3900, memorised_at=600, spikes=(3900,))) == {"passed": False, "first_spike": 3900,
+                                                                          "memorised": 600}
+    assert out(rows_with_acc(4100, memorised_at=600, spikes=(4050,)))["passed"]  # after the window
+    # the first registration's rule never asks for memorisation
+    assert prereg.calibration_outcome(rows_with_acc(3000), det) == {"passed": True, "first_spike": None}
+
+
+def test_second_calibration_stops_the_ladder_at_a_run_that_does_not_memorise(tmp_path):
+    """End to end on a tiny model: eps 10 barely moves the weights, so the first candidate fails by not memorising
+    and the ladder ends there (the second candidate is never trained); the grid keeps its placeholders."""
+    reg = dataclasses.replace(prereg.REG2, spike_free=(100, 300), memorised_by=200)
+    grid = tmp_path / "grid2.toml"
+    grid.write_text(GRID2.read_text())
+    chosen = prereg.calibrate(grid, tmp_path / "rec", tmp_path / "ck", ladder=(10.0, 20.0), chunk=100,
+                              log=lambda s: None, overrides=TINY, reg=reg)
+    record = json.loads((tmp_path / "rec" / "calibration.json").read_text())
+    assert chosen is None and record["chosen"] is None and record["memorised_by"] == 200
+    assert [c["adam_eps"] for c in record["candidates"]] == [10.0]
+    assert record["candidates"][0] == {"adam_eps": 10.0, "steps_run": 200, "passed": False, "first_spike": None,
+                                       "memorised": None}
+    assert not (tmp_path / "ck" / "eps-20").exists()
+    assert GRID2.read_text() == grid.read_text()
+    h1 = prereg.h1_verdict([], 8, s_arm=False, reg=prereg.REG2)
+    assert h1.verdict == "not testable (no ε on the ladder both memorises and suppresses the spikes)"
+
+
+def test_second_calibration_fills_only_its_own_arm(tmp_path):
+    grid = tmp_path / "grid2.toml"
+    grid.write_text(GRID2.read_text())
+    prereg.write_calibrated(grid, 2e-3, prereg.REG2)
+    text = grid.read_text()
+    assert prereg.PLACEHOLDER2 not in text and text.count("# calibrated (PREREG2 §2; docs/study/prereg/calibration2/)") == 8
+    assert {s.config["adam_eps"] for s in load_grid(text)} == {2e-3}
+    with pytest.raises(ValueError, match="placeholder|line left"):
+        prereg.write_calibrated(grid, 2e-3, prereg.REG2)
+
+
+def test_second_h1_counts_only_s2_runs():
+    s2 = [fact(f"S2-add-p97-s{1011 + i}", 5000, alarm_off=3000) for i in range(8)]
+    s1 = [fact(f"S-add-p97-s{1001 + i}", None) for i in range(8)]
+    v = prereg.h1_verdict(s1 + s2, 8, reg=prereg.REG2)
+    assert v.verdict == "the re-rise survives without spikes" and v.numbers["k"] == 8 and v.numbers["s_runs"] == 8
+    assert "(second registration, S2 runs)" in v.claim and "PREREG2.md §4" in v.rule
+    assert prereg.h1_verdict(s1 + s2[:5], 8, reg=prereg.REG2).verdict == "pending (5 of 8 S2 runs finished)"
+    assert prereg.h1_verdict(s1 + s2, 8).numbers["no_grok"] == [f["name"] for f in s1]  # REG1 reads the S runs
+
+
+def test_second_section_is_pending_then_states_the_calibration(tmp_path):
+    text = "\n".join(prereg.prereg2_section(tmp_path / "runs", tmp_path / "cal2", GRID2))
+    assert "Calibration (PREREG2 §2): not run yet." in text and "pending (0 of 8 S2 runs finished)" in text
+    cal = tmp_path / "cal2"
+    cal.mkdir()
+    (cal / "calibration.json").write_text(json.dumps({"seed": 1020, "chosen": 0.002, "candidates": [
+        {"adam_eps": 1.5e-3, "passed": False, "first_spike": 1300, "memorised": 450},
+        {"adam_eps": 2e-3, "passed": True, "first_spike": None, "memorised": 700}]}))
+    text = "\n".join(prereg.prereg2_section(tmp_path / "runs", cal, GRID2))
+    assert ("ε 0.0015: failed (spike at step 1,300); ε 0.002: passed (no spike in steps 100-4,000, memorised at "
+            "step 700). Calibrated ε = 0.002.") in text
+
+
+def test_the_runner_interleaves_the_two_registrations():
+    assert prereg._interleaved([1, 2, 3], ["a", "b"]) == [1, "a", 2, "b", 3]
+    assert prereg._interleaved([], ["a"]) == ["a"]

@@ -1,5 +1,5 @@
-"""The pre-registered test of issue 20 (docs/study/PREREG.md): the blind calibration of AdamW's ε, and the verdicts
-of H1 and H2 computed from the finished runs.
+"""The pre-registered tests of issue 20 (docs/study/PREREG.md, and PREREG2.md for H1 again): the blind calibrations
+of AdamW's ε, and the verdicts of H1 and H2 computed from the finished runs.
 
 Every threshold of PREREG.md is a constant here (the tests pin them to the file). Run as a module::
 
@@ -41,8 +41,44 @@ CHUNK = 250  # a candidate trains in chunks of this many steps and stops at its 
 CALIBRATION_COLUMNS = ("step", "train_loss", "train_loss_max", "train_acc")  # all the calibration record keeps
 PLACEHOLDER = "adam_eps = -1.0 }  # CALIBRATED (PREREG §2)"
 
+# PREREG2 §2: the second registration's calibration (H1 again, with an ε that must also let the run memorise)
+GRID2 = Path("docs/study/prereg2_grid.toml")
+CALIBRATION2_DIR = Path("docs/study/prereg/calibration2")
+CALIBRATION2_CKPT = Path("runs/prereg-calibration2")
+CALIBRATION2_SEED = 1020
+LADDER2 = (1.5e-3, 2e-3, 3e-3, 5e-3)
+SPIKE_FREE2_FROM, SPIKE_FREE2_TO = 100, 4000
+MEMORISED_BY2 = 2000  # train accuracy ≥ the detector's memorised_acc at a logged step at or before this
+PLACEHOLDER2 = "adam_eps = -1.0 }  # CALIBRATED (PREREG2 §2)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """One pre-registration's calibration and S arm: where its files are and the rule its calibration follows."""
+
+    doc: str                    # its rules, e.g. "docs/study/PREREG.md"
+    grid: Path
+    calibration_dir: Path       # the committed record (train-side columns only)
+    calibration_ckpt: Path      # the candidates' checkpoints while they train
+    seed: int
+    task: str
+    ladder: tuple
+    spike_free: tuple           # (from, to): no spike at a logged step in [from, to]
+    memorised_by: Optional[int]  # None: the rule does not ask the candidate to memorise
+    placeholder: str
+    s_arm: str                  # the arm whose ε the calibration sets
+    planned_s: int
+
+
+REG1 = Registration("docs/study/PREREG.md", GRID, CALIBRATION_DIR, CALIBRATION_CKPT, CALIBRATION_SEED,
+                    CALIBRATION_TASK, LADDER, (SPIKE_FREE_FROM, SPIKE_FREE_TO), None, PLACEHOLDER, "S", 8)
+REG2 = Registration("docs/study/PREREG2.md", GRID2, CALIBRATION2_DIR, CALIBRATION2_CKPT, CALIBRATION2_SEED,
+                    CALIBRATION_TASK, LADDER2, (SPIKE_FREE2_FROM, SPIKE_FREE2_TO), MEMORISED_BY2, PLACEHOLDER2, "S2", 8)
+REGISTRATIONS = (REG1, REG2)
+
 # §3-§5: the runs and the rules
-ARMS = {"S": "spikes suppressed", "D": "default", "N": "candidate negatives"}
+ARMS = {"S": "spikes suppressed", "D": "default", "N": "candidate negatives",
+        "S2": "spikes suppressed, calibrated to train (PREREG2)"}
 MAX_STEPS = 20000
 H1_MAX_SPIKES = 2  # eligible: groks with at most this many spikes before the grok step
 H1_SURVIVES, H1_ARTEFACT, H1_MIN_ELIGIBLE = 0.75, 0.25, 4
@@ -51,10 +87,10 @@ H2_TEST_STEP, H2_TEST_GAIN = 1000, 0.011  # R_T: test acc at this step >= its va
 
 
 def arm(run_name: str) -> str:
-    """The arm (S, D or N) of a pre-registered run, from its name (``S-add-p97-s1001`` ...)."""
+    """The arm (S, D, N or S2) of a pre-registered run, from its name (``S-add-p97-s1001`` ...)."""
     a = run_name.split("-", 1)[0]
     if a not in ARMS:
-        raise ValueError(f"run_name: {run_name!r} is not a pre-registered run (expected S-, D- or N-)")
+        raise ValueError(f"run_name: {run_name!r} is not a pre-registered run (expected S-, D-, N- or S2-)")
     return a
 
 
@@ -68,15 +104,35 @@ def spike_steps(rows: Sequence[dict], det: DetectorConfig) -> list[int]:
     return list(d.result.spike_steps)
 
 
-def calibration_outcome(rows: Sequence[dict], det: DetectorConfig) -> Optional[dict]:
-    """A candidate's state from its rows so far: ``{"passed": bool, "first_spike": step or None}`` once decided
-    (a spike in the window, or the window's end reached without one), None while undecided."""
-    first = next((s for s in spike_steps(rows, det) if SPIKE_FREE_FROM <= s <= SPIKE_FREE_TO), None)
+def calibration_outcome(rows: Sequence[dict], det: DetectorConfig, reg: Registration = REG1) -> Optional[dict]:
+    """A candidate's state from its rows so far, once decided, else None. Decided means: a spike in the window
+    (failed), or, where ``reg`` asks the candidate to memorise, ``reg.memorised_by`` reached without train accuracy
+    ≥ ``det.memorised_acc`` (failed, ``"memorised": None``), or the window's end reached (passed). Returns
+    ``{"passed": bool, "first_spike": step or None}``, plus ``"memorised"`` (the step, or None) under such a rule."""
+    lo, hi = reg.spike_free
+    first = next((s for s in spike_steps(rows, det) if lo <= s <= hi), None)
+    mem = None
+    if reg.memorised_by is not None:
+        mem = next((r["step"] for r in rows if r["step"] <= reg.memorised_by
+                    and float(r["train_acc"]) >= det.memorised_acc), None)
+    extra = {} if reg.memorised_by is None else {"memorised": mem}
     if first is not None:
-        return {"passed": False, "first_spike": first}
-    if rows and rows[-1]["step"] >= SPIKE_FREE_TO:
-        return {"passed": True, "first_spike": None}
+        return {"passed": False, "first_spike": first, **extra}
+    if reg.memorised_by is not None and mem is None and rows and rows[-1]["step"] >= reg.memorised_by:
+        return {"passed": False, "first_spike": None, **extra}
+    if rows and rows[-1]["step"] >= hi:
+        return {"passed": True, "first_spike": None, **extra}
     return None
+
+
+def _outcome_words(c: dict, reg: Registration) -> str:
+    lo, hi = reg.spike_free
+    if c["passed"]:
+        return (f"passed (no spike in steps {lo:,}-{hi:,}" + (f", memorised at step {c['memorised']:,})"
+                                                             if c.get("memorised") is not None else ")"))
+    if c["first_spike"] is not None:
+        return f"failed (spike at step {c['first_spike']:,})"
+    return f"failed (not memorised by step {reg.memorised_by:,})"
 
 
 def _grid_defaults(grid_text: str) -> tuple[dict, dict]:
@@ -85,22 +141,28 @@ def _grid_defaults(grid_text: str) -> tuple[dict, dict]:
     return defaults, defaults.pop("detector", {})
 
 
-def calibrate(grid: Path = GRID, record_dir: Path = CALIBRATION_DIR, ckpt_dir: Path = CALIBRATION_CKPT,
-              ladder: Sequence[float] = LADDER, chunk: int = CHUNK, log: Callable[[str], None] = print,
-              overrides: Optional[dict] = None) -> Optional[float]:
-    """Run the blind calibration of PREREG §2 (resumable: a decided candidate is read back from ``record_dir``, an
-    undecided one resumes from its checkpoint in ``ckpt_dir``). Returns the calibrated ε (None if no candidate passes)
-    and writes it into the S groups of ``grid``. ``overrides`` (tests only) replaces config fields."""
+def calibrate(grid: Optional[Path] = None, record_dir: Optional[Path] = None, ckpt_dir: Optional[Path] = None,
+              ladder: Optional[Sequence[float]] = None, chunk: int = CHUNK, log: Callable[[str], None] = print,
+              overrides: Optional[dict] = None, reg: Registration = REG1) -> Optional[float]:
+    """Run the blind calibration of a registration's §2 (``reg``: REG1 = PREREG.md, REG2 = PREREG2.md; resumable: a
+    decided candidate is read back from the record, an undecided one resumes from its checkpoint). Returns the
+    calibrated ε (None if no candidate passes) and writes it into the grid's ``reg.s_arm`` groups. ``grid``,
+    ``record_dir``, ``ckpt_dir`` and ``ladder`` default to the registration's; ``overrides`` (tests only) replaces
+    config fields."""
     from ..train import TrainConfig, train
 
-    defaults, det_d = _grid_defaults(Path(grid).read_text())
+    grid = Path(grid or reg.grid)
+    ladder = tuple(ladder or reg.ladder)
+    defaults, det_d = _grid_defaults(grid.read_text())
     det = DetectorConfig(**det_d)
-    record_dir, ckpt_dir = Path(record_dir), Path(ckpt_dir)
+    record_dir, ckpt_dir = Path(record_dir or reg.calibration_dir), Path(ckpt_dir or reg.calibration_ckpt)
     record_dir.mkdir(parents=True, exist_ok=True)
     rec_path = record_dir / "calibration.json"
     record = json.loads(rec_path.read_text()) if rec_path.exists() else {"candidates": []}
-    record.update({"seed": CALIBRATION_SEED, "task": CALIBRATION_TASK, "ladder": list(ladder),
-                   "window": [SPIKE_FREE_FROM, SPIKE_FREE_TO], "rule": "PREREG.md §2"})
+    record.update({"seed": reg.seed, "task": reg.task, "ladder": list(ladder), "window": list(reg.spike_free),
+                   "rule": f"{Path(reg.doc).name} §2"})
+    if reg.memorised_by is not None:
+        record["memorised_by"] = reg.memorised_by
     decided = {c["adam_eps"]: c for c in record["candidates"]}
     chosen = None
     for eps in ladder:
@@ -108,11 +170,11 @@ def calibrate(grid: Path = GRID, record_dir: Path = CALIBRATION_DIR, ckpt_dir: P
             out = ckpt_dir / f"eps-{eps:g}"
             while True:
                 done, rows = _checkpointed(out)
-                outcome = calibration_outcome(rows, det)
+                outcome = calibration_outcome(rows, det, reg)
                 if outcome is not None:
                     break
-                steps = min(done - done % chunk + chunk, SPIKE_FREE_TO)
-                cfg = TrainConfig(**{**defaults, "task": CALIBRATION_TASK, "seed": CALIBRATION_SEED, "adam_eps": eps,
+                steps = min(done - done % chunk + chunk, reg.spike_free[1])
+                cfg = TrainConfig(**{**defaults, "task": reg.task, "seed": reg.seed, "adam_eps": eps,
                                      "max_steps": steps, "stop_after_grok": -1, "detector": det, "out": str(out),
                                      "threads": 1, "progress": False, **(overrides or {})})
                 if train(cfg, resume=done > 0)["interrupted"]:
@@ -124,21 +186,23 @@ def calibrate(grid: Path = GRID, record_dir: Path = CALIBRATION_DIR, ckpt_dir: P
             decided[eps] = {"adam_eps": eps, "steps_run": rows[-1]["step"], **outcome}
             record["candidates"] = [decided[e] for e in ladder if e in decided]
             rec_path.write_text(json.dumps(record, indent=2) + "\n")
-            log(f"calibration: eps {eps:g}: " + ("passed (no spike in steps 100-3,000)" if outcome["passed"]
-                                                 else f"failed (spike at step {outcome['first_spike']})"))
+            log(f"calibration ({Path(reg.doc).name}): eps {eps:g}: {_outcome_words(outcome, reg)}")
         if decided[eps]["passed"]:
             chosen = eps
             break
+        if reg.memorised_by is not None and decided[eps]["first_spike"] is None:
+            break  # not memorised: a larger ε damps the updates more (PREREG2 §2: this ends the ladder)
     record["chosen"] = chosen
     rec_path.write_text(json.dumps(record, indent=2) + "\n")
-    if chosen is not None and PLACEHOLDER in Path(grid).read_text():
-        write_calibrated(Path(grid), chosen)
+    if chosen is not None and reg.placeholder in grid.read_text():
+        write_calibrated(grid, chosen, reg)
     elif chosen is not None:  # filled by an earlier call: it must hold the same value
         from .grid import load_grid
 
-        found = {sp.config.get("adam_eps") for sp in load_grid(Path(grid).read_text()) if arm(sp.name) == "S"}
+        found = {sp.config.get("adam_eps") for sp in load_grid(grid.read_text()) if arm(sp.name) == reg.s_arm}
         if found != {chosen}:
-            raise ValueError(f"grid: {grid} gives the S runs adam_eps {sorted(found)}, but the calibration chose {chosen:g}")
+            raise ValueError(f"grid: {grid} gives the {reg.s_arm} runs adam_eps {sorted(found)}, but the calibration "
+                             f"chose {chosen:g}")
     return chosen
 
 
@@ -153,13 +217,13 @@ def _checkpointed(out: Path) -> tuple[int, list[dict]]:
     return state["step"], [{c: r[c] for c in CALIBRATION_COLUMNS} for r in state["rows"]]
 
 
-def write_calibrated(grid: Path, eps: float) -> None:
-    """Fill the calibrated ε into the S groups of the grid file (each placeholder line, nothing else)."""
+def write_calibrated(grid: Path, eps: float, reg: Registration = REG1) -> None:
+    """Fill the calibrated ε into the grid's ``reg.s_arm`` groups (each placeholder line, nothing else)."""
     text = grid.read_text()
-    if PLACEHOLDER not in text:
-        raise ValueError(f"grid: {grid} has no '{PLACEHOLDER}' line left to fill")
-    grid.write_text(text.replace(PLACEHOLDER, f"adam_eps = {eps:g} }}  # calibrated (PREREG §2; "
-                                              f"docs/study/prereg/calibration/)"))
+    if reg.placeholder not in text:
+        raise ValueError(f"grid: {grid} has no '{reg.placeholder}' line left to fill")
+    grid.write_text(text.replace(reg.placeholder, f"adam_eps = {eps:g} }}  # calibrated ({Path(reg.doc).stem} §2; "
+                                                  f"{reg.calibration_dir}/)"))
 
 
 # --- the verdicts (PREREG §4-§6) ----------------------------------------------------------------------------------
@@ -186,20 +250,24 @@ def run_facts(run: dict) -> dict:
             "r_t": gain is not None and gain >= H2_TEST_GAIN, "steps": rows[-1]["step"] if rows else 0}
 
 
-def h1_verdict(facts: Sequence[dict], planned_s: int, s_arm: bool = True) -> Verdict:
-    """H1 of PREREG §4 from the finished runs' facts (:func:`run_facts`); ``planned_s`` S runs are in the grid."""
-
-    claim = "H1: the Ô01 re-rise survives when the slingshot spikes are suppressed"
-    rule = (f"among the S runs that grok with at most {H1_MAX_SPIKES} spikes before the grok step (n eligible), k = "
+def h1_verdict(facts: Sequence[dict], planned_s: int, s_arm: bool = True, reg: Registration = REG1) -> Verdict:
+    """H1 of a registration's §4 (``reg``: REG1 = PREREG.md, REG2 = PREREG2.md) from the finished runs' facts
+    (:func:`run_facts`); ``planned_s`` runs of its S arm (``reg.s_arm``) are in the grid."""
+    a = reg.s_arm
+    claim = ("H1: the Ô01 re-rise survives when the slingshot spikes are suppressed"
+             + ("" if reg is REG1 else f" (second registration, {a} runs)"))
+    rule = (f"among the {a} runs that grok with at most {H1_MAX_SPIKES} spikes before the grok step (n eligible), k = "
             f"those whose Ô01 alarm with the spike guard off fires before the grok step; survives if k ≥ "
             f"{H1_SURVIVES:g} n, artefact if k ≤ {H1_ARTEFACT:g} n, inconclusive otherwise, not testable if n < "
-            f"{H1_MIN_ELIGIBLE} (docs/study/PREREG.md §4)")
+            f"{H1_MIN_ELIGIBLE} ({reg.doc} §4)")
     if not s_arm:
-        return Verdict(claim, "not testable (no spike-free ε on the calibration ladder)", {}, (), "", rule)
-    s = [f for f in facts if f["arm"] == "S"]
+        why = ("no spike-free ε on the calibration ladder" if reg.memorised_by is None else
+               "no ε on the ladder both memorises and suppresses the spikes")
+        return Verdict(claim, f"not testable ({why})", {}, (), "", rule)
+    s = [f for f in facts if f["arm"] == a]
     if len(s) < planned_s:
-        return Verdict(claim, f"pending ({len(s)} of {planned_s} S runs finished)", {"finished": len(s),
-                                                                                     "planned": planned_s}, (), "", rule)
+        return Verdict(claim, f"pending ({len(s)} of {planned_s} {a} runs finished)",
+                       {"finished": len(s), "planned": planned_s}, (), "", rule)
     eligible = [f for f in s if f["grok"] is not None and f["spikes_before_grok"] <= H1_MAX_SPIKES]
     hits = [f for f in eligible if f["alarm_off"] is not None and f["alarm_off"] < f["grok"]]
     n, k = len(eligible), len(hits)
@@ -213,7 +281,7 @@ def h1_verdict(facts: Sequence[dict], planned_s: int, s_arm: bool = True) -> Ver
         v = "the re-rise is a slingshot artefact"
     else:
         v = "inconclusive"
-    evidence = (f"the Ô01 alarm (guard off) fired before the grok step in {k}/{n} eligible S runs"
+    evidence = (f"the Ô01 alarm (guard off) fired before the grok step in {k}/{n} eligible {a} runs"
                 + (f" ({', '.join(f['name'] for f in hits)})" if hits else "")
                 + f"; not eligible: {len(no_grok)} did not grok" + (f" ({', '.join(no_grok)})" if no_grok else "")
                 + f", {len(spiky)} had more than {H1_MAX_SPIKES} spikes before the grok" + (f" ({', '.join(spiky)})"
@@ -296,19 +364,66 @@ def prereg_section(runs_dir: Path, calibration_dir: Path, grid: Path) -> list[st
     return L
 
 
+def prereg2_section(runs_dir: Path, calibration_dir: Path, grid: Path) -> list[str]:
+    """The second registration's part of the pre-registered section (PREREG2.md: its calibration and H1 on the S2
+    runs; pending until they have finished)."""
+    from .analysis import load_runs
+    from .fmt import fmt_num
+    from .grid import load_grid
+
+    reg = REG2
+    text = Path(grid).read_text()
+    specs = load_grid(text.replace(reg.placeholder, "adam_eps = 1.0 }") if reg.placeholder in text else text)
+    rec_path = Path(calibration_dir) / "calibration.json"
+    record = json.loads(rec_path.read_text()) if rec_path.exists() else None
+    calibrated = record is not None and "chosen" in record
+    s_arm = not calibrated or record["chosen"] is not None
+    names = {sp.name for sp in specs}
+    facts = [run_facts(r) for r in load_runs(runs_dir) if r["name"] in names] if Path(runs_dir).exists() else []
+    L = ["### H1 again: the second registration", "",
+         "Rules fixed in `docs/study/PREREG2.md` and committed before any of its runs, including its calibration. "
+         "The first registration's calibration chose an ε at which the runs did not learn, so this one asks the "
+         f"calibrated ε to memorise by step {reg.memorised_by:,} as well.", ""]
+    if record is None:
+        L += ["Calibration (PREREG2 §2): not run yet.", ""]
+    else:
+        tried = "; ".join(f"ε {c['adam_eps']:g}: {_outcome_words(c, reg)}" for c in record["candidates"])
+        chosen = record.get("chosen", "pending")
+        L += [f"Calibration (PREREG2 §2, seed {record['seed']}, train loss and train accuracy only): "
+              f"{tried or 'no candidate decided yet'}"
+              + (f". Calibrated ε = {chosen:g}." if isinstance(chosen, float) else
+                 ". No candidate passed: no S2 arm." if calibrated else ". In progress."), ""]
+    L += [render_line(h1_verdict(facts, reg.planned_s, s_arm, reg)), ""]
+    if facts:
+        L += ["| run | ε | grok step | spikes before grok | memorised at | Ô01 alarm, guard off |",
+              "|---|---|---|---|---|---|"]
+        for f in facts:
+            L.append(f"| {f['name']} | {f['adam_eps']:g} | {fmt_num(f['grok'])} | {fmt_num(f['spikes_before_grok'])} "
+                     f"| {fmt_num(f['memorised'])} | {fmt_num(f['alarm_off'])} |")
+        L.append("")
+    return L
+
+
 RUNS_CKPT = Path("runs/prereg-ckpt")
 RESUME_DIR = Path("docs/study/prereg/resume")  # committed copies of unfinished checkpoints, for another machine
+_CALIBRATION_KINDS = {"calibration": REG1, "calibration2": REG2}  # resume/<kind>/ holds that calibration's candidates
+
+
+def _checkpoint_roots() -> list[tuple[str, Path]]:
+    return [(kind, reg.calibration_ckpt) for kind, reg in _CALIBRATION_KINDS.items()] + [("runs", RUNS_CKPT)]
 
 
 def _unfinished(resume_dir: Path) -> list[tuple[Path, Path]]:
     """(checkpoint folder, its copy in resume_dir) for every calibration candidate not yet decided and every run not
     yet finished that has a checkpoint."""
-    rec = CALIBRATION_DIR / "calibration.json"
-    decided = {c["adam_eps"] for c in json.loads(rec.read_text())["candidates"]} if rec.exists() else set()
+    decided = {}
+    for kind, reg in _CALIBRATION_KINDS.items():
+        rec = reg.calibration_dir / "calibration.json"
+        decided[kind] = {c["adam_eps"] for c in json.loads(rec.read_text())["candidates"]} if rec.exists() else set()
     out = []
-    for kind, root in (("calibration", CALIBRATION_CKPT), ("runs", RUNS_CKPT)):
+    for kind, root in _checkpoint_roots():
         for d in sorted(root.iterdir()) if root.exists() else []:
-            done = (kind == "calibration" and float(d.name.removeprefix("eps-")) in decided) or \
+            done = (kind in decided and float(d.name.removeprefix("eps-")) in decided[kind]) or \
                    (kind == "runs" and (RUNS_DIR / d.name / "summary.json").exists())
             if (d / "checkpoint.pt").exists() and not done:
                 out.append((d, resume_dir / kind / d.name))
@@ -319,7 +434,7 @@ def save_checkpoints(resume_dir: Path = RESUME_DIR) -> list[Path]:
     """Copy the unfinished checkpoints (checkpoint.pt, config.json, study_time.json) into ``resume_dir`` so that a
     commit carries them to the next machine; copies of finished ones are removed. Returns the folders written."""
     keep = _unfinished(resume_dir)
-    for kind in ("calibration", "runs"):  # drop stale copies (decided candidates, finished runs)
+    for kind, _ in _checkpoint_roots():  # drop stale copies (decided candidates, finished runs)
         for d in sorted((resume_dir / kind).iterdir()) if (resume_dir / kind).exists() else []:
             if d not in {dst for _, dst in keep}:
                 shutil.rmtree(d)
@@ -337,7 +452,7 @@ def restore_checkpoints(resume_dir: Path = RESUME_DIR) -> list[Path]:
     import torch
 
     restored = []
-    for kind, root in (("calibration", CALIBRATION_CKPT), ("runs", RUNS_CKPT)):
+    for kind, root in _checkpoint_roots():
         for src in sorted((resume_dir / kind).iterdir()) if (resume_dir / kind).exists() else []:
             dst = root / src.name
             step = lambda d: torch.load(d / "checkpoint.pt", weights_only=True, map_location="cpu")["step"]  # noqa: E731
@@ -350,33 +465,49 @@ def restore_checkpoints(resume_dir: Path = RESUME_DIR) -> list[Path]:
     return restored
 
 
+def _interleaved(a: list, b: list) -> list:
+    out = []
+    for i in range(max(len(a), len(b))):
+        out += a[i:i + 1] + b[i:i + 1]
+    return out
+
+
 def run_all(log: Callable[[str], None] = print, jobs: int = 1) -> None:
-    """Everything PREREG.md asks for, resumably: restore committed checkpoints, finish the calibration, then the
-    pre-registered runs in grid order (without an S arm if no ε passed), ``jobs`` runs at a time (one thread each;
-    the runs do not depend on each other, so this changes only the wall time)."""
+    """Everything PREREG.md and PREREG2.md ask for, resumably: restore committed checkpoints, finish both
+    calibrations (the second one's candidates one after another, before any run), then the pre-registered runs of
+    both in one grid, ``jobs`` at a time (one thread each; the runs do not depend on each other, so this changes only
+    the wall time). A registration whose calibration passed no ε runs without its S arm. The first registration's
+    runs keep their grid order; the second's are interleaved with them, one each in turn."""
     from .grid import load_grid, run_grid
 
     for d in restore_checkpoints():
         log(f"restored {d}")
-    eps = calibrate(log=log)
-    text = GRID.read_text()
-    specs = [sp for sp in load_grid(text.replace(PLACEHOLDER, "adam_eps = 1.0 }") if eps is None else text)
-             if eps is not None or arm(sp.name) != "S"]
-    run_grid(specs, RUNS_DIR, RUNS_CKPT, jobs=jobs, progress=False)
+    specs = []
+    for reg in REGISTRATIONS:
+        if not reg.grid.exists():
+            continue
+        eps = calibrate(reg=reg, log=log)
+        text = reg.grid.read_text()
+        specs.append([sp for sp in load_grid(text.replace(reg.placeholder, "adam_eps = 1.0 }") if eps is None else text)
+                      if eps is not None or arm(sp.name) != reg.s_arm])
+    run_grid(_interleaved(*specs) if len(specs) == 2 else specs[0], RUNS_DIR, RUNS_CKPT, jobs=jobs, progress=False)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fastcka.grok.study.prereg", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=["calibrate", "run", "save-checkpoints"],
-                   help="calibrate: the blind calibration only; run: restore committed checkpoints, calibrate, then "
-                   "the runs; save-checkpoints: copy the unfinished checkpoints to docs/study/prereg/resume/ to commit")
+                   help="calibrate: the blind calibrations only (PREREG.md's, then PREREG2.md's); run: restore committed "
+                   "checkpoints, calibrate, then the runs; save-checkpoints: copy the unfinished checkpoints to "
+                   "docs/study/prereg/resume/ to commit")
     p.add_argument("--jobs", type=int, default=1, help="run: how many runs at a time (one thread each; default 1)")
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
     if args.command == "calibrate":
-        eps = calibrate()
-        print(f"calibration: chosen eps {eps:g}" if eps is not None else "calibration: no candidate passed")
+        for reg in REGISTRATIONS:
+            eps = calibrate(reg=reg)
+            print(f"calibration ({Path(reg.doc).name}): " + (f"chosen eps {eps:g}" if eps is not None
+                                                              else "no candidate passed"))
     elif args.command == "run":
         run_all(jobs=args.jobs)
     else:

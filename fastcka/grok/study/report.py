@@ -262,6 +262,12 @@ def write_report(runs_dir: Path | str, doc: Path | str, specs: Optional[Sequence
 
         L += prereg_section(doc.parent / "study" / "prereg" / "runs", doc.parent / "study" / "prereg" / "calibration",
                             prereg_grid)
+    prereg2_grid = doc.parent / "study" / "prereg2_grid.toml"
+    if prereg2_grid.exists():
+        from .prereg import prereg2_section
+
+        L += prereg2_section(doc.parent / "study" / "prereg" / "runs",
+                             doc.parent / "study" / "prereg" / "calibration2", prereg2_grid)
     doc.write_text("\n".join(L) + "\n")
     return doc
 
