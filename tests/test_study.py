@@ -281,18 +281,20 @@ def test_setup_states_the_grids_hyperparameters_and_survives_a_grok_at_step_0(tm
     assert "d_model 32" in text and "d_model 128" not in text
 
 
-@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c", "kill-main"])
-def test_ctrl_c_stops_a_parallel_grid(tmp_path, to_group):
+@pytest.mark.parametrize("to_group, ignored", [(True, False), (False, False), (False, True)],
+                         ids=["ctrl-c", "kill-main", "kill-main-started-in-background"])
+def test_ctrl_c_stops_a_parallel_grid(tmp_path, to_group, ignored):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during `--jobs 2`, or `kill -INT` to the
-    main process alone (a grid in the background): the running runs checkpoint, the queued run never starts, and
-    the command exits with the interrupted code."""
+    main process alone (a grid in the background; `nohup ... &` from a script starts it with SIGINT ignored): the
+    running runs checkpoint, the queued run never starts, and the command exits with the interrupted code."""
     from fastcka.cli import EXIT_INTERRUPTED
 
     runs, ckpt = tmp_path / "runs", tmp_path / "ckpt"
     args = ["study", "--quick", "--quiet", "--no-report", "--jobs", "2", "--runs-dir", str(runs), "--ckpt-dir", str(ckpt)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None
     proc = subprocess.Popen([sys.executable, "-m", "fastcka", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=ignore)
     ck = ckpt / "quick-add-s0" / "checkpoint.pt"
     t0 = time.time()
     while not ck.exists() and time.time() - t0 < 180 and proc.poll() is None:

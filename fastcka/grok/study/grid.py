@@ -132,6 +132,7 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | Path, ckpt_dir: str | Pat
     from tqdm.auto import tqdm
 
     runs_dir, ckpt_dir = Path(runs_dir), Path(ckpt_dir)
+    _interruptible()
     todo = [s for s in specs if not (runs_dir / s.name / SUMMARY).exists()
             and (only is None or fnmatch.fnmatch(s.name, only))]
     done = len([s for s in specs if (runs_dir / s.name / SUMMARY).exists()])
@@ -202,6 +203,16 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | Path, ckpt_dir: str | Pat
             stop.unlink(missing_ok=True)
     bar.close()
     return results
+
+
+def _interruptible() -> None:
+    """A grid started in the background by a non-interactive shell (`nohup ... &`) inherits SIGINT ignored, and
+    Python keeps it so: `kill -INT` would then do nothing. Ctrl-C's KeyboardInterrupt is restored."""
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread: signals are not ours to set
+        pass
 
 
 def _ignore_ctrl_c() -> None:
