@@ -66,7 +66,7 @@ def test_linear_cka(benchmark, impl, case, device):
     if slow and not _common.FULL:
         pytest.skip("minutes per call on 2 cores: full mode only (FASTCKA_BENCH_FULL=1)")
     n, p, q = cases.parse_shape(case)
-    path = cases.linear_path(n, p, q)
+    path = cases.linear_path(n, p, q, device)
     x, y = inputs(case, device, 0.0)
     info = {"family": "linear", "case": case, "impl": impl, "device": device, "n": n, "p": p, "q": q, "path": path,
             "dtype": "float32", "threads": torch.get_num_threads()}

@@ -48,9 +48,12 @@ def correlated_pair(n: int, p: int, q: int, dtype=F32, device="cpu", seed: int =
     return x.to(device), y.to(device)
 
 
-def linear_path(n: int, p: int, q: int) -> str:
-    """The path fastcka's auto picks (csrc/include/fastcka: multiply counts)."""
-    return "sample" if n * n * (p + q) < n * (p * p + q * q + p * q) else "feature"
+def linear_path(n: int, p: int, q: int, device: str = "cpu") -> str:
+    """The path fastcka's auto picks (csrc/include/fastcka/linear_hsic.h: use_sample_space, multiply counts with the
+    self terms from column panels: 64 columns on the CPU, 1024 on CUDA)."""
+    panel = 1024 if str(device).startswith("cuda") else 64
+    self_terms = sum(d * d / 2 + d * min(panel, d) / 2 for d in (p, q))
+    return "sample" if n * n * (p + q) < n * (p * q + self_terms) else "feature"
 
 
 def linear_inputs(case: str, device="cpu", shift: float = 0.0) -> Dict[str, torch.Tensor]:
@@ -224,7 +227,7 @@ def _prepare_linear(case: str, impl: str, device: str):
     if impl == "floor":
         f = floor_inputs(d)
         del d
-        path = linear_path(*parse_shape(case))
+        path = linear_path(*parse_shape(case), device=device)
         return lambda: linear_floor(f["xc"], f["yc"], path)
     fn = LINEAR_IMPLS[impl]
     return lambda: fn(d["x"], d["y"])

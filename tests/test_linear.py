@@ -170,3 +170,18 @@ def test_double_backward_is_blocked():
     (g,) = torch.autograd.grad(fastcka.cka(x, y), x, create_graph=True)
     with pytest.raises(RuntimeError):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("n, p, want", [(1280, 1024, "feature"), (1024, 1024, "sample"), (600, 512, "feature"),
+                                        (512, 512, "sample"), (300, 256, "feature"), (256, 256, "sample")])
+def test_auto_path_counts_the_panelled_self_terms(n, p, want):
+    """Auto's choice follows the multiply counts with the self terms from 64-column panels (the switch near n = p,
+    where it used to be at n = 1.5 p): it is bit-identical to the path it picked, and differs from the other."""
+    g = torch.Generator().manual_seed(n + p)
+    x = torch.randn(n, p, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(p, p, generator=g, dtype=torch.float64) / p**0.5 + torch.randn(n, p, generator=g, dtype=torch.float64)
+    auto = fastcka.hsic_terms(x, y)
+    picked = fastcka.hsic_terms(x, y, method=want)
+    other = fastcka.hsic_terms(x, y, method="sample" if want == "feature" else "feature")
+    assert torch.equal(auto, picked)
+    assert not torch.equal(auto, other)  # the two paths round differently, so this tells them apart

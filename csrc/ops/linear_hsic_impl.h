@@ -26,7 +26,7 @@ LinearPrepared linear_prepare(const Tensor& x_, const Tensor& y_, bool unbiased,
   s.m = zeros_f64(x, kNumLinearMoments);
   s.xc = D::center_normalise(x, s.m, kScaleX);
   s.yc = D::center_normalise(y, s.m, kScaleY);
-  s.sample = use_sample_space(method, x.size(0), x.size(1), y.size(1));
+  s.sample = use_sample_space(method, x.size(0), x.size(1), y.size(1), D::kGramPanel);
   if (!unbiased) {  // the biased estimator never reads the row norms
     s.dk = zeros_f64(x, x.size(0));
     s.dl = s.dk;
@@ -173,7 +173,7 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
       dst = narrowed(m, 0, kTrK, 1); torch::stable::copy_(dst, tx);
       dst = narrowed(m, 0, kTrL, 1); torch::stable::copy_(dst, ty);
       if (unbiased) D::dot_into(dx[i], dy[j], m, kDkDl);
-      if (use_sample_space(method, n, xc[i].size(1), yc[j].size(1)))
+      if (use_sample_space(method, n, xc[i].size(1), yc[j].size(1), D::kGramPanel))
         D::dot_into(mm(xc[i], transposed(xc[i])), mm(yc[j], transposed(yc[j])), m, kKL);
       else if (symmetric && i == j)  // a layer against itself: its Gram is symmetric
         gram_sq_add<D>(xc[i], m, kKL);
