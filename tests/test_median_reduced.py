@@ -61,7 +61,68 @@ def _inputs():
     return out
 
 
-INPUTS = _inputs()
+def _shift_subset(n: int) -> list:
+    """The rows whose column medians the kernels subtract (kernel_hsic_impl.h: shift_row, splitmix64 of seed + r)."""
+    mask = (1 << 64) - 1
+
+    def splitmix64(z):
+        z = (z + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    return sorted({splitmix64((0x5A17F00D + r) & mask) % n for r in range(min(n, 255))})
+
+
+def coherent_rounding_rows(n=1024, p=64, h=0.0038, seed=5):
+    """Rows whose bf16 input rounding adds up coherently while the bf16 dot stays small, so that the rounding term of
+    the bound, not the output term, is what covers the error: the first p/2 coordinates are ±(1 + h) (1 + h rounds
+    to 1 in bf16, an error of −h on every one of them), the rest ±1 (exact); random signs, so a pair's dot is a sum
+    of cancelling ±1 terms while its error 2h·(s_a·s_b) comes from the first half alone. The rows the shift is taken
+    from are zero, so the shift is 0 and cannot take the structure out."""
+    g = _rng(seed)
+    x = torch.randint(0, 2, (n, p), generator=g).float() * 2 - 1
+    x[:, : p // 2] *= 1 + h
+    x[_shift_subset(n)] = 0
+    return x
+
+
+INPUTS = _inputs() + [("coherent bf16 rounding, small dots", coherent_rounding_rows())]
+
+
+def test_coherent_rows_need_the_input_rounding_terms():
+    """The last input is one the rounding terms of the bf16 bound are needed for: a third of its pairs have a bf16
+    distance error larger than the bound without them (β, accumulation and output terms only), thousands of those
+    within their error of the median; with them, none.
+
+    What a too-small bound breaks, and what it cannot: a pair it misplaces lies within its error of a bracket edge,
+    and the wanted ranks lie ~6 standard errors inside the bracket, so a misplaced pair only moves which side of
+    the edge it is counted on, and the selected value stays the same. With the rounding terms removed from
+    reduced_row_terms (tried: 2026-12-03), this input still gave numpy's median; what failed was the cross-check of
+    the two-window median (test_two_windows_at_a_size_where_auto_takes_them: "the two window passes disagree"),
+    whose binned and narrow passes then count the edge pairs differently."""
+    x = coherent_rounding_rows()
+    n, p = x.shape
+    assert x[_shift_subset(n)].median(0).values.abs().max().item() == 0.0  # what the kernels subtract is 0
+    xs = x / 2  # the kernels' power-of-two scaling, rows within [-1, 1]: it changes no bf16 rounding
+    xd = xs.double()
+    nr = (xd * xd).sum(1)
+    d = nr[:, None] + nr[None, :] - 2 * xd @ xd.T
+    xb = xs.bfloat16()
+    s = (xb @ xb.T).double()  # the reduced pass's GEMM: bf16 in, bf16 out
+    f = (nr[:, None] + nr[None, :] - 2 * s).clamp_min(0)
+    t, r = xb.double().norm(dim=1), (xb.double() - xd).norm(dim=1)
+    u24, u8 = 2.0**-24, 2.0**-8
+    beta = 1.01 * (p * u24 / (1 - p * u24) + 4.2 * u24 + (p + 4) * 2.0**-53)
+    without = beta * (nr[:, None] + nr[None, :]) + 2.02 * p * u24 / (1 - p * u24) * t[:, None] * t[None, :] \
+        + 2.02 * u8 / (1 - u8) * s.abs()
+    rounding = 2.02 * r[:, None] * t[None, :] + 2.02 * (t[:, None] + r[:, None]) * r[None, :]
+    i, j = torch.triu_indices(n, n, 1)
+    err, e0, e1, dist = (f - d).abs()[i, j], without[i, j], rounding[i, j], d[i, j]
+    assert (err > e0).float().mean().item() > 0.2
+    assert not bool((err > e0 + e1).any())
+    med = numpy_median(x) / 4  # in the scaled units of d
+    assert int(((err > e0) & ((dist - med).abs() < err)).sum()) > 1000
 
 
 @pytest.mark.parametrize("name,x", INPUTS, ids=[n for n, _ in INPUTS])
