@@ -330,7 +330,7 @@ def test_second_calibration_stops_the_ladder_at_a_run_that_does_not_memorise(tmp
     and the ladder ends there (the second candidate is never trained); the grid keeps its placeholders."""
     reg = dataclasses.replace(prereg.REG2, spike_free=(100, 300), memorised_by=200)
     grid = tmp_path / "grid2.toml"
-    grid.write_text(GRID2.read_text())
+    grid.write_text(_uncalibrated_grid2())
     chosen = prereg.calibrate(grid, tmp_path / "rec", tmp_path / "ck", ladder=(10.0, 20.0), chunk=100,
                               log=lambda s: None, overrides=TINY, reg=reg)
     record = json.loads((tmp_path / "rec" / "calibration.json").read_text())
@@ -339,14 +339,21 @@ def test_second_calibration_stops_the_ladder_at_a_run_that_does_not_memorise(tmp
     assert record["candidates"][0] == {"adam_eps": 10.0, "steps_run": 200, "passed": False, "first_spike": None,
                                        "memorised": None}
     assert not (tmp_path / "ck" / "eps-20").exists()
-    assert GRID2.read_text() == grid.read_text()
+    assert grid.read_text() == _uncalibrated_grid2()  # no ε chosen: the placeholders stay
     h1 = prereg.h1_verdict([], 8, s_arm=False, reg=prereg.REG2)
     assert h1.verdict == "not testable (no ε on the ladder both memorises and suppresses the spikes)"
 
 
+def _uncalibrated_grid2() -> str:
+    """prereg2_grid.toml as committed before its calibration (the placeholders back in)."""
+    return re.sub(r"adam_eps = [0-9.e+-]+ \}  # calibrated \(PREREG2 §2; docs/study/prereg/calibration2/\)",
+                  prereg.PLACEHOLDER2, GRID2.read_text())
+
+
 def test_second_calibration_fills_only_its_own_arm(tmp_path):
     grid = tmp_path / "grid2.toml"
-    grid.write_text(GRID2.read_text())
+    grid.write_text(_uncalibrated_grid2())
+    assert grid.read_text().count(prereg.PLACEHOLDER2) == 8
     prereg.write_calibrated(grid, 2e-3, prereg.REG2)
     text = grid.read_text()
     assert prereg.PLACEHOLDER2 not in text and text.count("# calibrated (PREREG2 §2; docs/study/prereg/calibration2/)") == 8
@@ -381,3 +388,36 @@ def test_second_section_is_pending_then_states_the_calibration(tmp_path):
 def test_the_runner_interleaves_the_two_registrations():
     assert prereg._interleaved([1, 2, 3], ["a", "b"]) == [1, "a", 2, "b", 3]
     assert prereg._interleaved([], ["a"]) == ["a"]
+
+
+def test_one_runner_at_a_time_and_stop(tmp_path):
+    """`run` holds a pid file and refuses to start beside a live runner (two would train the same runs from the
+    same checkpoints); `stop` sends the runner SIGINT and waits for it to exit; a stale pid file is ignored."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "prereg.pid"
+    with prereg._single_runner(pid_file):
+        assert pid_file.read_text().split() == [str(os.getpid())]
+    assert not pid_file.exists()
+    pid_file.write_text(f"{os.getppid()}\n")  # a live process that is not this one
+    with pytest.raises(SystemExit, match="already training"):
+        with prereg._single_runner(pid_file):
+            pass
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    pid_file.write_text(f"{dead.pid}\n")  # stale: that process has exited
+    with prereg._single_runner(pid_file):
+        pass
+    logs = []
+    assert prereg.stop(pid_file, log=logs.append) is False and "no runner" in logs[-1]
+    code = ("import sys, time; from fastcka.grok.study import prereg\n"
+            "with prereg._single_runner(sys.argv[1]):\n    [time.sleep(0.1) for _ in range(600)]")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(pid_file)])
+    t0 = time.time()
+    while prereg._runner_pid(pid_file) != proc.pid and time.time() - t0 < 30:
+        time.sleep(0.05)
+    assert prereg.stop(pid_file, timeout_s=30, log=logs.append) is True
+    assert proc.wait(timeout=5) != 0 and "stopped" in logs[-1]

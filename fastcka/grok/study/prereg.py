@@ -1,24 +1,27 @@
 """The pre-registered tests of issue 20 (docs/study/PREREG.md, and PREREG2.md for H1 again): the blind calibrations
 of AdamW's ε, and the verdicts of H1 and H2 computed from the finished runs.
 
-Every threshold of PREREG.md is a constant here (the tests pin them to the file). Run as a module::
+Every threshold of PREREG.md and PREREG2.md is a constant here (the tests pin them to the files). Run as a
+module::
 
-    python -m fastcka.grok.study.prereg run               # restore committed checkpoints, finish the calibration
-                                                          # (it writes the S arm's ε into prereg_grid.toml), then
-                                                          # the runs, one at a time; resumable at every step
-    python -m fastcka.grok.study.prereg save-checkpoints  # before a session ends: copy unfinished checkpoints to
+    python -m fastcka.grok.study.prereg run --jobs 2     # restore committed checkpoints, finish both calibrations
+                                                          # (they write the S arms' ε into the grids), then the runs;
+                                                          # resumable at every step; one runner at a time
+    python -m fastcka.grok.study.prereg stop              # before a session ends: stop the runner (its runs
+                                                          # checkpoint), then copy the unfinished checkpoints to
                                                           # docs/study/prereg/resume/ (then commit them)
 
-``calibrate`` runs the calibration alone; the runs alone are ``fastcka study docs/study/prereg_grid.toml --runs-dir
-docs/study/prereg/runs --ckpt-dir runs/prereg-ckpt --no-report``.
+``calibrate`` runs the calibrations alone; ``save-checkpoints`` the copy alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import shutil
 import tomllib
 from pathlib import Path
@@ -493,24 +496,100 @@ def run_all(log: Callable[[str], None] = print, jobs: int = 1) -> None:
     run_grid(_interleaved(*specs) if len(specs) == 2 else specs[0], RUNS_DIR, RUNS_CKPT, jobs=jobs, progress=False)
 
 
+PID_FILE = Path("runs/prereg.pid")  # the live runner's process id, while `run` or `calibrate` trains
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (an exited one that its parent has not reaped yet, a zombie, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):  # no /proc (not Linux): kill(0) is all we know
+        return True
+
+
+def _runner_pid(pid_file: Path) -> Optional[int]:
+    """The pid in ``pid_file`` if that process still runs, else None."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if _alive(pid) else None
+
+
+@contextlib.contextmanager
+def _single_runner(pid_file: Optional[Path] = None):
+    """Hold the pid file while training; refuse to start beside a live runner (two would train the same runs from
+    the same checkpoints and overwrite each other's)."""
+    from .grid import _interruptible
+
+    _interruptible()  # started with `nohup ... &` from a script, SIGINT would be ignored and `stop` would wait in vain
+    pid_file = Path(pid_file or PID_FILE)
+    other = _runner_pid(pid_file)
+    if other is not None and other != os.getpid():
+        raise SystemExit(f"prereg: a runner is already training (pid {other}, {pid_file}); stop it first with "
+                         "`python -m fastcka.grok.study.prereg stop`")
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        if _runner_pid(pid_file) == os.getpid():
+            pid_file.unlink(missing_ok=True)
+
+
+def stop(pid_file: Optional[Path] = None, timeout_s: float = 600.0, log: Callable[[str], None] = print) -> bool:
+    """Ask the live runner to stop (SIGINT: its runs checkpoint at the end of their step), wait until it has
+    exited, then copy the unfinished checkpoints for the commit (:func:`save_checkpoints`). Returns False if no
+    runner was running or it was still running after ``timeout_s``."""
+    import signal
+    import time
+
+    pid_file = Path(pid_file or PID_FILE)
+    pid = _runner_pid(pid_file)
+    if pid is None:
+        log("prereg: no runner is running")
+        return False
+    os.kill(pid, signal.SIGINT)
+    t0 = time.time()
+    while _alive(pid) and time.time() - t0 < timeout_s:
+        time.sleep(0.5)
+    if _alive(pid):
+        log(f"prereg: runner {pid} still running after {timeout_s:.0f} s")
+        return False
+    log(f"prereg: runner {pid} stopped after {time.time() - t0:.0f} s")
+    return True
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fastcka.grok.study.prereg", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=["calibrate", "run", "save-checkpoints"],
+    p.add_argument("command", choices=["calibrate", "run", "stop", "save-checkpoints"],
                    help="calibrate: the blind calibrations only (PREREG.md's, then PREREG2.md's); run: restore committed "
-                   "checkpoints, calibrate, then the runs; save-checkpoints: copy the unfinished checkpoints to "
-                   "docs/study/prereg/resume/ to commit")
+                   "checkpoints, calibrate, then the runs (refused while another runner is live); stop: stop the live "
+                   "runner (its runs checkpoint) and wait for it, then save-checkpoints; save-checkpoints: copy the "
+                   "unfinished checkpoints to docs/study/prereg/resume/ to commit")
     p.add_argument("--jobs", type=int, default=1, help="run: how many runs at a time (one thread each; default 1)")
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
     if args.command == "calibrate":
-        for reg in REGISTRATIONS:
-            eps = calibrate(reg=reg)
-            print(f"calibration ({Path(reg.doc).name}): " + (f"chosen eps {eps:g}" if eps is not None
-                                                              else "no candidate passed"))
+        with _single_runner():
+            for reg in REGISTRATIONS:
+                eps = calibrate(reg=reg)
+                print(f"calibration ({Path(reg.doc).name}): " + (f"chosen eps {eps:g}" if eps is not None
+                                                                  else "no candidate passed"))
     elif args.command == "run":
-        run_all(jobs=args.jobs)
+        with _single_runner():
+            run_all(jobs=args.jobs)
     else:
+        if args.command == "stop" and not stop():
+            return 1
         for d in save_checkpoints():
             print(f"saved {d}")
     return 0
