@@ -317,20 +317,30 @@ def h2_verdict(facts: Sequence[dict], planned: int) -> Verdict:
                    rule)
 
 
-def prereg_section(runs_dir: Path, calibration_dir: Path, grid: Path) -> list[str]:
-    """The pre-registered verdicts as a markdown section of docs/STUDY.md (pending until the runs have finished)."""
+def _section_inputs(runs_dir: Path, calibration_dir: Path, grid: Path, reg: Registration):
+    """What a registration's part of the report reads: its planned runs (without its S arm if the calibration passed
+    no ε), the calibration record (None before it ran), whether it has decided, whether there is an S arm, and the
+    finished planned runs' facts."""
     from .analysis import load_runs
-    from .fmt import fmt_num
     from .grid import load_grid
 
     text = Path(grid).read_text()
-    specs = load_grid(text.replace(PLACEHOLDER, "adam_eps = 1.0 }")) if PLACEHOLDER in text else load_grid(text)
+    specs = load_grid(text.replace(reg.placeholder, "adam_eps = 1.0 }") if reg.placeholder in text else text)
     rec_path = Path(calibration_dir) / "calibration.json"
     record = json.loads(rec_path.read_text()) if rec_path.exists() else None
     calibrated = record is not None and "chosen" in record
     s_arm = not calibrated or record["chosen"] is not None
-    planned = [sp for sp in specs if s_arm or arm(sp.name) != "S"]
-    facts = [run_facts(r) for r in load_runs(runs_dir) if r["name"] in {sp.name for sp in planned}]
+    planned = [sp for sp in specs if s_arm or arm(sp.name) != reg.s_arm]
+    names = {sp.name for sp in planned}
+    facts = [run_facts(r) for r in load_runs(runs_dir) if r["name"] in names] if Path(runs_dir).exists() else []
+    return planned, record, calibrated, s_arm, facts
+
+
+def prereg_section(runs_dir: Path, calibration_dir: Path, grid: Path) -> list[str]:
+    """The pre-registered verdicts as a markdown section of docs/STUDY.md (pending until the runs have finished)."""
+    from .fmt import fmt_num
+
+    planned, record, calibrated, s_arm, facts = _section_inputs(runs_dir, calibration_dir, grid, REG1)
     L = ["## The pre-registered test (issue 20)", "",
          "Rules fixed in `docs/study/PREREG.md` and committed before any of these runs; the verdicts below are "
          "computed by `fastcka/grok/study/prereg.py` from the finished runs in "
@@ -370,19 +380,10 @@ def prereg_section(runs_dir: Path, calibration_dir: Path, grid: Path) -> list[st
 def prereg2_section(runs_dir: Path, calibration_dir: Path, grid: Path) -> list[str]:
     """The second registration's part of the pre-registered section (PREREG2.md: its calibration and H1 on the S2
     runs; pending until they have finished)."""
-    from .analysis import load_runs
     from .fmt import fmt_num
-    from .grid import load_grid
 
     reg = REG2
-    text = Path(grid).read_text()
-    specs = load_grid(text.replace(reg.placeholder, "adam_eps = 1.0 }") if reg.placeholder in text else text)
-    rec_path = Path(calibration_dir) / "calibration.json"
-    record = json.loads(rec_path.read_text()) if rec_path.exists() else None
-    calibrated = record is not None and "chosen" in record
-    s_arm = not calibrated or record["chosen"] is not None
-    names = {sp.name for sp in specs}
-    facts = [run_facts(r) for r in load_runs(runs_dir) if r["name"] in names] if Path(runs_dir).exists() else []
+    _, record, calibrated, s_arm, facts = _section_inputs(runs_dir, calibration_dir, grid, reg)
     L = ["### H1 again: the second registration", "",
          "Rules fixed in `docs/study/PREREG2.md` and committed before any of its runs, including its calibration. "
          "The first registration's calibration chose an ε at which the runs did not learn, so this one asks the "
