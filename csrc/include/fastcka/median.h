@@ -73,8 +73,8 @@ template <typename T>
 FASTCKA_HD double exact_sq_dist(const T* x, int64_t p, int64_t i, int64_t j, double s2) {
   const T *a = x + i * p, *b = x + j * p;
   // sixteen independent sums (p ≥ 16), else four: the loops vectorise without reassociation flags, and with sixteen
-  // the sampled and recomputed pairs no longer wait on one register's add latency (3× slower at p = 256). Below
-  // p = 16 the order is the four sums' alone.
+  // the sampled and recomputed pairs do not wait on one register's add latency. Below p = 16 the order is the four
+  // sums' alone.
   double acc[16];
   for (int u = 0; u < 16; ++u) acc[u] = 0.0;
   int64_t c = 0;

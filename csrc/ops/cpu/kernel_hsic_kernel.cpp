@@ -21,7 +21,7 @@ namespace {
 constexpr int64_t kChunkCols = 256;
 
 // Rows per block: at most 512 and 2²² entries per block, and at least 8 blocks, so the triangle's GEMMs waste at most
-// a sixteenth of the full product below the diagonal (with 4 blocks, n = 2048, they computed 62.5 % of it, not 53 %).
+// a sixteenth of the full product below the diagonal (with 4 blocks, n = 2048, they computed 62.5 % of it; now 56 %).
 int64_t block_rows(int64_t n) {
   return std::max<int64_t>(16, std::min<int64_t>({512, (int64_t(1) << 22) / std::max<int64_t>(n, 1), n / 8}));
 }
