@@ -421,3 +421,32 @@ def test_one_runner_at_a_time_and_stop(tmp_path):
         time.sleep(0.05)
     assert prereg.stop(pid_file, timeout_s=30, log=logs.append) is True
     assert proc.wait(timeout=5) != 0 and "stopped" in logs[-1]
+
+
+def test_run_all_interleaves_both_grids_and_drops_an_arm_without_an_eps(tmp_path, monkeypatch):
+    """`run` trains the first registration's runs (without its S arm when its calibration passed no ε) and the
+    second's, one of each in turn; the calibrations, read back from their records, train nothing."""
+    import fastcka.grok.study.grid as grid_mod
+
+    rec1, rec2 = tmp_path / "cal1", tmp_path / "cal2"
+    for rec, chosen, eps in ((rec1, None, 1e-7), (rec2, 0.003, 0.003)):
+        rec.mkdir()
+        cands = [{"adam_eps": eps, "passed": chosen is not None, "first_spike": None if chosen else 500}]
+        (rec / "calibration.json").write_text(json.dumps({"candidates": cands, "chosen": chosen}))
+    g1, g2 = tmp_path / "g1.toml", tmp_path / "g2.toml"
+    g1.write_text(re.sub(r"adam_eps = [0-9.e+-]+ \}  # calibrated \(PREREG §2; docs/study/prereg/calibration/\)",
+                         prereg.PLACEHOLDER, GRID.read_text()))
+    g2.write_text(GRID2.read_text().replace(prereg.PLACEHOLDER2, "adam_eps = 0.003 }"))
+    r1 = dataclasses.replace(prereg.REG1, grid=g1, calibration_dir=rec1, ladder=(1e-7,))
+    r2 = dataclasses.replace(prereg.REG2, grid=g2, calibration_dir=rec2, ladder=(0.003,))
+    monkeypatch.setattr(prereg, "REGISTRATIONS", (r1, r2))
+    monkeypatch.setattr(prereg, "restore_checkpoints", lambda: [])
+    monkeypatch.setattr("fastcka.grok.train.train", lambda *a, **k: pytest.fail("trained a calibration candidate"))
+    seen = {}
+    monkeypatch.setattr(grid_mod, "run_grid", lambda specs, *a, **k: seen.update(names=[s.name for s in specs], **k))
+    prereg.run_all(log=lambda s: None, jobs=2)
+    names = seen["names"]
+    assert seen["jobs"] == 2
+    assert not any(prereg.arm(n) == "S" for n in names)  # the first registration passed no ε: no S arm
+    assert sum(prereg.arm(n) == "S2" for n in names) == 8 and sum(prereg.arm(n) in "DN" for n in names) == 8
+    assert [prereg.arm(n) == "S2" for n in names[:16]] == [False, True] * 8  # one of each in turn
