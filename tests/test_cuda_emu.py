@@ -131,6 +131,22 @@ def test_linear_hsic_matrix(ops, unbiased, symmetric):
     close(got, ref)
 
 
+@pytest.mark.parametrize("n", [6, 33, 130])
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("method", [FEATURE, SAMPLE])
+def test_linear_hsic_of_equal_rows_is_exactly_zero(ops, n, unbiased, method):
+    """float64 rows all equal (no variation: CKA 0). Their float64 column sums round, so sum/n misses the value by
+    an ulp; centring by that left rounding residue, and CKA(x, y) came out 1.0 or −0.018. The mean is kept within
+    the column's [min, max] (linear_hsic.h: column_mean), so the centred columns and every HSIC with x are 0."""
+    row = randn(1, 257, seed=n) * 1e3
+    x = row.expand(n, 257).contiguous()
+    assert ((x.sum(0) / n) != row[0]).any(), "the premise: some column mean rounds"
+    y = randn(n, 5, seed=n + 1)
+    got = ops.linear_hsic(x, y, unbiased, method)
+    assert got[0].item() == 0.0 and got[1].item() == 0.0
+    assert got[2].item() > 0.0
+
+
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_linear_hsic_float32_agrees_with_float64(ops, unbiased):
     x, y = correlated_pair(65, 33, 7, seed=5)

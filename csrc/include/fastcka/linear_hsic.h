@@ -87,6 +87,15 @@ FASTCKA_HD LinearGradCoef linear_grad_coef(double g_cross, double g_self, double
   return c;
 }
 
+// A column's mean from its float64 sum, kept inside the column's range [lo, hi]. A float64 sum of n equal values can
+// round, and a mean an ulp off would centre a constant column to rounding residue instead of exactly 0 (CKA of a
+// representation with no variation is 0: linear CKA of float64 rows all equal came out 1.0 before this). Clamping
+// makes a constant column's mean its value, and never moves any other mean away from the exact one.
+FASTCKA_HD double column_mean(double sum, int64_t n, double lo, double hi) {
+  const double m = sum / static_cast<double>(n);
+  return m < lo ? lo : (m > hi ? hi : m);  // NaN stays NaN
+}
+
 // Power-of-two multiplier that brings max|x| into [0.5, 1): exact, and keeps Grams of the result finite and normal.
 FASTCKA_HD double pow2_normaliser(double maxabs) {
   if (!(maxabs > 0.0) || maxabs > 1.79e308) return 1.0;  // zero, NaN or inf: leave the data as it is

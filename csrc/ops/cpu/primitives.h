@@ -167,7 +167,7 @@ std::vector<double> column_means_and_spread(const T* x, int64_t n, int64_t p, do
     }
   double m = 0.0;
   for (int64_t j = 0; j < p; ++j) {
-    mean[j] /= static_cast<double>(n);
+    mean[j] = column_mean(mean[j], n, lo[j], hi[j]);
     m = std::max(m, std::max(hi[j] - mean[j], mean[j] - lo[j]));
   }
   *maxabs = m;

@@ -1,6 +1,6 @@
 // CUDA building blocks of the GEMM-based ops, the twins of cpu/primitives.h: float64 reductions and fused element-wise
 // passes. Dot products and sums (dot_into) add per-block partials in a fixed order and do not depend on block
-// scheduling; column_sums still adds one float64 atomic per block, so the last bits of those sums may vary.
+// scheduling; column_stats still adds one float64 atomic per block, so the last bits of those sums may vary.
 // The math they feed (moment combination, gradient coefficients, the power-of-two normaliser) comes from
 // csrc/include/fastcka/, shared with the CPU.
 #pragma once
@@ -89,36 +89,60 @@ struct MaxOp {
 __device__ inline double block_sum(double v) { return block_reduce(v, 0.0, SumOp()); }
 __device__ inline double block_max(double v) { return block_reduce(v, -INFINITY, MaxOp()); }
 
-// out[j] += Σ_{rows of this block's chunk} x[i, j]  (blockIdx.y picks the row chunk; out pre-zeroed).
+// Doubles as unsigned keys in the same order (non-NaN), so that atomicMin/atomicMax on the keys order the values.
+__device__ inline unsigned long long order_key(double v) {
+  const unsigned long long b = static_cast<unsigned long long>(__double_as_longlong(v));
+  return (b >> 63) ? ~b : (b | 0x8000000000000000ull);
+}
+__device__ inline double from_order_key(unsigned long long k) {
+  return __longlong_as_double(static_cast<long long>((k >> 63) ? (k & 0x7fffffffffffffffull) : ~k));
+}
+
+// Per column j: sums[j] += Σ_{rows of this block's chunk} x[i, j], and the chunk's extremes into lo/hi as order keys
+// (blockIdx.y picks the row chunk; column_stats initialises the outputs).
 template <typename T>
-__global__ void column_sums_kernel(const T* x, int64_t n, int64_t p, int64_t rows_per_chunk, double* out) {
+__global__ void column_stats_kernel(const T* x, int64_t n, int64_t p, int64_t rows_per_chunk, double* sums,
+                                    unsigned long long* lo, unsigned long long* hi) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= p) return;
   const int64_t r0 = blockIdx.y * rows_per_chunk, r1 = min(n, r0 + rows_per_chunk);
-  double acc = 0.0;
-  for (int64_t i = r0; i < r1; ++i) acc += static_cast<double>(x[i * p + j]);
-  atomicAdd(out + j, acc);
+  double acc = 0.0, mn = INFINITY, mx = -INFINITY;
+  for (int64_t i = r0; i < r1; ++i) {
+    const double v = static_cast<double>(x[i * p + j]);
+    acc += v;
+    mn = fmin(mn, v);
+    mx = fmax(mx, v);
+  }
+  atomicAdd(sums + j, acc);
+  atomicMin(lo + j, order_key(mn));
+  atomicMax(hi + j, order_key(mx));
 }
 
+// stats: 3p doubles' room, filled as [column sums | lo keys | hi keys].
 template <typename T>
-void column_sums(const T* x, int64_t n, int64_t p, double* out, cudaStream_t s) {
-  check_cuda(cudaMemsetAsync(out, 0, sizeof(double) * p, s), "memset (column_sums)");
+void column_stats(const T* x, int64_t n, int64_t p, double* stats, cudaStream_t s) {
+  auto* lo = reinterpret_cast<unsigned long long*>(stats + p);
+  check_cuda(cudaMemsetAsync(stats, 0, sizeof(double) * p, s), "memset (column_stats)");
+  check_cuda(cudaMemsetAsync(lo, 0xff, sizeof(double) * p, s), "memset (column_stats)");  // the largest key
+  check_cuda(cudaMemsetAsync(lo + p, 0, sizeof(double) * p, s), "memset (column_stats)");  // the smallest key
   const int64_t chunks = std::min<int64_t>(std::max<int64_t>(1, n / 64), 1024);
   const int64_t rows = (n + chunks - 1) / chunks;
   dim3 grid(blocks_for(p, kThreads, 1 << 30), static_cast<unsigned>((n + rows - 1) / rows));
-  FASTCKA_LAUNCH(grid, kThreads, 0, s, column_sums_kernel)(x, n, p, rows, out);
-  check_launch("column_sums");
+  FASTCKA_LAUNCH(grid, kThreads, 0, s, column_stats_kernel)(x, n, p, rows, stats, lo, lo + p);
+  check_launch("column_stats");
 }
 
-// out = x − sums/n (in float64, rounded once); *maxabs_bits = max |out| as the bits of a non-negative double.
+// out = x − column_mean (in float64, rounded once); *maxabs_bits = max |out| as the bits of a non-negative double.
 template <typename Tin, typename Tout>
-__global__ void subtract_means_kernel(const Tin* x, const double* sums, int64_t n, int64_t p, Tout* out,
+__global__ void subtract_means_kernel(const Tin* x, const double* stats, int64_t n, int64_t p, Tout* out,
                                       unsigned long long* maxabs_bits) {
+  const auto* lo = reinterpret_cast<const unsigned long long*>(stats + p);
   double m = 0.0;
-  const double inv_n = 1.0 / static_cast<double>(n);
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n * p;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const Tout v = static_cast<Tout>(static_cast<double>(x[k]) - sums[k % p] * inv_n);
+    const int64_t j = k % p;
+    const double mean = column_mean(stats[j], n, from_order_key(lo[j]), from_order_key(lo[p + j]));
+    const Tout v = static_cast<Tout>(static_cast<double>(x[k]) - mean);
     out[k] = v;
     m = fmax(m, fabs(static_cast<double>(v)));
   }
@@ -198,11 +222,11 @@ inline Tensor center_normalise(const Tensor& x, Tensor& m, int slot) {
   const int64_t n = x.size(0), p = x.size(1);
   const cudaStream_t s = current_stream(x);
   Tensor xc = empty_like_shape(x, {n, p}, x.scalar_type());
-  Tensor sums = empty_like_shape(x, {p + 1}, ScalarType::Double);  // last slot: max bits
+  Tensor stats = empty_like_shape(x, {3 * p + 1}, ScalarType::Double);  // column_stats, then the max bits
   FASTCKA_DISPATCH_FLOATING(x.scalar_type(), "center", [&] {
-    double* sp = sums.mutable_data_ptr<double>();
-    auto* bits = reinterpret_cast<unsigned long long*>(sp + p);
-    column_sums(x.const_data_ptr<scalar_t>(), n, p, sp, s);
+    double* sp = stats.mutable_data_ptr<double>();
+    auto* bits = reinterpret_cast<unsigned long long*>(sp + 3 * p);
+    column_stats(x.const_data_ptr<scalar_t>(), n, p, sp, s);
     check_cuda(cudaMemsetAsync(bits, 0, sizeof(double), s), "memset (center_normalise)");
     const int blocks = blocks_for(n * p, kThreads);
     FASTCKA_LAUNCH(blocks, kThreads, 0, s, subtract_means_kernel)(
@@ -246,7 +270,7 @@ inline Tensor linear_grad_side(const Tensor& A, const Tensor& B, const Tensor& x
   const int64_t p = xc.size(1);
   const cudaStream_t s = current_stream(xc);
   Tensor tmp = empty_like_shape(xc, {n, p}, ScalarType::Double);
-  Tensor sums = empty_like_shape(xc, {p}, ScalarType::Double);
+  Tensor stats = empty_like_shape(xc, {3 * p}, ScalarType::Double);
   Tensor out = empty_like_shape(xc, {n, p}, xc.scalar_type());
   FASTCKA_DISPATCH_FLOATING(xc.scalar_type(), "linear_grad", [&] {
     const int blocks = blocks_for(n * p, kThreads);
@@ -254,9 +278,9 @@ inline Tensor linear_grad_side(const Tensor& A, const Tensor& B, const Tensor& x
         A.const_data_ptr<scalar_t>(), B.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
         d_own.const_data_ptr<double>(), d_other.const_data_ptr<double>(), g.const_data_ptr<double>(),
         m.const_data_ptr<double>(), x_side, n, p, unbiased, tmp.mutable_data_ptr<double>());
-    column_sums(tmp.const_data_ptr<double>(), n, p, sums.mutable_data_ptr<double>(), s);
+    column_stats(tmp.const_data_ptr<double>(), n, p, stats.mutable_data_ptr<double>(), s);
     FASTCKA_LAUNCH(blocks, kThreads, 0, s, subtract_means_kernel<double, scalar_t>)(
-        tmp.const_data_ptr<double>(), sums.const_data_ptr<double>(), n, p, out.mutable_data_ptr<scalar_t>(), nullptr);
+        tmp.const_data_ptr<double>(), stats.const_data_ptr<double>(), n, p, out.mutable_data_ptr<scalar_t>(), nullptr);
     check_launch("linear_grad_side");
   });
   return out;
