@@ -12,8 +12,9 @@ Numerically exact where the notebook is not, by transforms that leave CKA and HS
   and identical rows must give exactly 0); the median is numpy's over all n² entries, the diagonal zeros included;
 * the RBF Gram is taken as K − 1 = expm1(−γd) when most of K is near 1 (large σ): both centrings (H·H and Song's
   U-centring) annihilate a constant, so centred(K − 1) = centred(K) exactly, without the cancellation of K ≈ 1;
-* linear Grams of x − x₀ (x₀ the first row): a shift of the features does not change the centred Gram, and rows
-  equal to x₀ become exactly 0 (a constant representation then has a zero Gram, hence CKA 0);
+* linear Grams of x − x₀ (x₀ the most frequent row): a shift of the features does not change the centred Gram, and
+  rows equal to x₀ become exactly 0 (a constant representation then has a zero Gram, hence CKA 0; all rows but one
+  equal leave one nonzero entry, on the diagonal, which the unbiased estimator's U-centring removes exactly);
 * for CKA only (scale-invariant in each Gram): the centred Gram is divided by its largest |entry| before the
   inner products, so they neither overflow nor underflow; with the unbiased estimator (the diagonal is zeroed) the
   RBF Gram is multiplied by exp(γ·d_min), d_min the smallest off-diagonal distance, so a nearly diagonal kernel
@@ -71,9 +72,10 @@ def log_gamma(x: Tensor, sigma: Optional[float] = None, threshold: float = 1.0, 
 
 
 def gram_linear(x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """K = X Xᵀ (the notebook's `gram_linear`) of the rows shifted by the first row (same centred Gram)."""
+    """K = X Xᵀ (the notebook's `gram_linear`) of the rows shifted by their most frequent row (same centred Gram)."""
     x = as_matrix(x, dtype)
-    x = x - x[:1]
+    rows, inverse, counts = torch.unique(x, dim=0, return_inverse=True, return_counts=True)
+    x = x - rows[counts.argmax()]
     return x @ x.T
 
 
@@ -178,6 +180,6 @@ def minibatch_cka(xs, ys, kernel: str = "linear", sigma=None, dtype: torch.dtype
         kc, lc = center_gram(gx, True), center_gram(gy, True)
         n = kc.shape[0]
         tot = tot + torch.stack([(kc * lc).sum(), (kc * kc).sum(), (lc * lc).sum()]) / (n * (n - 3))
-    if tot[1] * tot[2] <= 0:
+    if tot[1] <= 0 or tot[2] <= 0:
         return torch.zeros((), dtype=dtype)
-    return tot[0] / (tot[1] * tot[2]).sqrt()
+    return tot[0] / tot[1].sqrt() / tot[2].sqrt()  # not √(product): at input scales 1e±60 it under- or overflows

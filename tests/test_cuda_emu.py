@@ -147,6 +147,23 @@ def test_linear_hsic_of_equal_rows_is_exactly_zero(ops, n, unbiased, method):
     assert got[2].item() > 0.0
 
 
+@pytest.mark.parametrize("n", [6, 7, 13, 50])
+@pytest.mark.parametrize("offset", [1e3, 1e6, 1e8])
+@pytest.mark.parametrize("method", [FEATURE, SAMPLE])
+def test_linear_hsic_far_from_zero_all_rows_but_one_equal(ops, n, offset, method):
+    """float64 rows all equal but one, at an offset 10³–10⁸ × their spread: the U-centred Gram is exactly 0, so
+    HSIC₁(K, L) is 0 (CKA 0). The float64 column mean is off by its sum's rounding, ~n·u·offset; the unbiased linear
+    formula is first-order in that shift: before the mean's correction pass (linear_hsic.h: centred_entry) 18 of these
+    24 cases gave a nonzero HSIC₁(K, L), and CKA down to −6.6e-6 (n 6, offset 10⁶)."""
+    g = torch.Generator().manual_seed(n)
+    x = (torch.randn(1, 11, generator=g, dtype=torch.float64) * offset).expand(n, 11).clone()
+    x[n // 2] += torch.randn(11, generator=g, dtype=torch.float64)
+    y = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    h = ops.linear_hsic(x, y, True, method)
+    assert h[0].item() == 0.0
+    assert fastcka.cka_from_terms(h).item() == 0.0
+
+
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_linear_hsic_float32_agrees_with_float64(ops, unbiased):
     x, y = correlated_pair(65, 33, 7, seed=5)

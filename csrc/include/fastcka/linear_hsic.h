@@ -96,6 +96,13 @@ FASTCKA_HD double column_mean(double sum, int64_t n, double lo, double hi) {
   return m < lo ? lo : (m > hi ? hi : m);  // NaN stays NaN
 }
 
+// A centred entry (x − mean) − correction, in float64. For float64 input the mean carries its sum's rounding, up to
+// ~n·u·max|x|: with data far from 0 (an offset 10⁴× the spread) that leaves every row shifted by more than its own
+// rounding, and the unbiased linear formula (written for exactly centred features) is first-order in that shift, so
+// rows all equal but one gave a debiased CKA of −3e-8 instead of 0. The correction is the mean of the residuals
+// x − mean, from a second pass over the data (for float32 input it is 0: the float64 mean is exact enough).
+FASTCKA_HD double centred_entry(double x, double mean, double correction) { return (x - mean) - correction; }
+
 // Power-of-two multiplier that brings max|x| into [0.5, 1): exact, and keeps Grams of the result finite and normal.
 FASTCKA_HD double pow2_normaliser(double maxabs) {
   if (!(maxabs > 0.0) || maxabs > 1.79e308) return 1.0;  // zero, NaN or inf: leave the data as it is

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "fastcka/linear_hsic.h"
@@ -36,9 +37,9 @@ double dot_f64(const T* a, const T* b, int64_t len) {
   return s;
 }
 
-// Column means of a row-major n×p matrix, in float64.
+// Column means of a row-major n×p matrix minus `shift` (one value per column; nullptr: 0), in float64.
 template <typename T>
-std::vector<double> column_means(const T* x, int64_t n, int64_t p) {
+std::vector<double> column_means(const T* x, int64_t n, int64_t p, const double* shift = nullptr) {
   const int64_t nch = std::max<int64_t>(1, std::min(num_chunks(n, 256, 32), (int64_t(1) << 22) / std::max<int64_t>(p, 1)));
   const int64_t step = (n + nch - 1) / nch;
   std::vector<double> part(nch * p, 0.0);
@@ -47,7 +48,10 @@ std::vector<double> column_means(const T* x, int64_t n, int64_t p) {
       double* acc = part.data() + c * p;
       for (int64_t i = c * step; i < std::min(n, (c + 1) * step); ++i) {
         const T* row = x + i * p;
-        for (int64_t j = 0; j < p; ++j) acc[j] += static_cast<double>(row[j]);
+        if (shift)
+          for (int64_t j = 0; j < p; ++j) acc[j] += static_cast<double>(row[j]) - shift[j];
+        else
+          for (int64_t j = 0; j < p; ++j) acc[j] += static_cast<double>(row[j]);
       }
     }
   });
@@ -120,21 +124,22 @@ FASTCKA_CPU_CLONES inline void column_stats_rows(const double* x, int64_t r0, in
   column_stats_rows_impl(x, r0, r1, p, acc, lo, hi);
 }
 
-// Rows [r0, r1) of out = (x − mean)·s, in float64 and rounded once.
+// Rows [r0, r1) of out = centred_entry(x, mean, corr)·s, in float64 and rounded once.
 template <typename T>
 __attribute__((always_inline)) inline void center_rows_impl(const T* x, int64_t r0, int64_t r1, int64_t p,
-                                                            const double* mean, double s, T* out) {
+                                                            const double* mean, const double* corr, double s,
+                                                            T* out) {
   for (int64_t i = r0; i < r1; ++i)
     for (int64_t j = 0; j < p; ++j)
-      out[i * p + j] = static_cast<T>((static_cast<double>(x[i * p + j]) - mean[j]) * s);
+      out[i * p + j] = static_cast<T>(centred_entry(static_cast<double>(x[i * p + j]), mean[j], corr[j]) * s);
 }
 FASTCKA_CPU_CLONES inline void center_rows(const float* x, int64_t r0, int64_t r1, int64_t p, const double* mean,
-                                           double s, float* out) {
-  center_rows_impl(x, r0, r1, p, mean, s, out);
+                                           const double* corr, double s, float* out) {
+  center_rows_impl(x, r0, r1, p, mean, corr, s, out);
 }
 FASTCKA_CPU_CLONES inline void center_rows(const double* x, int64_t r0, int64_t r1, int64_t p, const double* mean,
-                                           double s, double* out) {
-  center_rows_impl(x, r0, r1, p, mean, s, out);
+                                           const double* corr, double s, double* out) {
+  center_rows_impl(x, r0, r1, p, mean, corr, s, out);
 }
 
 // Column means and max |x − mean| (from the column extremes) in one pass: sums in float64, extremes in T (exact, and
@@ -184,9 +189,11 @@ inline Tensor center_normalise(const Tensor& x, Tensor& m, int slot) {
     scalar_t* op = xc.mutable_data_ptr<scalar_t>();
     double maxabs = 0.0;
     const std::vector<double> mean = column_means_and_spread(xp, n, p, &maxabs);
+    const std::vector<double> corr = std::is_same<scalar_t, double>::value
+        ? column_means(xp, n, p, mean.data()) : std::vector<double>(p, 0.0);  // centred_entry's correction
     const double s = pow2_normaliser(maxabs);
     torch::stable::parallel_for(0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(p, 1)), [&](int64_t r0, int64_t r1) {
-      center_rows(xp, r0, r1, p, mean.data(), s, op);
+      center_rows(xp, r0, r1, p, mean.data(), corr.data(), s, op);
     });
     m.mutable_data_ptr<double>()[slot] = s;
   });

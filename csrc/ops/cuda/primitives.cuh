@@ -17,6 +17,7 @@
 #include <torch/csrc/stable/accelerator.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "fastcka/linear_hsic.h"
 #include "stable_common.h"
@@ -132,17 +133,49 @@ void column_stats(const T* x, int64_t n, int64_t p, double* stats, cudaStream_t 
   check_launch("column_stats");
 }
 
-// out = x − column_mean (in float64, rounded once); *maxabs_bits = max |out| as the bits of a non-negative double.
+__device__ inline double stats_mean(const double* stats, int64_t n, int64_t p, int64_t j) {
+  const auto* keys = reinterpret_cast<const unsigned long long*>(stats + p);
+  return column_mean(stats[j], n, from_order_key(keys[j]), from_order_key(keys[p + j]));
+}
+
+// resid[j] += Σ_{rows of this block's chunk} (x[i, j] − mean_j) (the float64 mean's correction, centred_entry).
+template <typename T>
+__global__ void residual_sums_kernel(const T* x, const double* stats, int64_t n, int64_t p, int64_t rows_per_chunk,
+                                     double* resid) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= p) return;
+  const double mean = stats_mean(stats, n, p, j);
+  const int64_t r0 = blockIdx.y * rows_per_chunk, r1 = min(n, r0 + rows_per_chunk);
+  double acc = 0.0;
+  for (int64_t i = r0; i < r1; ++i) acc += static_cast<double>(x[i * p + j]) - mean;
+  atomicAdd(resid + j, acc);
+}
+
+// stats[3p, 4p): each column's Σ(x − mean) for float64 input (for float32 input 0: no correction).
+template <typename T>
+void residual_sums(const T* x, int64_t n, int64_t p, double* stats, cudaStream_t s) {
+  double* resid = stats + 3 * p;
+  check_cuda(cudaMemsetAsync(resid, 0, sizeof(double) * p, s), "memset (residual_sums)");
+  if (!std::is_same<T, double>::value) return;
+  const int64_t chunks = std::min<int64_t>(std::max<int64_t>(1, n / 64), 1024);
+  const int64_t rows = (n + chunks - 1) / chunks;
+  dim3 grid(blocks_for(p, kThreads, 1 << 30), static_cast<unsigned>((n + rows - 1) / rows));
+  FASTCKA_LAUNCH(grid, kThreads, 0, s, residual_sums_kernel)(x, stats, n, p, rows, resid);
+  check_launch("residual_sums");
+}
+
+// out = centred_entry(x, column mean, correction) (in float64, rounded once); stats from column_stats and (when
+// `corrected`) residual_sums; *maxabs_bits = max |out| as the bits of a non-negative double.
 template <typename Tin, typename Tout>
-__global__ void subtract_means_kernel(const Tin* x, const double* stats, int64_t n, int64_t p, Tout* out,
-                                      unsigned long long* maxabs_bits) {
-  const auto* lo = reinterpret_cast<const unsigned long long*>(stats + p);
+__global__ void subtract_means_kernel(const Tin* x, const double* stats, bool corrected, int64_t n, int64_t p,
+                                      Tout* out, unsigned long long* maxabs_bits) {
   double m = 0.0;
+  const double inv_n = 1.0 / static_cast<double>(n);
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n * p;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t j = k % p;
-    const double mean = column_mean(stats[j], n, from_order_key(lo[j]), from_order_key(lo[p + j]));
-    const Tout v = static_cast<Tout>(static_cast<double>(x[k]) - mean);
+    const double corr = corrected ? stats[3 * p + j] * inv_n : 0.0;
+    const Tout v = static_cast<Tout>(centred_entry(static_cast<double>(x[k]), stats_mean(stats, n, p, j), corr));
     out[k] = v;
     m = fmax(m, fabs(static_cast<double>(v)));
   }
@@ -222,15 +255,16 @@ inline Tensor center_normalise(const Tensor& x, Tensor& m, int slot) {
   const int64_t n = x.size(0), p = x.size(1);
   const cudaStream_t s = current_stream(x);
   Tensor xc = empty_like_shape(x, {n, p}, x.scalar_type());
-  Tensor stats = empty_like_shape(x, {3 * p + 1}, ScalarType::Double);  // column_stats, then the max bits
+  Tensor stats = empty_like_shape(x, {4 * p + 1}, ScalarType::Double);  // column_stats, residual_sums, max bits
   FASTCKA_DISPATCH_FLOATING(x.scalar_type(), "center", [&] {
     double* sp = stats.mutable_data_ptr<double>();
-    auto* bits = reinterpret_cast<unsigned long long*>(sp + 3 * p);
+    auto* bits = reinterpret_cast<unsigned long long*>(sp + 4 * p);
     column_stats(x.const_data_ptr<scalar_t>(), n, p, sp, s);
+    residual_sums(x.const_data_ptr<scalar_t>(), n, p, sp, s);
     check_cuda(cudaMemsetAsync(bits, 0, sizeof(double), s), "memset (center_normalise)");
     const int blocks = blocks_for(n * p, kThreads);
     FASTCKA_LAUNCH(blocks, kThreads, 0, s, subtract_means_kernel)(
-        x.const_data_ptr<scalar_t>(), sp, n, p, xc.mutable_data_ptr<scalar_t>(), bits);
+        x.const_data_ptr<scalar_t>(), sp, true, n, p, xc.mutable_data_ptr<scalar_t>(), bits);
     FASTCKA_LAUNCH(blocks, kThreads, 0, s, normalise_kernel)(
         xc.mutable_data_ptr<scalar_t>(), n * p, bits, m.mutable_data_ptr<double>() + slot);
     check_launch("center_normalise");
@@ -280,7 +314,7 @@ inline Tensor linear_grad_side(const Tensor& A, const Tensor& B, const Tensor& x
         m.const_data_ptr<double>(), x_side, n, p, unbiased, tmp.mutable_data_ptr<double>());
     column_stats(tmp.const_data_ptr<double>(), n, p, stats.mutable_data_ptr<double>(), s);
     FASTCKA_LAUNCH(blocks, kThreads, 0, s, subtract_means_kernel<double, scalar_t>)(
-        tmp.const_data_ptr<double>(), stats.const_data_ptr<double>(), n, p, out.mutable_data_ptr<scalar_t>(), nullptr);
+        tmp.const_data_ptr<double>(), stats.const_data_ptr<double>(), false, n, p, out.mutable_data_ptr<scalar_t>(), nullptr);
     check_launch("linear_grad_side");
   });
   return out;
