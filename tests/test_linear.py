@@ -185,3 +185,23 @@ def test_auto_path_counts_the_panelled_self_terms(n, p, want):
     other = fastcka.hsic_terms(x, y, method="sample" if want == "feature" else "feature")
     assert torch.equal(auto, picked)
     assert not torch.equal(auto, other)  # the two paths round differently, so this tells them apart
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e8, 1e12])
+@pytest.mark.parametrize("method", ["feature", "sample"])
+def test_debiased_cka_of_data_far_from_zero(offset, method):
+    """Activations whose mean is 10⁴–10¹² times their spread (float64). The plain float64 column mean is off by its
+    sum's rounding, and the debiased formula (written for exactly centred features) is first-order in that shift:
+    replayed in float64 with a plain mean it misses by 2e-10 at 10⁸ and 1e-6 at 10¹². With the mean's correction pass
+    the result is the float64 U-centred Grams' of the same (shifted) input, which shift by one of its own rows (exact
+    for equal rows) and so never centre by a mean."""
+    import _independent as I
+
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(64, 20, generator=g, dtype=torch.float64)
+        y = x[:, :10] @ torch.randn(10, 8, generator=g, dtype=torch.float64) + torch.randn(64, 8, generator=g,
+                                                                                           dtype=torch.float64)
+        x = x + offset * torch.randn(1, 20, generator=g, dtype=torch.float64)
+        ref = I.cka(x, y, "linear", True).item()
+        assert abs(fastcka.cka(x, y, unbiased=True, method=method).item() - ref) < 1e-13
