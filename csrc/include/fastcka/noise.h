@@ -3,8 +3,9 @@
 // Exact arithmetic gives HSIC 0 for degenerate representations whose estimator terms cancel exactly — all rows but
 // one equal makes the U-centred Gram exactly 0 — and CKA's documented value there is 0; floating point leaves noise
 // of a few ulps of the terms instead, and the ratio of two such noises is anything (a debiased CKA of 2.3 was seen).
-// A numerator within `noise`·(Σ|terms|) of 0 is taken as 0: 64 units of roundoff of the input precision, far below
-// any HSIC that the inputs' own rounding lets one resolve.
+// A numerator within `noise`·(Σ|terms|) of 0 is taken as 0: 64 units of roundoff of the precision the entries carry —
+// the input's for linear kernels (GEMM dots in it), float64's for RBF kernels (float64 entries from distances
+// recomputed exactly wherever they could lose digits; kernel_hsic_impl.h).
 #pragma once
 
 #include <cmath>
