@@ -207,7 +207,7 @@ def cka(
 
     CKA = HSIC(K,L)/√(HSIC(K,K)·HSIC(L,L)). The biased CKA lies in [0, 1]; with ``unbiased=True`` (the debiased CKA
     of Kornblith et al., Song et al.'s HSIC₁, n ≥ 4) it may dip slightly below 0 by estimator noise: it is reported
-    as computed, never clamped. A representation with no variation (all rows equal), or whose debiased self-HSIC is
+    as computed, never clamped at 0 (|CKA| ≤ 1 always: see :func:`cka_from_terms`). A representation with no variation (all rows equal), or whose debiased self-HSIC is
     not positive, has CKA 0 with anything, on every path.
 
     Invariant to orthogonal transforms and isotropic scaling of either side and to shifts (features are centred in
@@ -230,16 +230,21 @@ def cka(
 
 
 def cka_from_terms(h: Tensor) -> Tensor:
-    """h[..., 0] / √(h[..., 1]·h[..., 2]); 0 where the product is not positive, NaN where any term is NaN
-    (no host sync: the branch is a `where`)."""
+    """h[..., 0] / √(h[..., 1]·h[..., 2]), within [−1, 1]; 0 where a self-HSIC h[..., 1] or h[..., 2] is not
+    positive, NaN where any term is NaN (no host sync: the branches are `where`s).
+
+    Both estimators are inner products (the biased one of H-centred Grams, the unbiased one of U-centred Grams,
+    Székely & Rizzo 2014), so by Cauchy–Schwarz |CKA| ≤ 1 and a self-HSIC is ≥ 0: a value past ±1 is rounding (CKA
+    of duplicated rows came out 1 + 6 ulp), and a negative self-HSIC is cancellation noise, which gives 0 like a
+    zero one (two negative ones used to give a ratio: CKA(x, x) = −1)."""
     a, b = h[..., 1], h[..., 2]
-    pos = ((a > 0) & (b > 0)) | ((a < 0) & (b < 0))  # the product is positive
+    pos = (a > 0) & (b > 0)
     one = torch.ones_like(a)
-    # √|a|·√|b|, not √(a·b): the product of two float64 HSICs of 1e200 overflows (CKA came out −0 for −0.117)
-    denom = torch.sqrt(torch.where(pos, a.abs(), one)) * torch.sqrt(torch.where(pos, b.abs(), one))
+    # √a·√b, not √(a·b): the product of two float64 HSICs of 1e200 overflows (CKA came out −0 for −0.117)
+    denom = torch.sqrt(torch.where(pos, a, one)) * torch.sqrt(torch.where(pos, b, one))
     # 0·(sum) is 0 for finite terms and NaN as soon as one is NaN or infinite.
     fallback = 0.0 * (a + b + h[..., 0])
-    return torch.where(pos, h[..., 0] / denom, fallback)
+    return torch.where(pos, (h[..., 0] / denom).clamp(-1.0, 1.0), fallback)
 
 
 def cka_matrix(

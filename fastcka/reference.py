@@ -135,10 +135,9 @@ def hsic(k: Tensor, l: Tensor, unbiased: bool = False) -> Tensor:
 
 def cka_from_hsic(hxy: Tensor, hxx: Tensor, hyy: Tensor) -> Tensor:
     """CKA = HSIC(K,L)/√(HSIC(K,K)·HSIC(L,L)); 0 when a self-HSIC is not positive (see module docstring)."""
-    denom = hxx * hyy
-    if denom <= 0:
+    if hxx <= 0 or hyy <= 0:
         return torch.zeros((), dtype=torch.float64)
-    return hxy / denom.sqrt()
+    return hxy / (hxx * hyy).sqrt()
 
 
 def cka(k: Tensor, l: Tensor, unbiased: bool = False) -> Tensor:

@@ -181,3 +181,8 @@ def test_cka_from_terms_rules():
     assert out[0].item() == 1.0 and out[1].item() == 0.0 and out[2].item() == 0.0
     assert out[3].isnan() and out[4].item() == 0.0  # a NaN term is NaN; an infinite self-HSIC makes the ratio 0
     assert fastcka.cka_from_terms(h.reshape(5, 1, 3)).shape == (5, 1)
+    # two negative self-HSICs (cancellation noise of the debiased estimator) give 0, not their ratio (CKA(x, x) was
+    # −1); a ratio past ±1 by rounding is ±1 (Cauchy–Schwarz: both estimators are inner products)
+    h = torch.tensor([[-2e-15, -2e-15, -2e-15], [1.0 + 2**-50, 1.0, 1.0], [-1.0 - 2**-50, 1.0, 1.0]], dtype=torch.float64)
+    assert fastcka.cka_from_terms(h).tolist() == [0.0, 1.0, -1.0]
+    assert R.cka_from_hsic(*h[0]).item() == 0.0
