@@ -130,6 +130,22 @@ def rbf_gamma(x: Tensor, *, sigma=None, threshold: float = 1.0) -> Tensor:
     return torch.where(med > 0, 0.5 / torch.where(med > 0, med, torch.ones_like(med)), torch.zeros_like(med))
 
 
+def _unit_scaled(t: Tensor) -> Tensor:
+    """A float64 layer times the exact power of two that brings its largest |entry| into [0.5, 1) (other dtypes, and
+    a layer with no finite nonzero maximum, as they are), on the device: no host sync.
+
+    For CKA only, where scaling a layer changes nothing (linear kernel; RBF with the median heuristic): HSICs come
+    out in true units, a linear kernel's as the 4th power of the entries, and overflowed float64 for |x| ≳ 1e76 (CKA
+    0 or NaN for 0.43) or lost digits in subnormals for |x| ≲ 1e-78; an RBF median, a squared distance, overflowed
+    beyond |x| ~ 1e154. Nothing changes in between: the ops already normalise by a power of two, so the scaled layer
+    gives the same bits. Gradients see the factor as a constant (it is one, almost everywhere)."""
+    if t.dtype != torch.float64:  # float32's range to the 4th power fits float64 (and half is computed in float32)
+        return t
+    top = t.detach().abs().amax()
+    _, e = torch.frexp(torch.where(torch.isfinite(top) & (top > 0), top, torch.ones_like(top)))  # top = m·2^e
+    return t * torch.ldexp(torch.ones_like(top), -e.clamp(-1000, 1000))
+
+
 def hsic_terms(
     x: Tensor,
     y: Tensor,
@@ -141,8 +157,18 @@ def hsic_terms(
     threshold: float = 1.0,
 ) -> Tensor:
     """float64 tensor [HSIC(K,L), HSIC(K,K), HSIC(L,L)]: the three numbers CKA is made of (options as in `cka`)."""
+    return _terms(x, y, kernel, unbiased, method, sigma, threshold, scale_free=False)
+
+
+def _terms(x: Tensor, y: Tensor, kernel: str, unbiased: bool, method: str, sigma: Sigma, threshold: float,
+           scale_free: bool) -> Tensor:
+    """hsic_terms; with ``scale_free`` (CKA, which is invariant to scaling either side) the layers of a linear kernel,
+    or of an RBF kernel with the median heuristic (σ scales with the layer), are first brought to unit scale
+    (_unit_scaled), so the terms are those of the scaled layers."""
     unbiased = _check_options(kernel, method, unbiased, sigma, threshold)
     xm, ym = _prepare_pair(x, y, unbiased)
+    if scale_free and (kernel == "linear" or sigma is None):
+        xm, ym = _unit_scaled(xm), _unit_scaled(ym)
     if kernel == "linear" and method != "tiled":
         return fops.linear_hsic(xm, ym, bool(unbiased), LINEAR_METHODS[method])
     if kernel == "rbf":
@@ -225,7 +251,7 @@ def cka(
     Options are keyword-only. Returns a 0-d tensor on the input's device, differentiable, in the input's float
     dtype: float64 for float64 input, else float32 (float16/bfloat16 input is computed in float32).
     """
-    h = hsic_terms(x, y, kernel=kernel, unbiased=unbiased, method=method, sigma=sigma, threshold=threshold)
+    h = _terms(x, y, kernel, unbiased, method, sigma, threshold, scale_free=True)
     return cka_from_terms(h).to(_compute_dtype(x.dtype, y.dtype))
 
 
@@ -288,6 +314,8 @@ def cka_matrix(
     _prepare_pair(mats[0], mats[0], unbiased)
     dt = functools.reduce(_compute_dtype, [t.dtype for t in mats])
     mats = [t.to(dt) for t in mats]
+    if kernel == "linear" or sigma is None:  # CKA is invariant to scaling a layer: nothing over- or underflows
+        mats = [_unit_scaled(t) for t in mats]
     mx, my = mats[: len(xs)], mats[len(xs):]
     if kernel == "linear" and method != "tiled":
         code = LINEAR_METHODS[method]

@@ -222,3 +222,29 @@ def test_all_rows_but_one_equal_give_a_debiased_cka_of_zero(kernel, dtype):
         m.update(x[:5], y[:5])
         m.update(x[5:], y[5:])
         assert m.compute().item() == 0.0
+
+
+@pytest.mark.parametrize("kernel,method", [("linear", "feature"), ("linear", "sample"), ("linear", "tiled"),
+                                           ("rbf", "auto")])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_cka_over_the_whole_float64_range(kernel, method, unbiased):
+    """CKA is invariant to scaling a layer, over all of float64's range. A linear kernel's HSICs (the 4th power of
+    the entries) overflowed beyond |x| ~ 1e76 (CKA 0 or NaN for 0.43) and went subnormal below ~1e-78, an RBF median
+    (a squared distance) beyond ~1e154; CKA now brings each layer to unit scale first (functional._unit_scaled).
+    The gradient scales as 1/scale."""
+    torch.manual_seed(5)
+    x = torch.randn(40, 6, dtype=torch.float64)
+    y = x[:, :3] @ torch.randn(3, 4, dtype=torch.float64) + torch.randn(40, 4, dtype=torch.float64)
+    kw = dict(kernel=kernel, method=method, unbiased=unbiased)
+    x1 = x.clone().requires_grad_(True)
+    want = fastcka.cka(x1, y, **kw)
+    (g,) = torch.autograd.grad(want, x1)
+    for scale in (1e-300, 1e-160, 1e-100, 1e-80, 1e80, 1e100, 1e160, 1e300):
+        xs = (x * scale).requires_grad_(True)
+        got = fastcka.cka(xs, y, **kw)
+        assert got.item() == pytest.approx(want.item(), abs=1e-12), scale
+        m = fastcka.cka_matrix([x * scale, y, x], kernel=kernel, method=method, unbiased=unbiased)
+        assert m[0, 1].item() == pytest.approx(want.item(), abs=1e-12) and m[0, 2].item() == pytest.approx(1.0), scale
+        if kernel == "linear" and scale in (1e-100, 1e100):
+            (gs,) = torch.autograd.grad(got, xs)
+            torch.testing.assert_close(gs * scale, g, rtol=1e-9, atol=1e-12 * g.abs().max().item())
