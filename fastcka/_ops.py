@@ -28,6 +28,7 @@ OP_NAMES = (
     "kernel_hsic",
     "_kernel_hsic_backward",
     "median_sq_dist",
+    "median_sq_dists",
     "center_gram",
     "gram_asymmetric_pairs",
     "frequency_spectrum",
@@ -168,6 +169,14 @@ def _kernel_hsic_backward_fake(grad, x, y, gamma, kernel_x, kernel_y, unbiased):
 def _median_sq_dist_fake(x, method=0):
     torch._check(x.dim() == 2)
     return x.new_empty((), dtype=torch.float64)
+
+
+@torch.library.register_fake("fastcka::median_sq_dists")
+def _median_sq_dists_fake(xs, method=0):
+    torch._check(len(xs) > 0)
+    for x in xs:
+        torch._check(x.dim() == 2)
+    return xs[0].new_empty((len(xs),), dtype=torch.float64)
 
 
 def _kernel_hsic_setup(ctx, inputs, output):

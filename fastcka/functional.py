@@ -19,7 +19,7 @@ safe on a training step's hot path. NaN or Inf anywhere in the input gives NaN (
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -126,8 +126,26 @@ def rbf_gamma(x: Tensor, *, sigma=None, threshold: float = 1.0) -> Tensor:
         ok = (s > 0) & torch.isfinite(s)
         return torch.where(ok, 0.5 / (s * s), torch.full_like(s, float("nan")))
     _check_threshold(threshold)
-    med = ops.median_sq_dist(x) * (threshold * threshold)
+    return _gamma_of_median(ops.median_sq_dist(x), threshold)
+
+
+def _gamma_of_median(med: Tensor, threshold: float) -> Tensor:
+    """γ = 1/(2·threshold²·median), 0 for a median of 0 (a constant kernel); elementwise."""
+    med = med * (threshold * threshold)
     return torch.where(med > 0, 0.5 / torch.where(med > 0, med, torch.ones_like(med)), torch.zeros_like(med))
+
+
+def _rbf_gammas(mats: Sequence[Tensor], sigmas: Sequence, threshold: float) -> List[Tensor]:
+    """rbf_gamma of each layer with its σ, detached; the layers without one take their medians in one op call
+    (median_sq_dists: on the CPU two at a time, one thread each, at n ≤ 2¹⁴, where that is ~15 % faster)."""
+    out: List[Optional[Tensor]] = [None if s is None else rbf_gamma(t, sigma=s) for t, s in zip(mats, sigmas)]
+    todo = [i for i, s in enumerate(sigmas) if s is None]
+    if todo:
+        _check_threshold(threshold)
+        meds = ops.median_sq_dists([mats[i] for i in todo])
+        for k, i in enumerate(todo):
+            out[i] = _gamma_of_median(meds[k], threshold)
+    return [g.detach() for g in out]
 
 
 def _unit_scaled(t: Tensor) -> Tensor:
@@ -172,9 +190,7 @@ def _terms(x: Tensor, y: Tensor, kernel: str, unbiased: bool, method: str, sigma
     if kernel == "linear" and method != "tiled":
         return fops.linear_hsic(xm, ym, bool(unbiased), LINEAR_METHODS[method])
     if kernel == "rbf":
-        sx, sy = _sigma_pair(sigma)
-        gamma = torch.stack([rbf_gamma(xm, sigma=sx, threshold=threshold),
-                             rbf_gamma(ym, sigma=sy, threshold=threshold)]).detach()
+        gamma = torch.stack(_rbf_gammas([xm, ym], _sigma_pair(sigma), threshold))
     else:
         gamma = torch.zeros(2, dtype=torch.float64, device=xm.device)
     code = _KERNEL_CODE[kernel]
@@ -194,7 +210,7 @@ def _gammas(kernel: str, mats: Sequence[Tensor], sigma, threshold: float) -> lis
     """One γ per layer (0 for the linear kernel, which ignores it)."""
     if kernel == "linear":
         return [torch.zeros((), dtype=torch.float64, device=t.device) for t in mats]
-    return [rbf_gamma(t, sigma=sigma, threshold=threshold).detach() for t in mats]
+    return _rbf_gammas(mats, [sigma] * len(mats), threshold)
 
 
 def hsic(

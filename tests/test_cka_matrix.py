@@ -95,13 +95,13 @@ def test_tiled_matrix_takes_each_gamma_once_and_each_pair_once(kernel, method, m
     import fastcka.functional as F
 
     calls = {"gamma": 0, "pass": 0}
-    gamma, terms = F.rbf_gamma, F._tiled_terms
-    monkeypatch.setattr(F, "rbf_gamma", lambda *a, **k: (calls.__setitem__("gamma", calls["gamma"] + 1), gamma(*a, **k))[1])
+    gamma, terms = F._gamma_of_median, F._tiled_terms  # the medians: one median_sq_dists call, one γ per layer
+    monkeypatch.setattr(F, "_gamma_of_median", lambda *a: (calls.__setitem__("gamma", calls["gamma"] + 1), gamma(*a))[1])
     monkeypatch.setattr(F, "_tiled_terms", lambda *a: (calls.__setitem__("pass", calls["pass"] + 1), terms(*a))[1])
     xs = layers(30, [3, 7, 2, 5], seed=6)
     m = fastcka.cka_matrix(xs, kernel=kernel, method=method)
     assert calls == {"gamma": 4 if kernel == "rbf" else 0, "pass": 6}  # one median per layer, the upper triangle
-    monkeypatch.setattr(F, "rbf_gamma", gamma)
+    monkeypatch.setattr(F, "_gamma_of_median", gamma)
     monkeypatch.setattr(F, "_tiled_terms", terms)
     assert torch.equal(m, m.T) and torch.equal(m.diagonal(), torch.ones(4, dtype=m.dtype))
     for i in range(4):

@@ -332,6 +332,22 @@ def test_median_beyond_the_shift_subset(ops):
         assert ops.median_sq_dist(x, method).item() == numpy_median(x), method
 
 
+@pytest.mark.parametrize("method", [MEDIAN_AUTO, MEDIAN_RADIX])
+def test_median_sq_dists_equals_each_layers_median(ops, method):
+    """The medians of several layers in one call (on the CPU two at a time, one thread each, at small n): the same
+    bits as one median_sq_dist call per layer, for layers of different n, widths and dtypes, ties included."""
+    xs = [correlated_pair(97, 37, 1, seed=1)[0], correlated_pair(33, 5, 1, seed=2, dtype=torch.float32)[0],
+          torch.randint(0, 4, (65, 3), generator=torch.Generator().manual_seed(3)).double(), torch.zeros(2, 4)]
+    got = ops.median_sq_dists(xs, method)
+    assert got.dtype == torch.float64 and got.shape == (len(xs),)
+    assert got.tolist() == [ops.median_sq_dist(x, method).item() for x in xs]
+    assert got[2].item() == numpy_median(xs[2]) and got[3].item() == 0.0
+    with pytest.raises(RuntimeError, match="empty list"):  # the dispatcher's: no tensor to pick a kernel by
+        ops.median_sq_dists([], method)
+    with pytest.raises(RuntimeError, match="at least one row"):
+        ops.median_sq_dists([xs[0], torch.zeros(0, 3)], method)
+
+
 # --- Gram centring: center_sums, center_totals, center_apply; asymmetric_pairs ---------------------------------------
 @pytest.mark.parametrize("n", [1, 3, 33, 257, 300])
 @pytest.mark.parametrize("unbiased", [False, True])

@@ -242,6 +242,8 @@ def test_opcheck():
                           (torch.tensor([1.0, 0.5, 0.2], dtype=torch.float64), x, y, g, 1, 1, True))
     torch.library.opcheck(torch.ops.fastcka.median_sq_dist, (x,))
     torch.library.opcheck(torch.ops.fastcka.median_sq_dist, (x, 1))
+    torch.library.opcheck(torch.ops.fastcka.median_sq_dists, ([x, y[:, :2]],))
+    torch.library.opcheck(torch.ops.fastcka.median_sq_dists, ([x], 1))
 
 
 def test_compile_fullgraph_with_given_sigma():

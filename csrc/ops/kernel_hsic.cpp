@@ -10,4 +10,6 @@ STABLE_TORCH_LIBRARY_FRAGMENT(fastcka, m) {
   // numpy's median of the n² squared distances between the rows of x (diagonal zeros included), float64 0-d.
   // method: 0 auto (a sampled window first, exact radix passes on a miss), 1 radix only; 2 and 3 are for tests.
   m.def("median_sq_dist(Tensor x, int method=0) -> Tensor");
+  // float64 [L]: median_sq_dist of each layer (any n each; one device), the layers' medians at once where it pays.
+  m.def("median_sq_dists(Tensor[] xs, int method=0) -> Tensor");
 }

@@ -459,13 +459,15 @@ bool select_by_window(const ScaledRows& a, int64_t k, bool want_next, int64_t me
   return true;
 }
 
-// numpy's median of the n² squared distances of the rows of x (diagonal zeros included), float64, in x's units.
+inline void check_median_args(const Tensor& x, int64_t method, const char* op) {
+  check_matrix(x, op, "x");
+  STD_TORCH_CHECK(x.size(0) >= 1, op, ": x needs at least one row, got 0");
+  STD_TORCH_CHECK(method >= kMedianAuto && method <= kMedianTwoWindows, op, ": method must be 0-5");
+}
+
+// numpy's median of the n² squared distances of the rows of x (diagonal zeros included), in x's units, on the host.
 template <class D>
-Tensor median_sq_dist(const Tensor& x_, int64_t method) {
-  check_matrix(x_, "fastcka::median_sq_dist", "x");
-  STD_TORCH_CHECK(x_.size(0) >= 1, "fastcka::median_sq_dist: x needs at least one row, got 0");
-  STD_TORCH_CHECK(method >= kMedianAuto && method <= kMedianTwoWindows,
-                  "fastcka::median_sq_dist: method must be 0-5");
+double median_value(const Tensor& x_, int64_t method) {
   const ScaledRows a = D::scale_rows(as_contiguous(x_));
   const int64_t n = x_.size(0), total = n * n;
   // numpy's median: the middle entry for an odd count, the mean of the two middle ones for an even count
@@ -481,8 +483,31 @@ Tensor median_sq_dist(const Tensor& x_, int64_t method) {
   }
   const auto [lo, hi] = ranks;
   const double s = D::host_scale(a);
-  const double med = 0.5 * (lo + hi) / (s * s);  // back to x's units (s is a power of two: exact)
-  return D::scalar_tensor(x_, med);
+  return 0.5 * (lo + hi) / (s * s);  // back to x's units (s is a power of two: exact)
+}
+
+// median_value as a float64 0-d tensor on x's device.
+template <class D>
+Tensor median_sq_dist(const Tensor& x, int64_t method) {
+  check_median_args(x, method, "fastcka::median_sq_dist");
+  return D::scalar_tensor(x, median_value<D>(x, method));
+}
+
+// The medians of several layers (float64 [L], entry i that of xs[i], the same bits as median_sq_dist), which are
+// independent: D::for_each_median may run them at once (the CPU backend does, one thread each, at small n).
+template <class D>
+Tensor median_sq_dists(const std::vector<Tensor>& xs, int64_t method) {
+  STD_TORCH_CHECK(!xs.empty(), "fastcka::median_sq_dists: xs is empty");
+  int64_t n_max = 0;
+  for (const Tensor& x : xs) {
+    check_median_args(x, method, "fastcka::median_sq_dists");
+    check_on_device_of(x, xs[0], "fastcka::median_sq_dists", "every layer");
+    n_max = std::max(n_max, x.size(0));
+  }
+  std::vector<double> med(xs.size());
+  D::for_each_median(static_cast<int64_t>(xs.size()), n_max,
+                     [&](int64_t i) { med[i] = median_value<D>(xs[i], method); });
+  return D::host_vector_tensor(xs[0], med);
 }
 
 }  // namespace fastcka

@@ -444,6 +444,21 @@ struct CudaKernelHsic : CudaBackend {
     return torch::stable::to(t, like.device());
   }
 
+  static Tensor host_vector_tensor(const Tensor& like, const std::vector<double>& v) {
+    Tensor t = empty_like_shape(like, {static_cast<int64_t>(v.size())}, ScalarType::Double);
+    for (size_t i = 0; i < v.size(); ++i) {  // a few layers: one small copy each
+      Tensor dst = narrowed(t, 0, static_cast<int64_t>(i), 1);
+      torch::stable::copy_(dst, reshaped(scalar_tensor(like, v[i]), {1}));
+    }
+    return t;
+  }
+
+  // One GPU: the layers' medians in turn (each already fills the device).
+  template <class F>
+  static void for_each_median(int64_t count, int64_t, F&& f) {
+    for (int64_t i = 0; i < count; ++i) f(i);
+  }
+
   static void kernel_combine(const Tensor& m, int64_t n, bool unbiased, double noise, Tensor& out);
 
   // The fused forward pass over the triangle j ≥ i, row block by row block (see the comment above block_rows).
@@ -656,10 +671,17 @@ Tensor median_sq_dist_cuda(const Tensor& x, int64_t method) {
   return median_sq_dist<CudaKernelHsic>(x, method);
 }
 
+Tensor median_sq_dists_cuda(const std::vector<Tensor>& xs, int64_t method) {
+  STD_TORCH_CHECK(!xs.empty(), "fastcka::median_sq_dists: xs is empty");
+  torch::stable::accelerator::DeviceGuard guard(xs[0].get_device_index());
+  return median_sq_dists<CudaKernelHsic>(xs, method);
+}
+
 FASTCKA_CUDA_LIBRARY_IMPL(m) {
   m.impl("kernel_hsic", TORCH_BOX(&kernel_hsic_cuda));
   m.impl("_kernel_hsic_backward", TORCH_BOX(&kernel_hsic_backward_cuda));
   m.impl("median_sq_dist", TORCH_BOX(&median_sq_dist_cuda));
+  m.impl("median_sq_dists", TORCH_BOX(&median_sq_dists_cuda));
 }
 
 }  // namespace fastcka
