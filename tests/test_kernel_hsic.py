@@ -246,6 +246,13 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.fastcka.median_sq_dists, ([x], 1))
 
 
+def test_compile_fullgraph_with_the_median():
+    """σ from the exact medians (median_sq_dists: one op for both sides, its fake kernel under compile)."""
+    x, y = correlated_pair(24, 4, 3, seed=10)
+    f = torch.compile(lambda a, b: fastcka.cka(a, b, kernel="rbf"), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(f(x, y), fastcka.cka(x, y, kernel="rbf"))
+
+
 def test_compile_fullgraph_with_given_sigma():
     x, y = correlated_pair(24, 4, 3, seed=10, dtype=torch.float32)
     f = torch.compile(lambda a, b: fastcka.cka(a, b, kernel="rbf", sigma=1.5), fullgraph=True, backend="aot_eager")

@@ -158,10 +158,13 @@ def test_opcheck(dtype):
     torch.library.opcheck(torch.ops.fastcka._linear_hsic_backward, (g, x, y, True, 0))
 
 
-def test_torch_compile_fullgraph():
-    x, y = correlated_pair(32, 8, 4, seed=16, dtype=torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float64: the unit scaling (frexp) in the graph
+def test_torch_compile_fullgraph(dtype):
+    x, y = correlated_pair(32, 8, 4, seed=16, dtype=dtype)
     f = torch.compile(lambda a, b: fastcka.cka(a, b, unbiased=True), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(f(x, y), fastcka.cka(x, y, unbiased=True))
+    m = torch.compile(lambda a, b: fastcka.cka_matrix([a, b]), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(m(x, y), fastcka.cka_matrix([x, y]))
 
 
 def test_double_backward_is_blocked():
