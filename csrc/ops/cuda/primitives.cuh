@@ -314,7 +314,8 @@ inline Tensor linear_grad_side(const Tensor& A, const Tensor& B, const Tensor& x
         m.const_data_ptr<double>(), x_side, n, p, unbiased, tmp.mutable_data_ptr<double>());
     column_stats(tmp.const_data_ptr<double>(), n, p, stats.mutable_data_ptr<double>(), s);
     FASTCKA_LAUNCH(blocks, kThreads, 0, s, subtract_means_kernel<double, scalar_t>)(
-        tmp.const_data_ptr<double>(), stats.const_data_ptr<double>(), false, n, p, out.mutable_data_ptr<scalar_t>(), nullptr);
+        tmp.const_data_ptr<double>(), stats.const_data_ptr<double>(), false, n, p, out.mutable_data_ptr<scalar_t>(),
+        nullptr);
     check_launch("linear_grad_side");
   });
   return out;
