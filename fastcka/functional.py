@@ -228,7 +228,9 @@ def hsic(
     Biased (Gretton et al. 2005): tr(K H L H)/(n−1)². Unbiased (Song et al. 2012, ``unbiased=True``, n ≥ 4).
     ``method`` picks the linear-kernel path: "feature" (p×p Grams, O(n(p²+q²+pq))), "sample" (n×n Grams,
     O(n²(p+q))), "tiled" (the fused pass that never stores an n×n matrix) or "auto" (the cheaper of feature and
-    sample). ``kernel="rbf"`` always runs the tiled pass; see `cka` for ``sigma`` and ``threshold``.
+    sample). ``kernel="rbf"`` always runs the tiled pass; see `cka` for ``sigma`` and ``threshold``. At n ≤ 128 the
+    unbiased estimator on every path also forms the float64 n×n Grams: where its one-pass moments cancel (a row far
+    from the others, σ far above the median) the numerator comes from the U-centred Grams.
     Returns a 0-d tensor on the input's device, differentiable: float64 for float64 input, else float32.
     """
     h = hsic_terms(x, y, kernel=kernel, unbiased=unbiased, method=method, sigma=sigma, threshold=threshold)

@@ -14,7 +14,9 @@
 // kernel HSIC and the median (CpuKernelHsic, CudaKernelHsic):
 //   scale_rows(x) -> ScaledRows          x' = s(x − x₀), norms, s on the device, the original rows
 //   shift_row_indices(x) -> int64 [255]  the seeded rows whose column medians are x₀ (built on x's device)
-//   hsic_pass(a, b, kx, ky, gamma) -> PassOutput    off-diagonal sums, row sums, diagonals, κ, shift (tiled_hsic.h)
+//   hsic_pass(a, b, kx, ky, gamma, ek, el) -> PassOutput    off-diagonal sums, row sums, diagonals, κ, shift
+//                                        (tiled_hsic.h); ek, el (float64 n×n, or null): the entries K − c, L − c
+//                                        written out too (both triangles; 0 on the diagonal), for small n
 //   kernel_combine(m, n, unbiased, noise, out)      the three kernel HSICs
 //   hsic_grad_pass(a, b, kx, ky, gamma, o, grad, unbiased) -> (dx, dy)
 //   distance_histogram(a, prefix, bits) -> host counts of the next digit      (median.h: pair_digit)

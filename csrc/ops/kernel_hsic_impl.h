@@ -16,6 +16,7 @@
 #include "fastcka/tiled_hsic.h"
 #include "backend.h"  // the contract every backend D fulfils
 #include "stable_common.h"
+#include "u_centred_impl.h"
 
 namespace fastcka {
 
@@ -172,7 +173,21 @@ Tensor kernel_hsic(const Tensor& x_, const Tensor& y_, const Tensor& gamma_, int
   check_kernel_args(x_, gamma_, kx, ky, "fastcka::kernel_hsic");
   const Tensor gamma = as_contiguous(gamma_);
   const ScaledRows a = D::scale_rows(as_contiguous(x_)), b = D::scale_rows(as_contiguous(y_));
-  PassOutput o = D::hsic_pass(a, b, kx, ky, gamma);
+  const int64_t n = x_.size(0);
+  // small n, unbiased: the pass also writes out its entries K − c, L − c, whose U-centred Grams give the numerators
+  // (u_centred.h); the shifts c do not matter there, U-centring removes a constant
+  const bool u_centred = unbiased && n <= kUCentredMaxN;
+  Tensor ek, el;
+  if (u_centred) {
+    ek = zeros_f64(x_, n * n);
+    el = zeros_f64(x_, n * n);
+  }
+  PassOutput o = D::hsic_pass(a, b, kx, ky, gamma, u_centred ? &ek : nullptr, u_centred ? &el : nullptr);
+  if (u_centred) {
+    const Tensor uk = u_centred_gram<D>(reshaped(ek, {n, n}), o.m, kmUCentred + kuAbsK, kmUCentred + kuSumK);
+    const Tensor ul = u_centred_gram<D>(reshaped(el, {n, n}), o.m, kmUCentred + kuAbsL, kmUCentred + kuSumL);
+    u_centred_products<D>(uk, ul, o.m, kmUCentred);
+  }
   D::dot_into(o.rk, o.rl, o.m, kmRkRl);
   D::dot_into(o.rk, o.rk, o.m, kmRkRk);
   D::dot_into(o.rl, o.rl, o.m, kmRlRl);
@@ -192,7 +207,7 @@ Tensor kernel_hsic(const Tensor& x_, const Tensor& y_, const Tensor& gamma_, int
   // cancellation noise is float64's whatever the input: float32 noise dropped a clustered pair's HSIC₁ at 6e-8 of
   // its terms (CKA 0 for 0.82, which float32 itself resolves). Linear entries are float32 GEMM dots.
   const bool f64_noise = x_.scalar_type() == ScalarType::Double || (kx == kKernelRbf && ky == kKernelRbf);
-  D::kernel_combine(o.m, x_.size(0), unbiased, hsic_noise_coef(f64_noise), out);
+  D::kernel_combine(o.m, n, unbiased, hsic_noise_coef(f64_noise), out);
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include "fastcka/linear_hsic.h"
 #include "backend.h"  // the contract every backend D fulfils
 #include "stable_common.h"
+#include "u_centred_impl.h"
 
 namespace fastcka {
 
@@ -85,6 +86,12 @@ Tensor linear_hsic(const Tensor& x, const Tensor& y, bool unbiased, int64_t meth
     gram_sq_add<D>(s.xc, s.m, kKK);  // the self terms from half of each symmetric Gram
     gram_sq_add<D>(s.yc, s.m, kLL);
   }
+  if (unbiased && x.size(0) <= kUCentredMaxN) {  // small n: the numerators from the U-centred Grams (u_centred.h)
+    const Tensor x64 = as_f64(s.xc), y64 = as_f64(s.yc);
+    const Tensor uk = u_centred_gram<D>(mm(x64, transposed(x64)), s.m, kUCentred + kuAbsK, kUCentred + kuSumK);
+    const Tensor ul = u_centred_gram<D>(mm(y64, transposed(y64)), s.m, kUCentred + kuAbsL, kUCentred + kuSumL);
+    u_centred_products<D>(uk, ul, s.m, kUCentred);
+  }
   Tensor out = empty_like_shape(x, {3}, ScalarType::Double);
   const bool both_double = x.scalar_type() == ScalarType::Double && y.scalar_type() == ScalarType::Double;
   D::linear_combine(s.m, x.size(0), unbiased, hsic_noise_coef(both_double), out);
@@ -138,8 +145,11 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
   const int64_t L = static_cast<int64_t>(xs.size()), M = static_cast<int64_t>(ys.size()), n = xs[0].size(0);
   for (const Tensor& t : xs) check_pair_inputs(t, xs[0], unbiased, "fastcka::linear_hsic_matrix");
   for (const Tensor& t : ys) check_pair_inputs(t, xs[0], unbiased, "fastcka::linear_hsic_matrix");
-  // Per layer: a moment row whose scale and row-norm slots describe that layer alone.
-  auto prepare = [&](const std::vector<Tensor>& zs, std::vector<Tensor>& zc, std::vector<Tensor>& dz, Tensor& mom) {
+  // Per layer: a moment row whose scale and row-norm slots describe that layer alone; at small n (unbiased) also its
+  // U-centred Gram, with its magnitudes in the row's kuAbsK, kuSumK slots (u_centred.h).
+  const bool u_centred = unbiased && n <= kUCentredMaxN;
+  auto prepare = [&](const std::vector<Tensor>& zs, std::vector<Tensor>& zc, std::vector<Tensor>& dz,
+                     std::vector<Tensor>& uz, Tensor& mom) {
     mom = zeros_f64(zs[0], static_cast<int64_t>(zs.size()) * kNumLinearMoments);
     for (size_t i = 0; i < zs.size(); ++i) {
       Tensor row = narrowed(mom, 0, static_cast<int64_t>(i) * kNumLinearMoments, kNumLinearMoments);
@@ -147,17 +157,22 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
       if (!unbiased) continue;
       dz.push_back(D::row_sq(zc.back()));
       D::sum_into(dz.back(), row, kTrK);
+      if (u_centred) {
+        const Tensor z64 = as_f64(zc.back());
+        uz.push_back(u_centred_gram<D>(mm(z64, transposed(z64)), row, kUCentred + kuAbsK, kUCentred + kuSumK));
+      }
     }
   };
-  std::vector<Tensor> xc, dx, yc, dy;
+  std::vector<Tensor> xc, dx, ux, yc, dy, uy;
   Tensor mx, my;
-  prepare(xs, xc, dx, mx);
+  prepare(xs, xc, dx, ux, mx);
   if (symmetric) {
     yc = xc;
     dy = dx;
+    uy = ux;
     my = mx;
   } else {
-    prepare(ys, yc, dy, my);
+    prepare(ys, yc, dy, uy, my);
   }
   Tensor pair_m = zeros_f64(xs[0], L * M * kNumLinearMoments);
   Tensor out3 = empty_like_shape(xs[0], {L * M, 3}, ScalarType::Double);
@@ -173,6 +188,15 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
       dst = narrowed(m, 0, kTrK, 1); torch::stable::copy_(dst, tx);
       dst = narrowed(m, 0, kTrL, 1); torch::stable::copy_(dst, ty);
       if (unbiased) D::dot_into(dx[i], dy[j], m, kDkDl);
+      if (u_centred) {  // the pair's slots from the layers' (only ⟨Ũ_K, Ũ_L⟩ is read: column 0 of the output)
+        const int64_t bx = i * kNumLinearMoments + kUCentred, by = j * kNumLinearMoments + kUCentred;
+        dst = narrowed(m, 0, kUCentred + kuAbsK, 1); torch::stable::copy_(dst, narrowed(mx, 0, bx + kuAbsK, 1));
+        dst = narrowed(m, 0, kUCentred + kuSumK, 1); torch::stable::copy_(dst, narrowed(mx, 0, bx + kuSumK, 1));
+        dst = narrowed(m, 0, kUCentred + kuAbsL, 1); torch::stable::copy_(dst, narrowed(my, 0, by + kuAbsK, 1));
+        dst = narrowed(m, 0, kUCentred + kuSumL, 1); torch::stable::copy_(dst, narrowed(my, 0, by + kuSumK, 1));
+        D::dot_into(ux[i], uy[j], m, kUCentred + kuKL);
+        dst = narrowed(m, 0, kUCentred + kuOn, 1); torch::stable::fill_(dst, 1.0);
+      }
       if (use_sample_space(method, n, xc[i].size(1), yc[j].size(1), D::kGramPanel))
         D::dot_into(mm(xc[i], transposed(xc[i])), mm(yc[j], transposed(yc[j])), m, kKL);
       else if (symmetric && i == j)  // a layer against itself: its Gram is symmetric

@@ -14,6 +14,7 @@
 
 #include "fastcka/macros.h"
 #include "fastcka/noise.h"
+#include "fastcka/u_centred.h"
 
 namespace fastcka {
 
@@ -29,16 +30,19 @@ enum LinearMoment : int {
   kTrL = 7,    // Σ dLᵢ
   kScaleX = 8, // sx (power of two)
   kScaleY = 9, // sy
-  kNumLinearMoments = 10
+  kUCentred = 10,  // kNumUCentredSlots slots: the small-n numerators, from the scaled Grams (u_centred.h)
+  kNumLinearMoments = kUCentred + kNumUCentredSlots
 };
 
 // One HSIC from moments of kernels built on features scaled by sa and sb: the moments carry sa²·sb², divided out
 // one factor at a time so that the product of the scales never underflows.
+// u, which: the small-n slots and which of the three HSICs this is (u_centred.h).
 FASTCKA_HD double hsic_from_moments(double kl, double dadb, double tra, double trb, double sa, double sb, int64_t n,
-                                   bool unbiased, double noise) {
+                                   bool unbiased, double noise, const double* u, int which) {
   const double nd = static_cast<double>(n);
   const double t1 = nd / (nd - 2.0) * dadb, t2 = tra * trb / ((nd - 1.0) * (nd - 2.0));
-  const double num = unbiased ? drop_noise(kl - t1 + t2, fabs(kl) + fabs(t1) + fabs(t2), noise) : kl;
+  const double num =
+      unbiased ? unbiased_numerator(kl - t1 + t2, fabs(kl) + fabs(t1) + fabs(t2), u, which, 1.0, noise) : kl;
   const double norm = unbiased ? nd * (nd - 3.0) : (nd - 1.0) * (nd - 1.0);
   return num / (sa * sa) / (sb * sb) / norm;
 }
@@ -46,9 +50,10 @@ FASTCKA_HD double hsic_from_moments(double kl, double dadb, double tra, double t
 // out[0..2] = HSIC(K,L), HSIC(K,K), HSIC(L,L); noise: hsic_noise_coef of the inputs' precision (noise.h).
 FASTCKA_HD void linear_hsic_combine(const double* m, int64_t n, bool unbiased, double noise, double* out) {
   const double sx = m[kScaleX], sy = m[kScaleY];
-  out[0] = hsic_from_moments(m[kKL], m[kDkDl], m[kTrK], m[kTrL], sx, sy, n, unbiased, noise);
-  out[1] = hsic_from_moments(m[kKK], m[kDkDk], m[kTrK], m[kTrK], sx, sx, n, unbiased, noise);
-  out[2] = hsic_from_moments(m[kLL], m[kDlDl], m[kTrL], m[kTrL], sy, sy, n, unbiased, noise);
+  const double* u = m + kUCentred;
+  out[0] = hsic_from_moments(m[kKL], m[kDkDl], m[kTrK], m[kTrL], sx, sy, n, unbiased, noise, u, 0);
+  out[1] = hsic_from_moments(m[kKK], m[kDkDk], m[kTrK], m[kTrK], sx, sx, n, unbiased, noise, u, 1);
+  out[2] = hsic_from_moments(m[kLL], m[kDlDl], m[kTrL], m[kTrL], sy, sy, n, unbiased, noise, u, 2);
 }
 
 // Gradient of g·(HSIC(K,L), HSIC(K,K), HSIC(L,L)) with respect to the centred X side, as

@@ -26,6 +26,7 @@
 
 #include "fastcka/macros.h"
 #include "fastcka/noise.h"
+#include "fastcka/u_centred.h"
 
 namespace fastcka {
 
@@ -94,18 +95,20 @@ enum KernelMoment : int {
   kmRkDl, kmDkRl, kmRkDk, kmRlDl,           // r·d
   kmKappaX, kmKappaY,                       // κ of each side
   kmShiftX, kmShiftY,                       // c of each side (the pass accumulates K − c)
-  kNumKernelMoments
+  kmUCentred,                               // kNumUCentredSlots slots: the small-n numerators (u_centred.h)
+  kNumKernelMoments = kmUCentred + kNumUCentredSlots
 };
 
 // HSIC from the moments of a pair of kernels A, B (true units: every moment times its κ factors; ab, ra·rb, sa, sb
 // off-diagonal).
 FASTCKA_HD double kernel_hsic_from_moments(double ab, double rarb, double sa, double sb, double dadb, double ta,
                                            double tb, double radb, double darb, int64_t n, bool unbiased,
-                                           double noise) {
+                                           double noise, const double* u, int which, double unit) {
   const double nd = static_cast<double>(n);
-  if (unbiased) {
+  if (unbiased) {  // u, which, unit: the small-n slots, which HSIC this is, its κ factors (u_centred.h)
     const double t1 = sa * sb / ((nd - 1.0) * (nd - 2.0)), t2 = 2.0 / (nd - 2.0) * rarb;
-    return drop_noise(ab + t1 - t2, fabs(ab) + fabs(t1) + fabs(t2), noise) / (nd * (nd - 3.0));
+    return unbiased_numerator(ab + t1 - t2, fabs(ab) + fabs(t1) + fabs(t2), u, which, unit, noise) /
+           (nd * (nd - 3.0));
   }
   const double full_ab = ab + dadb, full_rr = rarb + radb + darb + dadb;  // (r_A + d_A)·(r_B + d_B)
   const double t1 = 2.0 / nd * full_rr, t2 = (sa + ta) * (sb + tb) / (nd * nd);
@@ -115,15 +118,16 @@ FASTCKA_HD double kernel_hsic_from_moments(double ab, double rarb, double sa, do
 // out[0..2] = HSIC(K,L), HSIC(K,K), HSIC(L,L); noise: hsic_noise_coef of the inputs' precision (noise.h).
 FASTCKA_HD void kernel_hsic_combine(const double* m, int64_t n, bool unbiased, double noise, double* out) {
   const double kx = m[kmKappaX], ky = m[kmKappaY];
+  const double* u = m + kmUCentred;
   out[0] = kernel_hsic_from_moments(m[kmKL] * kx * ky, m[kmRkRl] * kx * ky, m[kmSk] * kx, m[kmSl] * ky,
                                     m[kmDkDl] * kx * ky, m[kmTk] * kx, m[kmTl] * ky, m[kmRkDl] * kx * ky,
-                                    m[kmDkRl] * kx * ky, n, unbiased, noise);
+                                    m[kmDkRl] * kx * ky, n, unbiased, noise, u, 0, kx * ky);
   out[1] = kernel_hsic_from_moments(m[kmKK] * kx * kx, m[kmRkRk] * kx * kx, m[kmSk] * kx, m[kmSk] * kx,
                                     m[kmDkDk] * kx * kx, m[kmTk] * kx, m[kmTk] * kx, m[kmRkDk] * kx * kx,
-                                    m[kmRkDk] * kx * kx, n, unbiased, noise);
+                                    m[kmRkDk] * kx * kx, n, unbiased, noise, u, 1, kx * kx);
   out[2] = kernel_hsic_from_moments(m[kmLL] * ky * ky, m[kmRlRl] * ky * ky, m[kmSl] * ky, m[kmSl] * ky,
                                     m[kmDlDl] * ky * ky, m[kmTl] * ky, m[kmTl] * ky, m[kmRlDl] * ky * ky,
-                                    m[kmRlDl] * ky * ky, n, unbiased, noise);
+                                    m[kmRlDl] * ky * ky, n, unbiased, noise, u, 2, ky * ky);
 }
 
 // --- backward -------------------------------------------------------------------------------------------------------

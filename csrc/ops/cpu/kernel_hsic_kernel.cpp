@@ -378,9 +378,12 @@ struct CpuKernelHsic : CpuBackend {
     kernel_hsic_combine(m.const_data_ptr<double>(), n, unbiased, noise, out.mutable_data_ptr<double>());
   }
 
-  static PassOutput hsic_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky, const Tensor& gamma) {
+  static PassOutput hsic_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky, const Tensor& gamma,
+                              Tensor* entries_k = nullptr, Tensor* entries_l = nullptr) {
     const int64_t n = a.xs.size(0);
     PassOutput o = zeroed_pass_output(a.xs, n);
+    double* ek = entries_k ? entries_k->mutable_data_ptr<double>() : nullptr;
+    double* el = entries_l ? entries_l->mutable_data_ptr<double>() : nullptr;
     const double sx = host_s(a), sy = host_s(b);
     KernelSpec spx = spec_of(kx, gamma, 0, sx), spy = spec_of(ky, gamma, 1, sy);
     spx.shift = voted_shift(spx, a);
@@ -415,6 +418,13 @@ struct CpuKernelHsic : CpuBackend {
                 dk[gi] = kernel_entry(spx, gx[i * w + js], 0.0, true);
                 dl[gi] = kernel_entry(spy, gy[i * w + js], 0.0, true);
                 kb[0] = lb[0] = 0.0;
+              }
+              if (ek) {  // small n: the entries themselves (u_centred.h), both triangles; each pair has one writer
+                for (int64_t t = 0; t < len; ++t) {
+                  const int64_t gj = c0 + js + t;
+                  ek[gi * n + gj] = ek[gj * n + gi] = kb[t];
+                  el[gi * n + gj] = el[gj * n + gi] = lb[t];
+                }
               }
               // columns c0 + js… are owned by this chunk: their sums take the entries directly
               accumulate_row(kb, lb, len, rk + c0 + js, rl + c0 + js, sums);

@@ -130,7 +130,8 @@ template <typename T>
 __global__ void __launch_bounds__(kEpiCols)
     hsic_block_kernel(const T* gx, const T* gy, DistanceRows<T> rx, DistanceRows<T> ry, int64_t i0, int64_t rows,
                       int64_t w, int kx, int ky, const double* gamma, const double* scale_x, const double* scale_y,
-                      const double* m, double* dk, double* dl, double* colpart, double* rowpart, double* tilepart) {
+                      const double* m, double* dk, double* dl, double* colpart, double* rowpart, double* tilepart,
+                      double* ek, double* el) {
   const int64_t jj = blockIdx.x * static_cast<int64_t>(kEpiCols) + threadIdx.x, gj = i0 + jj;
   const int64_t r0 = blockIdx.y * static_cast<int64_t>(kEpiRows);
   const KernelSpec spx = device_spec(kx, gamma, 0, scale_x, m), spy = device_spec(ky, gamma, 1, scale_y, m);
@@ -149,6 +150,11 @@ __global__ void __launch_bounds__(kEpiCols)
         dk[gi] = k;
         dl[gi] = l;
         k = l = 0.0;
+      }
+      if (ek) {  // small n: the entries themselves (u_centred.h), both triangles; each pair has one writer
+        const int64_t n = i0 + w;
+        ek[gi * n + gj] = ek[gj * n + gi] = k;
+        el[gi * n + gj] = el[gj * n + gi] = l;
       }
       skl += k * l;
       skk += k * k;
@@ -462,9 +468,12 @@ struct CudaKernelHsic : CudaBackend {
   static void kernel_combine(const Tensor& m, int64_t n, bool unbiased, double noise, Tensor& out);
 
   // The fused forward pass over the triangle j ≥ i, row block by row block (see the comment above block_rows).
-  static PassOutput hsic_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky, const Tensor& gamma) {
+  static PassOutput hsic_pass(const ScaledRows& a, const ScaledRows& b, int64_t kx, int64_t ky, const Tensor& gamma,
+                              Tensor* entries_k = nullptr, Tensor* entries_l = nullptr) {
     const int64_t n = a.xs.size(0), p = a.xs.size(1), q = b.xs.size(1);
     PassOutput o = zeroed_pass_output(a.xs, n);
+    double* ek = entries_k ? entries_k->mutable_data_ptr<double>() : nullptr;
+    double* el = entries_l ? entries_l->mutable_data_ptr<double>() : nullptr;
     FASTCKA_DISPATCH_FLOATING(a.xs.scalar_type(), "kernel_hsic_pass", [&] {
       const cudaStream_t s = cuda::current_stream(a.xs);
       double* m = o.m.mutable_data_ptr<double>();
@@ -495,7 +504,7 @@ struct CudaKernelHsic : CudaBackend {
             gamma.const_data_ptr<double>(), a.scale.const_data_ptr<double>(), b.scale.const_data_ptr<double>(),
             o.m.const_data_ptr<double>(), o.dk.mutable_data_ptr<double>(), o.dl.mutable_data_ptr<double>(),
             colpart.mutable_data_ptr<double>(), rowpart.mutable_data_ptr<double>(),
-            tilepart.mutable_data_ptr<double>());
+            tilepart.mutable_data_ptr<double>(), ek, el);
         FASTCKA_LAUNCH(cuda::blocks_for(w, cuda::kThreads), cuda::kThreads, 0, s, cuda::hsic_block_finish_kernel)(
             colpart.const_data_ptr<double>(), rowpart.const_data_ptr<double>(), tilepart.const_data_ptr<double>(), i0,
             rows, w, row_tiles, col_tiles, o.rk.mutable_data_ptr<double>(), o.rl.mutable_data_ptr<double>(), m);
