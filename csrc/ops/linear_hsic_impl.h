@@ -75,8 +75,11 @@ template <class D>
 Tensor linear_hsic(const Tensor& x, const Tensor& y, bool unbiased, int64_t method) {
   check_pair_inputs(x, y, unbiased, "fastcka::linear_hsic");
   LinearPrepared s = linear_prepare<D>(x, y, unbiased, method);
+  const bool u_centred = unbiased && x.size(0) <= kUCentredMaxN;
+  Tensor k, l;  // the n×n Grams, in the input precision: the sample path's, or at small n for u_centred
   if (s.sample) {
-    const Tensor k = mm(s.xc, transposed(s.xc)), l = mm(s.yc, transposed(s.yc));
+    k = mm(s.xc, transposed(s.xc));
+    l = mm(s.yc, transposed(s.yc));
     D::dot_into(k, l, s.m, kKL);
     D::dot_into(k, k, s.m, kKK);
     D::dot_into(l, l, s.m, kLL);
@@ -86,10 +89,13 @@ Tensor linear_hsic(const Tensor& x, const Tensor& y, bool unbiased, int64_t meth
     gram_sq_add<D>(s.xc, s.m, kKK);  // the self terms from half of each symmetric Gram
     gram_sq_add<D>(s.yc, s.m, kLL);
   }
-  if (unbiased && x.size(0) <= kUCentredMaxN) {  // small n: the numerators from the U-centred Grams (u_centred.h)
-    const Tensor x64 = as_f64(s.xc), y64 = as_f64(s.yc);
-    const Tensor uk = u_centred_gram<D>(mm(x64, transposed(x64)), s.m, kUCentred + kuAbsK, kUCentred + kuSumK);
-    const Tensor ul = u_centred_gram<D>(mm(y64, transposed(y64)), s.m, kUCentred + kuAbsL, kUCentred + kuSumL);
+  if (u_centred) {  // small n: the numerators from the U-centred Grams (u_centred.h), centred in float64
+    if (!s.sample) {  // the feature path is taken where n exceeds about p + q: these cost at most n³ = 2M products
+      k = mm(s.xc, transposed(s.xc));
+      l = mm(s.yc, transposed(s.yc));
+    }
+    const Tensor uk = u_centred_gram<D>(as_f64(k), s.m, kUCentred + kuAbsK, kUCentred + kuSumK);
+    const Tensor ul = u_centred_gram<D>(as_f64(l), s.m, kUCentred + kuAbsL, kUCentred + kuSumL);
     u_centred_products<D>(uk, ul, s.m, kUCentred);
   }
   Tensor out = empty_like_shape(x, {3}, ScalarType::Double);
@@ -157,9 +163,9 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
       if (!unbiased) continue;
       dz.push_back(D::row_sq(zc.back()));
       D::sum_into(dz.back(), row, kTrK);
-      if (u_centred) {
-        const Tensor z64 = as_f64(zc.back());
-        uz.push_back(u_centred_gram<D>(mm(z64, transposed(z64)), row, kUCentred + kuAbsK, kUCentred + kuSumK));
+      if (u_centred) {  // the Gram in the input precision (as on the sample path), centred in float64
+        const Tensor gram = as_f64(mm(zc.back(), transposed(zc.back())));
+        uz.push_back(u_centred_gram<D>(gram, row, kUCentred + kuAbsK, kUCentred + kuSumK));
       }
     }
   };
