@@ -99,9 +99,21 @@ SLOW_REGRESSIONS = [("test_cka", 1172), ("test_cka", 1897), ("test_cka", 1932), 
                     ("test_autocast", 116), ("test_minibatch_streaming", 156), ("test_minibatch_streaming", 391)]
 
 
+# The --slow cases still wrong (README, "Known limits"), replayed in the default run as strict xfails: one that
+# starts to pass fails the run, so the README's list is updated when a limit goes.
+KNOWN_LIMITS = [("test_cka_matrix", 100, "RBF entries ~1e-158 (sigma ~1e79 x median): subnormal products"),
+                ("test_linear_streaming", 176, "LinearCKA, 4 rows fed one per batch: feature-space moments cancel"),
+                ("test_linear_streaming", 316, "LinearCKA, 5 rows fed one per batch: feature-space moments cancel"),
+                ("test_gradient_vs_independent", 93, "RBF gradient: W X' - diag(W1) X' cancels (clustered rows)")]
+
+
 def pytest_generate_tests(metafunc):
     if metafunc.function.__name__ == "test_slow_regression":
         metafunc.parametrize("name,case_seed", SLOW_REGRESSIONS)
+    elif metafunc.function.__name__ == "test_known_limit":
+        metafunc.parametrize("name,case_seed", [
+            pytest.param(name, seed, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=why))
+            for name, seed, why in KNOWN_LIMITS])
     elif "seed" in metafunc.fixturenames:
         default, slow = COUNTS[metafunc.function.__name__]
         metafunc.parametrize("seed", range(slow if metafunc.config.getoption("--slow") else default))
@@ -849,4 +861,9 @@ def test_more_than_half_identical_pairs_give_a_zero_median_and_cka_0(groups, off
 
 def test_slow_regression(name, case_seed):
     """A --slow case once wrong (SLOW_REGRESSIONS), replayed in the default run."""
+    globals()[name](case_seed)
+
+
+def test_known_limit(name, case_seed):
+    """A --slow case still wrong (KNOWN_LIMITS), expected to fail its check."""
     globals()[name](case_seed)
