@@ -81,6 +81,7 @@ COUNTS = {
     "test_autocast": (12, 200),
     "test_gradcheck_rbf": (10, 150),
     "test_gradient_vs_independent": (20, 400),
+    "test_far_row": (20, 600),
 }
 
 
@@ -91,12 +92,16 @@ COUNTS = {
 # cka_matrix 207, 279: a layer of values ~1e108 overflowed its linear HSICs (CKA 0 for 0.83, NaN).
 # The debiased estimator at n ≤ 8, where its one-pass moments cancel (now from the U-centred Grams, u_centred.h):
 # cka 2441 (RBF, CKA 0 for 0.25), 2606 (1.0 for 0.9997); hsic_terms 86, 576 (1e-8 relative); autocast 116 (0 for
-# 0.998); minibatch_streaming 156, 391 (batches of 4: 4e-6, 1e-4).
+# 0.998); minibatch_streaming 156, 391 (batches of 4: 4e-6, 1e-4). A row far from the others, float32 and half
+# input, debiased linear (now recomputed in float64 where the float32 moments cancel, linear_hsic.h): far_row 35,
+# 141, 183 (CKA 0 for −0.067, −0.91, 0.51), 194 (bfloat16, 0 for −0.32), 343 (1e-4 off).
 SLOW_REGRESSIONS = [("test_cka", 1172), ("test_cka", 1897), ("test_cka", 1932), ("test_cka", 2331),
                     ("test_minibatch_streaming", 159), ("test_minibatch_streaming", 206),
                     ("test_linear_streaming", 307), ("test_cka_matrix", 207), ("test_cka_matrix", 279),
                     ("test_cka", 2441), ("test_cka", 2606), ("test_hsic_terms", 86), ("test_hsic_terms", 576),
-                    ("test_autocast", 116), ("test_minibatch_streaming", 156), ("test_minibatch_streaming", 391)]
+                    ("test_autocast", 116), ("test_minibatch_streaming", 156), ("test_minibatch_streaming", 391),
+                    ("test_far_row", 35), ("test_far_row", 141), ("test_far_row", 183), ("test_far_row", 194),
+                    ("test_far_row", 343)]
 
 
 # The --slow cases still wrong (README, "Known limits"), replayed in the default run as strict xfails: one that
@@ -104,7 +109,8 @@ SLOW_REGRESSIONS = [("test_cka", 1172), ("test_cka", 1897), ("test_cka", 1932), 
 KNOWN_LIMITS = [("test_cka_matrix", 100, "RBF entries ~1e-158 (sigma ~1e79 x median): subnormal products"),
                 ("test_linear_streaming", 176, "LinearCKA, 4 rows fed one per batch: feature-space moments cancel"),
                 ("test_linear_streaming", 316, "LinearCKA, 5 rows fed one per batch: feature-space moments cancel"),
-                ("test_gradient_vs_independent", 93, "RBF gradient: W X' - diag(W1) X' cancels (clustered rows)")]
+                ("test_gradient_vs_independent", 93, "RBF gradient: W X' - diag(W1) X' cancels (clustered rows)"),
+                ("test_far_row", 192, "float64 debiased linear, n = 140 (> 128): one-pass moments cancel")]
 
 
 def pytest_generate_tests(metafunc):
@@ -190,6 +196,12 @@ def make_data(g: torch.Generator, family: str, n: int, p: int, q: int):
         x = torch.randint(-r, r + 1, (n, p), generator=g).to(F64)
         y = torch.round(x[:, torch.randint(0, p, (q,), generator=g)] * _u(g, 0.5, 2.0)) \
             + torch.randint(-r, r + 1, (n, q), generator=g).to(F64)
+        return x, y
+    if family == "far_row":  # one row (an attention-sink token, say) 10–10⁶ spreads from the others, in x and y
+        i, sep = _int(g, 0, n - 1), _log_uniform(g, 10.0, 1e6)
+        for t in (x, y):
+            far = randn(t.shape[1])
+            t[i] += sep * t.std(0).clamp_min(1e-3) * far / far.norm()
         return x, y
     if family == "offset":
         for t in (x, y):
@@ -338,6 +350,16 @@ def test_cka(seed):
     got = fastcka.cka(case.x, case.y, **case.kwargs)
     assert got.dtype == compute_dtype(case.dtype) and got.dim() == 0
     got = got.item()
+    assert_in_range(got, case, case.unbiased)
+    ref = independent(case).item()
+    plain = None if case.dtype == F64 else independent(case, dtype=F32).item()
+    assert_value(got, case, ref, plain, reach=not out_of_reach(case))
+
+
+def test_far_row(seed):
+    """cka with one row far from all the others (not in FAMILIES, so the other tests' seeds keep their cases)."""
+    case = make_case("far_row", seed, family="far_row")
+    got = fastcka.cka(case.x, case.y, **case.kwargs).item()
     assert_in_range(got, case, case.unbiased)
     ref = independent(case).item()
     plain = None if case.dtype == F64 else independent(case, dtype=F32).item()

@@ -71,9 +71,9 @@ void gram_sq_add(const Tensor& z, Tensor& m, int slot) {
   }
 }
 
+// The three HSICs and, in *moments, the moment vector they came from.
 template <class D>
-Tensor linear_hsic(const Tensor& x, const Tensor& y, bool unbiased, int64_t method) {
-  check_pair_inputs(x, y, unbiased, "fastcka::linear_hsic");
+Tensor linear_hsic_pass(const Tensor& x, const Tensor& y, bool unbiased, int64_t method, Tensor* moments) {
   LinearPrepared s = linear_prepare<D>(x, y, unbiased, method);
   const bool u_centred = unbiased && x.size(0) <= kUCentredMaxN;
   Tensor k, l;  // the n×n Grams, in the input precision: the sample path's, or at small n for u_centred
@@ -101,7 +101,24 @@ Tensor linear_hsic(const Tensor& x, const Tensor& y, bool unbiased, int64_t meth
   Tensor out = empty_like_shape(x, {3}, ScalarType::Double);
   const bool both_double = x.scalar_type() == ScalarType::Double && y.scalar_type() == ScalarType::Double;
   D::linear_combine(s.m, x.size(0), unbiased, hsic_noise_coef(both_double), out);
+  *moments = s.m;
   return out;
+}
+
+// Unbiased, float32, a cancelling numerator, moments on the host: recomputed in float64 (kFloat32Recompute).
+template <class D>
+bool float32_recompute(const Tensor& x, bool unbiased, const Tensor& m, bool cross_only) {
+  return D::kHostMoments && unbiased && x.scalar_type() == ScalarType::Float &&
+         linear_moments_cancel(m.const_data_ptr<double>(), x.size(0), kFloat32Recompute, cross_only);
+}
+
+template <class D>
+Tensor linear_hsic(const Tensor& x, const Tensor& y, bool unbiased, int64_t method) {
+  check_pair_inputs(x, y, unbiased, "fastcka::linear_hsic");
+  Tensor m;
+  const Tensor out = linear_hsic_pass<D>(x, y, unbiased, method, &m);
+  if (!float32_recompute<D>(x, unbiased, m, false)) return out;
+  return linear_hsic_pass<D>(as_f64(x), as_f64(y), unbiased, method, &m);
 }
 
 // grad: float64 [3], the gradient of the loss with respect to linear_hsic's output.
@@ -214,6 +231,11 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
       Tensor o = narrowed(out3, 0, k, 1);
       const bool both_double = xs[i].scalar_type() == ScalarType::Double && ys[j].scalar_type() == ScalarType::Double;
       D::linear_combine(m, n, unbiased, hsic_noise_coef(both_double), o);
+      if (float32_recompute<D>(xs[i], unbiased, m, true) && ys[j].scalar_type() == ScalarType::Float) {
+        Tensor unused;
+        torch::stable::copy_(o, reshaped(linear_hsic_pass<D>(as_f64(as_contiguous(xs[i])), as_f64(as_contiguous(ys[j])),
+                                                             unbiased, method, &unused), {1, 3}));
+      }
       if (symmetric && j != i) {  // mirror
         Tensor mirror = narrowed(out3, 0, j * M + i, 1);
         torch::stable::copy_(mirror, o);

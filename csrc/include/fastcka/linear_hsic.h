@@ -56,6 +56,27 @@ FASTCKA_HD void linear_hsic_combine(const double* m, int64_t n, bool unbiased, d
   out[2] = hsic_from_moments(m[kLL], m[kDlDl], m[kTrL], m[kTrL], sy, sy, n, unbiased, noise, u, 2);
 }
 
+// Does the unbiased numerator of one HSIC (the moments of hsic_from_moments) cancel to below `share` of its terms?
+FASTCKA_HD bool unbiased_numerator_cancels(double kl, double dadb, double tra, double trb, int64_t n, double share) {
+  const double nd = static_cast<double>(n);
+  const double t1 = nd / (nd - 2.0) * dadb, t2 = tra * trb / ((nd - 1.0) * (nd - 2.0));
+  return fabs(kl - t1 + t2) < share * (fabs(kl) + fabs(t1) + fabs(t2));
+}
+
+// Does any of the three unbiased numerators (only the cross one with `cross_only`) cancel below `share`?
+FASTCKA_HD bool linear_moments_cancel(const double* m, int64_t n, double share, bool cross_only) {
+  if (unbiased_numerator_cancels(m[kKL], m[kDkDl], m[kTrK], m[kTrL], n, share)) return true;
+  if (cross_only) return false;
+  return unbiased_numerator_cancels(m[kKK], m[kDkDk], m[kTrK], m[kTrK], n, share) ||
+         unbiased_numerator_cancels(m[kLL], m[kDlDl], m[kTrL], m[kTrL], n, share);
+}
+
+// Float32 input: the moments are summed from float32 GEMMs, and a cancelling unbiased numerator amplifies their
+// rounding (one row 10⁴ spreads from 199 others: debiased CKA 0.91 off, where float64 moments are off by 4e-11).
+// Where a numerator cancels below this share of its terms (its float32 rounding then exceeds ~64 ε₃₂ = 4e-6 of it),
+// a backend whose moments are on the host (the CPU) recomputes from float64 copies of the input.
+constexpr double kFloat32Recompute = 1.0 / 64.0;
+
 // Gradient of g·(HSIC(K,L), HSIC(K,K), HSIC(L,L)) with respect to the centred X side, as
 //   ∂/∂Xcᵢ = a·(Yc Ycᵀ Xc)ᵢ + b·(Xc Xcᵀ Xc)ᵢ + rᵢ·Xcᵢ,
 // computed from the scaled products A' = Yc'Yc'ᵀXc' (= sx·sy²·A) and B' = Xc'Xc'ᵀXc' (= sx³·B) and Xc' = sx·Xc.

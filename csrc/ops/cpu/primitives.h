@@ -290,6 +290,8 @@ struct CpuBackend {
   // Symmetric Grams ZᵀZ go in row panels of this many columns (gram_sq_add); MKL, one thread, K = n in the thousands:
   // ~80 % of its full-size rate at 64 columns, and the panel count p/64 keeps the per-call cost small.
   static constexpr int64_t kGramPanel = 64;
+  // The moments live in host memory: a driver may read them back for free (linear_hsic_impl.h: the float32 recompute).
+  static constexpr bool kHostMoments = true;
   static Tensor row_sq(const Tensor& xc) { return cpu::row_sq(xc); }
   static void linear_combine(const Tensor& m, int64_t n, bool unbiased, double noise, Tensor& out3) {
     cpu::linear_combine(m, n, unbiased, noise, out3);

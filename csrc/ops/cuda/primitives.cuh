@@ -326,6 +326,8 @@ inline Tensor linear_grad_side(const Tensor& A, const Tensor& B, const Tensor& x
 namespace fastcka {
 // The CUDA backend as a type, for the device-generic op templates (csrc/ops/*_impl.h).
 struct CudaBackend {
+  // The moments live in device memory: reading them back would be a host sync, so no driver does.
+  static constexpr bool kHostMoments = false;
   static Tensor center_normalise(const Tensor& x, Tensor& m, int slot) { return cuda::center_normalise(x, m, slot); }
   static void dot_into(const Tensor& a, const Tensor& b, Tensor& m, int slot) { cuda::dot_into(a, &b, m, slot); }
   static void dot_add_into(const Tensor& a, const Tensor& b, Tensor& m, int slot, double w) {
