@@ -230,7 +230,9 @@ def hsic(
     O(n²(p+q))), "tiled" (the fused pass that never stores an n×n matrix) or "auto" (the cheaper of feature and
     sample). ``kernel="rbf"`` always runs the tiled pass; see `cka` for ``sigma`` and ``threshold``. At n ≤ 128 the
     unbiased estimator on every path also forms the float64 n×n Grams: where its one-pass moments cancel (a row far
-    from the others, σ far above the median) the numerator comes from the U-centred Grams.
+    from the others, σ far above the median) the numerator comes from the U-centred Grams. On the CPU the linear
+    paths also recompute such a pair from float64 copies of float32 input, and from the U-centred Grams up to
+    n = 1024 (README, "Known limits").
     Returns a 0-d tensor on the input's device, differentiable: float64 for float64 input, else float32.
     """
     h = hsic_terms(x, y, kernel=kernel, unbiased=unbiased, method=method, sigma=sigma, threshold=threshold)

@@ -184,8 +184,8 @@ Tensor kernel_hsic(const Tensor& x_, const Tensor& y_, const Tensor& gamma_, int
   }
   PassOutput o = D::hsic_pass(a, b, kx, ky, gamma, u_centred ? &ek : nullptr, u_centred ? &el : nullptr);
   if (u_centred) {
-    const Tensor uk = u_centred_gram<D>(reshaped(ek, {n, n}), o.m, kmUCentred + kuAbsK, kmUCentred + kuSumK);
-    const Tensor ul = u_centred_gram<D>(reshaped(el, {n, n}), o.m, kmUCentred + kuAbsL, kmUCentred + kuSumL);
+    const Tensor uk = u_centred_gram(reshaped(ek, {n, n}), o.m, kmUCentred + kuAbsK);
+    const Tensor ul = u_centred_gram(reshaped(el, {n, n}), o.m, kmUCentred + kuAbsL);
     u_centred_products<D>(uk, ul, o.m, kmUCentred);
   }
   D::dot_into(o.rk, o.rl, o.m, kmRkRl);

@@ -71,11 +71,13 @@ void gram_sq_add(const Tensor& z, Tensor& m, int slot) {
   }
 }
 
-// The three HSICs and, in *moments, the moment vector they came from.
+// The three HSICs and, in *moments, the moment vector they came from; force_u_centred: the U-centred numerators
+// (u_centred.h) above kUCentredMaxN rows too (linear_hsic_repaired).
 template <class D>
-Tensor linear_hsic_pass(const Tensor& x, const Tensor& y, bool unbiased, int64_t method, Tensor* moments) {
+Tensor linear_hsic_pass(const Tensor& x, const Tensor& y, bool unbiased, int64_t method, Tensor* moments,
+                        bool force_u_centred = false) {
   LinearPrepared s = linear_prepare<D>(x, y, unbiased, method);
-  const bool u_centred = unbiased && x.size(0) <= kUCentredMaxN;
+  const bool u_centred = unbiased && (x.size(0) <= kUCentredMaxN || force_u_centred);
   Tensor k, l;  // the n×n Grams, in the input precision: the sample path's, or at small n for u_centred
   if (s.sample) {
     k = mm(s.xc, transposed(s.xc));
@@ -94,8 +96,8 @@ Tensor linear_hsic_pass(const Tensor& x, const Tensor& y, bool unbiased, int64_t
       k = mm(s.xc, transposed(s.xc));
       l = mm(s.yc, transposed(s.yc));
     }
-    const Tensor uk = u_centred_gram<D>(as_f64(k), s.m, kUCentred + kuAbsK, kUCentred + kuSumK);
-    const Tensor ul = u_centred_gram<D>(as_f64(l), s.m, kUCentred + kuAbsL, kUCentred + kuSumL);
+    const Tensor uk = u_centred_gram(as_f64(k), s.m, kUCentred + kuAbsK);
+    const Tensor ul = u_centred_gram(as_f64(l), s.m, kUCentred + kuAbsL);
     u_centred_products<D>(uk, ul, s.m, kUCentred);
   }
   Tensor out = empty_like_shape(x, {3}, ScalarType::Double);
@@ -105,7 +107,13 @@ Tensor linear_hsic_pass(const Tensor& x, const Tensor& y, bool unbiased, int64_t
   return out;
 }
 
-// Unbiased, float32, a cancelling numerator, moments on the host: recomputed in float64 (kFloat32Recompute).
+// Host-side repairs of an unbiased pass on a backend whose moments are on the host (the CPU; on CUDA the check
+// would be a host sync): a float32 numerator that cancels below kFloat32Recompute of its terms is recomputed from
+// float64 copies (linear_hsic.h), and then one that still cancels below kUCentredSwitch at kUCentredMaxN < n ≤
+// kUCentredHostMaxN from the U-centred Grams (u_centred.h: float64 n×n, at most 8 MB each; one row 10⁶ spreads from
+// 199 others had left 4e-6). cross_only: only HSIC(K, L) is read (linear_hsic_matrix).
+constexpr int64_t kUCentredHostMaxN = 1024;
+
 template <class D>
 bool float32_recompute(const Tensor& x, bool unbiased, const Tensor& m, bool cross_only) {
   return D::kHostMoments && unbiased && x.scalar_type() == ScalarType::Float &&
@@ -113,12 +121,33 @@ bool float32_recompute(const Tensor& x, bool unbiased, const Tensor& m, bool cro
 }
 
 template <class D>
+bool u_centred_recompute(const Tensor& x, bool unbiased, const Tensor& m, bool cross_only) {
+  const int64_t n = x.size(0);
+  return D::kHostMoments && unbiased && n > kUCentredMaxN && n <= kUCentredHostMaxN &&
+         linear_moments_cancel(m.const_data_ptr<double>(), n, kUCentredSwitch, cross_only);
+}
+
+// The pass of (x, y) whose first try left the moments m, repaired as above (m is overwritten).
+template <class D>
+Tensor linear_hsic_repaired(const Tensor& x, const Tensor& y, bool unbiased, int64_t method, Tensor out, Tensor& m,
+                            bool cross_only) {
+  Tensor xx = x, yy = y;
+  if (float32_recompute<D>(x, unbiased, m, cross_only)) {
+    xx = as_f64(x);
+    yy = as_f64(y);
+    out = linear_hsic_pass<D>(xx, yy, unbiased, method, &m);
+  }
+  if (u_centred_recompute<D>(xx, unbiased, m, cross_only))
+    out = linear_hsic_pass<D>(xx, yy, unbiased, method, &m, true);
+  return out;
+}
+
+template <class D>
 Tensor linear_hsic(const Tensor& x, const Tensor& y, bool unbiased, int64_t method) {
   check_pair_inputs(x, y, unbiased, "fastcka::linear_hsic");
   Tensor m;
   const Tensor out = linear_hsic_pass<D>(x, y, unbiased, method, &m);
-  if (!float32_recompute<D>(x, unbiased, m, false)) return out;
-  return linear_hsic_pass<D>(as_f64(x), as_f64(y), unbiased, method, &m);
+  return linear_hsic_repaired<D>(x, y, unbiased, method, out, m, false);
 }
 
 // grad: float64 [3], the gradient of the loss with respect to linear_hsic's output.
@@ -169,7 +198,7 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
   for (const Tensor& t : xs) check_pair_inputs(t, xs[0], unbiased, "fastcka::linear_hsic_matrix");
   for (const Tensor& t : ys) check_pair_inputs(t, xs[0], unbiased, "fastcka::linear_hsic_matrix");
   // Per layer: a moment row whose scale and row-norm slots describe that layer alone; at small n (unbiased) also its
-  // U-centred Gram, with its magnitudes in the row's kuAbsK, kuSumK slots (u_centred.h).
+  // U-centred Gram, with max|K| and ⟨Ũ, Ũ⟩ in the row's kuAbsK, kuKK slots (u_centred.h).
   const bool u_centred = unbiased && n <= kUCentredMaxN;
   auto prepare = [&](const std::vector<Tensor>& zs, std::vector<Tensor>& zc, std::vector<Tensor>& dz,
                      std::vector<Tensor>& uz, Tensor& mom) {
@@ -182,7 +211,8 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
       D::sum_into(dz.back(), row, kTrK);
       if (u_centred) {  // the Gram in the input precision (as on the sample path), centred in float64
         const Tensor gram = as_f64(mm(zc.back(), transposed(zc.back())));
-        uz.push_back(u_centred_gram<D>(gram, row, kUCentred + kuAbsK, kUCentred + kuSumK));
+        uz.push_back(u_centred_gram(gram, row, kUCentred + kuAbsK));
+        D::dot_into(uz.back(), uz.back(), row, kUCentred + kuKK);
       }
     }
   };
@@ -211,12 +241,12 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
       dst = narrowed(m, 0, kTrK, 1); torch::stable::copy_(dst, tx);
       dst = narrowed(m, 0, kTrL, 1); torch::stable::copy_(dst, ty);
       if (unbiased) D::dot_into(dx[i], dy[j], m, kDkDl);
-      if (u_centred) {  // the pair's slots from the layers' (only ⟨Ũ_K, Ũ_L⟩ is read: column 0 of the output)
+      if (u_centred) {  // the pair's slots from the layers' (only HSIC(K, L) is read: column 0 of the output)
         const int64_t bx = i * kNumLinearMoments + kUCentred, by = j * kNumLinearMoments + kUCentred;
         dst = narrowed(m, 0, kUCentred + kuAbsK, 1); torch::stable::copy_(dst, narrowed(mx, 0, bx + kuAbsK, 1));
-        dst = narrowed(m, 0, kUCentred + kuSumK, 1); torch::stable::copy_(dst, narrowed(mx, 0, bx + kuSumK, 1));
+        dst = narrowed(m, 0, kUCentred + kuKK, 1); torch::stable::copy_(dst, narrowed(mx, 0, bx + kuKK, 1));
         dst = narrowed(m, 0, kUCentred + kuAbsL, 1); torch::stable::copy_(dst, narrowed(my, 0, by + kuAbsK, 1));
-        dst = narrowed(m, 0, kUCentred + kuSumL, 1); torch::stable::copy_(dst, narrowed(my, 0, by + kuSumK, 1));
+        dst = narrowed(m, 0, kUCentred + kuLL, 1); torch::stable::copy_(dst, narrowed(my, 0, by + kuKK, 1));
         D::dot_into(ux[i], uy[j], m, kUCentred + kuKL);
         dst = narrowed(m, 0, kUCentred + kuOn, 1); torch::stable::fill_(dst, 1.0);
       }
@@ -231,10 +261,13 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
       Tensor o = narrowed(out3, 0, k, 1);
       const bool both_double = xs[i].scalar_type() == ScalarType::Double && ys[j].scalar_type() == ScalarType::Double;
       D::linear_combine(m, n, unbiased, hsic_noise_coef(both_double), o);
-      if (float32_recompute<D>(xs[i], unbiased, m, true) && ys[j].scalar_type() == ScalarType::Float) {
-        Tensor unused;
-        torch::stable::copy_(o, reshaped(linear_hsic_pass<D>(as_f64(as_contiguous(xs[i])), as_f64(as_contiguous(ys[j])),
-                                                             unbiased, method, &unused), {1, 3}));
+      if (float32_recompute<D>(xs[i], unbiased, m, true) || u_centred_recompute<D>(xs[i], unbiased, m, true)) {
+        // this pair again through the single-pair op and its repairs (m: a float64 copy of the pair's moments)
+        const Tensor xi = as_contiguous(xs[i]), yj = as_contiguous(ys[j]);
+        Tensor pm = as_f64(reshaped(m, {1, kNumLinearMoments}));
+        pm = reshaped(pm, {kNumLinearMoments});
+        Tensor first = linear_hsic_pass<D>(xi, yj, unbiased, method, &pm);
+        torch::stable::copy_(o, reshaped(linear_hsic_repaired<D>(xi, yj, unbiased, method, first, pm, true), {1, 3}));
       }
       if (symmetric && j != i) {  // mirror
         Tensor mirror = narrowed(out3, 0, j * M + i, 1);

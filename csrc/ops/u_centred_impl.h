@@ -11,18 +11,16 @@
 
 namespace fastcka {
 
-// Ũ of a symmetric float64 n×n Gram k (its diagonal is ignored), with max|k| into m[abs_slot] and Σ|Ũ| into
-// m[sum_slot]: the magnitudes u_centred_numerator's noise rule reads.
-template <class D>
-Tensor u_centred_gram(const Tensor& k, Tensor& m, int abs_slot, int sum_slot) {
+// Ũ of a symmetric float64 n×n Gram k (its diagonal is ignored), with max|k| into m[abs_slot]: the entry size
+// u_centred_numerator's noise rule reads.
+inline Tensor u_centred_gram(const Tensor& k, Tensor& m, int abs_slot) {
   const Tensor u = call_aten("fastcka::center_gram", "", k, int64_t(kCenterUnbiased));
   Tensor dst = narrowed(m, 0, abs_slot, 1);
   torch::stable::copy_(dst, call_aten("aten::amax", "", call_aten("aten::abs", "", k), std::vector<int64_t>{}, false));
-  D::sum_into(call_aten("aten::abs", "", u), m, sum_slot);
   return u;
 }
 
-// The inner products of Ũ_K and Ũ_L into the slots from m[base] on, and the slots marked filled; the magnitude slots
+// The inner products of Ũ_K and Ũ_L into the slots from m[base] on, and the slots marked filled; the entry sizes
 // come from u_centred_gram.
 template <class D>
 void u_centred_products(const Tensor& uk, const Tensor& ul, Tensor& m, int base) {

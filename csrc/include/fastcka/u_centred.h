@@ -12,9 +12,12 @@
 // numerator stays: the gradient ops differentiate the one-pass formula from the same entries, and where ∇CKA is a
 // small difference of its parts (g·∇HSIC), values from the other formula, off by 1e-14 of the first, moved a gradient
 // by 1.7e-7 of itself (a nearly diagonal RBF kernel, checked at 50 digits). Above kUCentredMaxN rows no n×n is held.
-// The noise rule (noise.h) on these numerators: an entry of Ũ is off by a few roundings of the largest entry a = max|K|
-// (its sums run over entries of that size), so ⟨Ũ_K, Ũ_L⟩ is off by about ε·(a_K·Σ|Ũ_L| + a_L·Σ|Ũ_K|); a numerator
-// within `noise`·4(a_K·Σ|Ũ_L| + a_L·Σ|Ũ_K|) of 0 is taken as 0 (all rows but one equal: Ũ is exactly 0).
+// The noise rule (noise.h) on these numerators: an entry of Ũ is off by a few roundings of the entries (at most a =
+// max|K|, which for a linear Gram, the diagonal included, also bounds its GEMM error |xᵢ||xⱼ|); errors shared by a row
+// (its mean vᵢ) cancel against the other side's zero row sums, and the rest add with independent signs, so
+// ⟨Ũ_K, Ũ_L⟩ is off by about ε·(a_K‖Ũ_L‖ + a_L‖Ũ_K‖) (Frobenius norms); a numerator within `noise`·4(a_K‖Ũ_L‖ +
+// a_L‖Ũ_K‖) of 0 is taken as 0 (all rows but one equal: Ũ is exactly 0). With Σ|Ũ| in place of ‖Ũ‖ the rule was
+// n times too wide: a float32 CKA of 1e-4 at n = 128, p = 1024 came out 0.
 #pragma once
 
 #include <cmath>
@@ -29,16 +32,16 @@ constexpr int64_t kUCentredMaxN = 128;
 constexpr double kUCentredSwitch = 1.0 / 4096.0;
 
 // Slots, from a base slot of a moment vector (kmUCentred, kUCentred): the three inner products ⟨Ũ_K, Ũ_L⟩, ⟨Ũ_K, Ũ_K⟩,
-// ⟨Ũ_L, Ũ_L⟩; max|K|, max|L|; Σ|Ũ_K|, Σ|Ũ_L|; and 1 where the slots are filled (0: the one-pass moments apply).
-enum UCentredSlot : int { kuKL = 0, kuKK, kuLL, kuAbsK, kuAbsL, kuSumK, kuSumL, kuOn, kNumUCentredSlots };
+// ⟨Ũ_L, Ũ_L⟩; max|K|, max|L|; and 1 where the slots are filled (0: the one-pass moments apply).
+enum UCentredSlot : int { kuKL = 0, kuKK, kuLL, kuAbsK, kuAbsL, kuOn, kNumUCentredSlots };
 
 FASTCKA_HD bool u_centred_on(const double* u) { return u[kuOn] != 0.0; }
 
 // The numerator of HSIC₁ from the slots u (which: 0 = (K, L), 1 = (K, K), 2 = (L, L)), noise dropped; the caller
 // divides by n(n−3) and by the kernels' scale factors.
 FASTCKA_HD double u_centred_numerator(const double* u, int which, double noise) {
-  const double ak = u[kuAbsK], al = u[kuAbsL], sk = u[kuSumK], sl = u[kuSumL];
-  const double magnitude = which == 0 ? 4.0 * (ak * sl + al * sk) : (which == 1 ? 8.0 * ak * sk : 8.0 * al * sl);
+  const double ak = u[kuAbsK], al = u[kuAbsL], nk = sqrt(fabs(u[kuKK])), nl = sqrt(fabs(u[kuLL]));
+  const double magnitude = which == 0 ? 4.0 * (ak * nl + al * nk) : (which == 1 ? 8.0 * ak * nk : 8.0 * al * nl);
   return drop_noise(u[kuKL + which], magnitude, noise);
 }
 
