@@ -2,7 +2,7 @@
 
 The unbiased estimator's one-pass numerator cancels when one row dominates the Grams, and its float32 GEMM sums
 amplify their rounding: one row 10⁴ spreads from 199 others gave a debiased CKA 0.91 off. On the CPU such a pair
-is recomputed from float64 copies (linear_hsic.h: kFloat32Recompute). Truth: the fuzz suite's independent float64
+is recomputed from float64 copies (linear_hsic.h: one_pass_too_coarse). Truth: the fuzz suite's independent float64
 formulation. The plain float32 formulation's own error is printed beside, to show the inputs are hard.
 """
 

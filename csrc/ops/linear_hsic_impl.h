@@ -108,36 +108,32 @@ Tensor linear_hsic_pass(const Tensor& x, const Tensor& y, bool unbiased, int64_t
 }
 
 // Host-side repairs of an unbiased pass on a backend whose moments are on the host (the CPU; on CUDA the check
-// would be a host sync): a float32 numerator that cancels below kFloat32Recompute of its terms is recomputed from
-// float64 copies (linear_hsic.h), and then one that still cancels below kUCentredSwitch at kUCentredMaxN < n ≤
-// kUCentredHostMaxN from the U-centred Grams (u_centred.h: float64 n×n, at most 8 MB each; one row 10⁶ spreads from
-// 199 others had left 4e-6). cross_only: only HSIC(K, L) is read (linear_hsic_matrix).
+// would be a host sync), where its one-pass value is too coarse for CKA (linear_hsic.h: one_pass_too_coarse): float32
+// input is recomputed from float64 copies, and then, at kUCentredMaxN < n ≤ kUCentredHostMaxN, a float64 pass still
+// too coarse takes its numerators from the U-centred Grams (u_centred.h: float64 n×n, at most 8 MB each; one row 10⁶
+// spreads from 199 others had left 4e-6). `moments`: the host moments of `out`'s pass, all three HSICs' terms.
 constexpr int64_t kUCentredHostMaxN = 1024;
 
 template <class D>
-bool float32_recompute(const Tensor& x, bool unbiased, const Tensor& m, bool cross_only) {
-  return D::kHostMoments && unbiased && x.scalar_type() == ScalarType::Float &&
-         linear_moments_cancel(m.const_data_ptr<double>(), x.size(0), kFloat32Recompute, cross_only);
-}
-
-template <class D>
-bool u_centred_recompute(const Tensor& x, bool unbiased, const Tensor& m, bool cross_only) {
+bool may_repair(const Tensor& x, bool unbiased) {
   const int64_t n = x.size(0);
-  return D::kHostMoments && unbiased && n > kUCentredMaxN && n <= kUCentredHostMaxN &&
-         linear_moments_cancel(m.const_data_ptr<double>(), n, kUCentredSwitch, cross_only);
+  return D::kHostMoments && unbiased &&
+         (x.scalar_type() == ScalarType::Float || (n > kUCentredMaxN && n <= kUCentredHostMaxN));
 }
 
-// The pass of (x, y) whose first try left the moments m, repaired as above (m is overwritten).
 template <class D>
-Tensor linear_hsic_repaired(const Tensor& x, const Tensor& y, bool unbiased, int64_t method, Tensor out, Tensor& m,
-                            bool cross_only) {
-  Tensor xx = x, yy = y;
-  if (float32_recompute<D>(x, unbiased, m, cross_only)) {
+Tensor linear_hsic_repaired(const Tensor& x, const Tensor& y, bool unbiased, int64_t method, Tensor out,
+                            const double* moments) {
+  if (!may_repair<D>(x, unbiased)) return out;
+  const int64_t n = x.size(0);
+  Tensor xx = x, yy = y, m;
+  if (x.scalar_type() == ScalarType::Float && one_pass_too_coarse(moments, n, kFloat32Coarse)) {
     xx = as_f64(x);
     yy = as_f64(y);
     out = linear_hsic_pass<D>(xx, yy, unbiased, method, &m);
+    moments = m.const_data_ptr<double>();
   }
-  if (u_centred_recompute<D>(xx, unbiased, m, cross_only))
+  if (n > kUCentredMaxN && n <= kUCentredHostMaxN && one_pass_too_coarse(moments, n, kFloat64Coarse))
     out = linear_hsic_pass<D>(xx, yy, unbiased, method, &m, true);
   return out;
 }
@@ -147,7 +143,8 @@ Tensor linear_hsic(const Tensor& x, const Tensor& y, bool unbiased, int64_t meth
   check_pair_inputs(x, y, unbiased, "fastcka::linear_hsic");
   Tensor m;
   const Tensor out = linear_hsic_pass<D>(x, y, unbiased, method, &m);
-  return linear_hsic_repaired<D>(x, y, unbiased, method, out, m, false);
+  if (!may_repair<D>(x, unbiased)) return out;
+  return linear_hsic_repaired<D>(x, y, unbiased, method, out, m.const_data_ptr<double>());
 }
 
 // grad: float64 [3], the gradient of the loss with respect to linear_hsic's output.
@@ -209,6 +206,10 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
       if (!unbiased) continue;
       dz.push_back(D::row_sq(zc.back()));
       D::sum_into(dz.back(), row, kTrK);
+      if (may_repair<D>(zs[i], unbiased)) {  // the self terms' moments, for linear_hsic_repaired's check
+        gram_sq_add<D>(zc.back(), row, kKK);
+        D::dot_into(dz.back(), dz.back(), row, kDkDk);
+      }
       if (u_centred) {  // the Gram in the input precision (as on the sample path), centred in float64
         const Tensor gram = as_f64(mm(zc.back(), transposed(zc.back())));
         uz.push_back(u_centred_gram(gram, row, kUCentred + kuAbsK));
@@ -261,13 +262,20 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
       Tensor o = narrowed(out3, 0, k, 1);
       const bool both_double = xs[i].scalar_type() == ScalarType::Double && ys[j].scalar_type() == ScalarType::Double;
       D::linear_combine(m, n, unbiased, hsic_noise_coef(both_double), o);
-      if (float32_recompute<D>(xs[i], unbiased, m, true) || u_centred_recompute<D>(xs[i], unbiased, m, true)) {
-        // this pair again through the single-pair op and its repairs (m: a float64 copy of the pair's moments)
-        const Tensor xi = as_contiguous(xs[i]), yj = as_contiguous(ys[j]);
-        Tensor pm = as_f64(reshaped(m, {1, kNumLinearMoments}));
-        pm = reshaped(pm, {kNumLinearMoments});
-        Tensor first = linear_hsic_pass<D>(xi, yj, unbiased, method, &pm);
-        torch::stable::copy_(o, reshaped(linear_hsic_repaired<D>(xi, yj, unbiased, method, first, pm, true), {1, 3}));
+      if (may_repair<D>(xs[i], unbiased)) {  // the pair's moments with the layers' self terms (host memory)
+        const double *pm = m.const_data_ptr<double>(), *lx = mx.const_data_ptr<double>() + i * kNumLinearMoments,
+                     *ly = my.const_data_ptr<double>() + j * kNumLinearMoments;
+        double c[kNumLinearMoments] = {};
+        c[kKL] = pm[kKL], c[kDkDl] = pm[kDkDl], c[kTrK] = pm[kTrK], c[kTrL] = pm[kTrL];
+        c[kKK] = lx[kKK], c[kDkDk] = lx[kDkDk], c[kLL] = ly[kKK], c[kDlDl] = ly[kDkDk];
+        if (one_pass_too_coarse(c, n, xs[i].scalar_type() == ScalarType::Float ? kFloat32Coarse : kFloat64Coarse)) {
+          // this pair again through the single-pair op and its repairs
+          const Tensor xi = as_contiguous(xs[i]), yj = as_contiguous(ys[j]);
+          Tensor full;
+          const Tensor first = linear_hsic_pass<D>(xi, yj, unbiased, method, &full);
+          const Tensor fixed = linear_hsic_repaired<D>(xi, yj, unbiased, method, first, full.const_data_ptr<double>());
+          torch::stable::copy_(o, reshaped(fixed, {1, 3}));
+        }
       }
       if (symmetric && j != i) {  // mirror
         Tensor mirror = narrowed(out3, 0, j * M + i, 1);

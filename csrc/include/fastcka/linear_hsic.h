@@ -56,26 +56,34 @@ FASTCKA_HD void linear_hsic_combine(const double* m, int64_t n, bool unbiased, d
   out[2] = hsic_from_moments(m[kLL], m[kDlDl], m[kTrL], m[kTrL], sy, sy, n, unbiased, noise, u, 2);
 }
 
-// Does the unbiased numerator of one HSIC (the moments of hsic_from_moments) cancel to below `share` of its terms?
-FASTCKA_HD bool unbiased_numerator_cancels(double kl, double dadb, double tra, double trb, int64_t n, double share) {
+// The one-pass unbiased numerator of one HSIC (the moments of hsic_from_moments) and the size of its terms.
+FASTCKA_HD void unbiased_numerator_terms(double kl, double dadb, double tra, double trb, int64_t n, double* num,
+                                         double* size) {
   const double nd = static_cast<double>(n);
   const double t1 = nd / (nd - 2.0) * dadb, t2 = tra * trb / ((nd - 1.0) * (nd - 2.0));
-  return fabs(kl - t1 + t2) < share * (fabs(kl) + fabs(t1) + fabs(t2));
+  *num = kl - t1 + t2;
+  *size = fabs(kl) + fabs(t1) + fabs(t2);
 }
 
-// Does any of the three unbiased numerators (only the cross one with `cross_only`) cancel below `share`?
-FASTCKA_HD bool linear_moments_cancel(const double* m, int64_t n, double share, bool cross_only) {
-  if (unbiased_numerator_cancels(m[kKL], m[kDkDl], m[kTrK], m[kTrL], n, share)) return true;
-  if (cross_only) return false;
-  return unbiased_numerator_cancels(m[kKK], m[kDkDk], m[kTrK], m[kTrK], n, share) ||
-         unbiased_numerator_cancels(m[kLL], m[kDlDl], m[kTrL], m[kTrL], n, share);
+// Is the one-pass unbiased estimate from the moments m (all three HSICs) too coarse for CKA: does one rounding of its
+// terms, times `ratio`, exceed √(HSIC(K,K)·HSIC(L,L)) for the cross term, or a self term itself? The error that
+// matters is CKA's, so unrelated layers (HSIC(K,L) ≈ 0, terms of the self terms' size) pass, and a far row (terms
+// many times the self terms) does not.
+FASTCKA_HD bool one_pass_too_coarse(const double* m, int64_t n, double ratio) {
+  double nkl, skl, nkk, skk, nll, sll;
+  unbiased_numerator_terms(m[kKL], m[kDkDl], m[kTrK], m[kTrL], n, &nkl, &skl);
+  unbiased_numerator_terms(m[kKK], m[kDkDk], m[kTrK], m[kTrK], n, &nkk, &skk);
+  unbiased_numerator_terms(m[kLL], m[kDlDl], m[kTrL], m[kTrL], n, &nll, &sll);
+  return skk > ratio * fabs(nkk) || sll > ratio * fabs(nll) || skl > ratio * sqrt(fabs(nkk)) * sqrt(fabs(nll));
 }
 
-// Float32 input: the moments are summed from float32 GEMMs, and a cancelling unbiased numerator amplifies their
-// rounding (one row 10⁴ spreads from 199 others: debiased CKA 0.91 off, where float64 moments are off by 4e-11).
-// Where a numerator cancels below this share of its terms (its float32 rounding then exceeds ~64 ε₃₂ = 4e-6 of it),
-// a backend whose moments are on the host (the CPU) recomputes from float64 copies of the input.
-constexpr double kFloat32Recompute = 1.0 / 64.0;
+// The ratios at which the CPU repairs a pass (linear_hsic_impl.h: linear_hsic_repaired): float32 moments, summed
+// from float32 GEMMs (a far row: debiased CKA 0.91 off), where one rounding of their terms reaches 2⁻²¹ ≈ 5e-7 of
+// CKA; float64 ones where it reaches 2⁻⁴⁰ ≈ 1e-12 (ε₃₂ = 2⁻²⁴, ε₆₄ = 2⁻⁵³). The GEMM sums' error is ~9 roundings
+// (measured: a ratio of 7.9 left 4.2e-6 in float32), so what passes is within ~4e-6 resp. 1e-11 of CKA. Unrelated
+// layers have ratios near 1 (2 at n = 1000, p = 512); n ≪ p raises it (88 at n = 100, p = 4096: recomputed).
+constexpr double kFloat32Coarse = 8.0;
+constexpr double kFloat64Coarse = 8192.0;
 
 // Gradient of g·(HSIC(K,L), HSIC(K,K), HSIC(L,L)) with respect to the centred X side, as
 //   ∂/∂Xcᵢ = a·(Yc Ycᵀ Xc)ᵢ + b·(Xc Xcᵀ Xc)ᵢ + rᵢ·Xcᵢ,
