@@ -121,20 +121,29 @@ bool may_repair(const Tensor& x, bool unbiased) {
          (x.scalar_type() == ScalarType::Float || (n > kUCentredMaxN && n <= kUCentredHostMaxN));
 }
 
+// The float64 pass of a pair found too coarse in float32, and the U-centred one where that is still too coarse.
+template <class D>
+Tensor linear_hsic_from_f64(const Tensor& x64, const Tensor& y64, bool unbiased, int64_t method) {
+  Tensor m;
+  const Tensor out = linear_hsic_pass<D>(x64, y64, unbiased, method, &m);
+  const int64_t n = x64.size(0);
+  if (n > kUCentredMaxN && n <= kUCentredHostMaxN && one_pass_too_coarse(m.const_data_ptr<double>(), n, kFloat64Coarse))
+    return linear_hsic_pass<D>(x64, y64, unbiased, method, &m, true);
+  return out;
+}
+
 template <class D>
 Tensor linear_hsic_repaired(const Tensor& x, const Tensor& y, bool unbiased, int64_t method, Tensor out,
                             const double* moments) {
   if (!may_repair<D>(x, unbiased)) return out;
   const int64_t n = x.size(0);
-  Tensor xx = x, yy = y, m;
-  if (x.scalar_type() == ScalarType::Float && one_pass_too_coarse(moments, n, kFloat32Coarse)) {
-    xx = as_f64(x);
-    yy = as_f64(y);
-    out = linear_hsic_pass<D>(xx, yy, unbiased, method, &m);
-    moments = m.const_data_ptr<double>();
+  if (x.scalar_type() == ScalarType::Float)
+    return one_pass_too_coarse(moments, n, kFloat32Coarse) ? linear_hsic_from_f64<D>(as_f64(x), as_f64(y), unbiased, method)
+                                                           : out;
+  if (n > kUCentredMaxN && n <= kUCentredHostMaxN && one_pass_too_coarse(moments, n, kFloat64Coarse)) {
+    Tensor m;
+    return linear_hsic_pass<D>(x, y, unbiased, method, &m, true);
   }
-  if (n > kUCentredMaxN && n <= kUCentredHostMaxN && one_pass_too_coarse(moments, n, kFloat64Coarse))
-    out = linear_hsic_pass<D>(xx, yy, unbiased, method, &m, true);
   return out;
 }
 
@@ -207,7 +216,13 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
       dz.push_back(D::row_sq(zc.back()));
       D::sum_into(dz.back(), row, kTrK);
       if (may_repair<D>(zs[i], unbiased)) {  // the self terms' moments, for linear_hsic_repaired's check
-        gram_sq_add<D>(zc.back(), row, kKK);
+        const int64_t pz = zc.back().size(1);
+        if (use_sample_space(method, n, pz, pz, D::kGramPanel)) {  // whichever costs less: n²p or p²n/2
+          const Tensor k = mm(zc.back(), transposed(zc.back()));
+          D::dot_into(k, k, row, kKK);
+        } else {
+          gram_sq_add<D>(zc.back(), row, kKK);
+        }
         D::dot_into(dz.back(), dz.back(), row, kDkDk);
       }
       if (u_centred) {  // the Gram in the input precision (as on the sample path), centred in float64
@@ -268,12 +283,12 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
         double c[kNumLinearMoments] = {};
         c[kKL] = pm[kKL], c[kDkDl] = pm[kDkDl], c[kTrK] = pm[kTrK], c[kTrL] = pm[kTrL];
         c[kKK] = lx[kKK], c[kDkDk] = lx[kDkDk], c[kLL] = ly[kKK], c[kDlDl] = ly[kDkDk];
-        if (one_pass_too_coarse(c, n, xs[i].scalar_type() == ScalarType::Float ? kFloat32Coarse : kFloat64Coarse)) {
-          // this pair again through the single-pair op and its repairs
+        const bool f32 = xs[i].scalar_type() == ScalarType::Float;
+        if (one_pass_too_coarse(c, n, f32 ? kFloat32Coarse : kFloat64Coarse)) {  // this pair again, repaired
           const Tensor xi = as_contiguous(xs[i]), yj = as_contiguous(ys[j]);
           Tensor full;
-          const Tensor first = linear_hsic_pass<D>(xi, yj, unbiased, method, &full);
-          const Tensor fixed = linear_hsic_repaired<D>(xi, yj, unbiased, method, first, full.const_data_ptr<double>());
+          const Tensor fixed = f32 ? linear_hsic_from_f64<D>(as_f64(xi), as_f64(yj), unbiased, method)
+                                   : linear_hsic_pass<D>(xi, yj, unbiased, method, &full, true);
           torch::stable::copy_(o, reshaped(fixed, {1, 3}));
         }
       }

@@ -77,12 +77,14 @@ FASTCKA_HD bool one_pass_too_coarse(const double* m, int64_t n, double ratio) {
   return skk > ratio * fabs(nkk) || sll > ratio * fabs(nll) || skl > ratio * sqrt(fabs(nkk)) * sqrt(fabs(nll));
 }
 
-// The ratios at which the CPU repairs a pass (linear_hsic_impl.h: linear_hsic_repaired): float32 moments, summed
-// from float32 GEMMs (a far row: debiased CKA 0.91 off), where one rounding of their terms reaches 2⁻²¹ ≈ 5e-7 of
-// CKA; float64 ones where it reaches 2⁻⁴⁰ ≈ 1e-12 (ε₃₂ = 2⁻²⁴, ε₆₄ = 2⁻⁵³). The GEMM sums' error is ~9 roundings
-// (measured: a ratio of 7.9 left 4.2e-6 in float32), so what passes is within ~4e-6 resp. 1e-11 of CKA. Unrelated
-// layers have ratios near 1 (2 at n = 1000, p = 512); n ≪ p raises it (88 at n = 100, p = 4096: recomputed).
-constexpr double kFloat32Coarse = 8.0;
+// The ratios at which the CPU repairs a pass (linear_hsic_impl.h: linear_hsic_repaired). Float32 moments are summed
+// from float32 GEMMs, whose rounding a far row makes coherent (debiased CKA 0.91 off, one row 10⁴ spreads from 199
+// others: a ratio of 5e5); they are repaired above a ratio of 64. Lower, wide layers paid for nothing: at n ≪ p the
+// terms are ~2p/n times the self terms (9 at n = 256, p = 1024; 131 at n = 64, p = 4096), but their float32 error
+// stays near one rounding of the result (2e-8 to 9e-8 of CKA, found in review), so a threshold of 8 recomputed them
+// all at 2.3× the cost. A far row below the threshold: 4e-6 of CKA (ratio 45, n = 200). Float64 moments are repaired
+// where a rounding of their terms reaches 2⁻⁴⁰ ≈ 1e-12 of CKA (ε₆₄ = 2⁻⁵³).
+constexpr double kFloat32Coarse = 64.0;
 constexpr double kFloat64Coarse = 8192.0;
 
 // Gradient of g·(HSIC(K,L), HSIC(K,K), HSIC(L,L)) with respect to the centred X side, as
