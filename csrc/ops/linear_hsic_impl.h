@@ -121,30 +121,31 @@ bool may_repair(const Tensor& x, bool unbiased) {
          (x.scalar_type() == ScalarType::Float || (n > kUCentredMaxN && n <= kUCentredHostMaxN));
 }
 
-// The float64 pass of a pair found too coarse in float32, and the U-centred one where that is still too coarse.
+// `out`, or where its float64 pass is too coarse at kUCentredMaxN < n ≤ kUCentredHostMaxN, the U-centred pass.
+template <class D>
+Tensor u_centred_if_coarse(const Tensor& x, const Tensor& y, bool unbiased, int64_t method, Tensor out,
+                           const double* moments) {
+  const int64_t n = x.size(0);
+  if (n <= kUCentredMaxN || n > kUCentredHostMaxN || !one_pass_too_coarse(moments, n, kFloat64Coarse)) return out;
+  Tensor m;
+  return linear_hsic_pass<D>(x, y, unbiased, method, &m, true);
+}
+
+// The float64 pass of a pair found too coarse in float32, repaired in turn.
 template <class D>
 Tensor linear_hsic_from_f64(const Tensor& x64, const Tensor& y64, bool unbiased, int64_t method) {
   Tensor m;
   const Tensor out = linear_hsic_pass<D>(x64, y64, unbiased, method, &m);
-  const int64_t n = x64.size(0);
-  if (n > kUCentredMaxN && n <= kUCentredHostMaxN && one_pass_too_coarse(m.const_data_ptr<double>(), n, kFloat64Coarse))
-    return linear_hsic_pass<D>(x64, y64, unbiased, method, &m, true);
-  return out;
+  return u_centred_if_coarse<D>(x64, y64, unbiased, method, out, m.const_data_ptr<double>());
 }
 
 template <class D>
 Tensor linear_hsic_repaired(const Tensor& x, const Tensor& y, bool unbiased, int64_t method, Tensor out,
                             const double* moments) {
   if (!may_repair<D>(x, unbiased)) return out;
-  const int64_t n = x.size(0);
-  if (x.scalar_type() == ScalarType::Float)
-    return one_pass_too_coarse(moments, n, kFloat32Coarse) ? linear_hsic_from_f64<D>(as_f64(x), as_f64(y), unbiased, method)
-                                                           : out;
-  if (n > kUCentredMaxN && n <= kUCentredHostMaxN && one_pass_too_coarse(moments, n, kFloat64Coarse)) {
-    Tensor m;
-    return linear_hsic_pass<D>(x, y, unbiased, method, &m, true);
-  }
-  return out;
+  if (x.scalar_type() != ScalarType::Float) return u_centred_if_coarse<D>(x, y, unbiased, method, out, moments);
+  if (!one_pass_too_coarse(moments, x.size(0), kFloat32Coarse)) return out;
+  return linear_hsic_from_f64<D>(as_f64(x), as_f64(y), unbiased, method);
 }
 
 template <class D>
@@ -215,19 +216,17 @@ Tensor linear_hsic_matrix(const std::vector<Tensor>& xs, const std::vector<Tenso
       if (!unbiased) continue;
       dz.push_back(D::row_sq(zc.back()));
       D::sum_into(dz.back(), row, kTrK);
-      if (may_repair<D>(zs[i], unbiased)) {  // the self terms' moments, for linear_hsic_repaired's check
-        const int64_t pz = zc.back().size(1);
-        if (use_sample_space(method, n, pz, pz, D::kGramPanel)) {  // whichever costs less: n²p or p²n/2
-          const Tensor k = mm(zc.back(), transposed(zc.back()));
-          D::dot_into(k, k, row, kKK);
-        } else {
-          gram_sq_add<D>(zc.back(), row, kKK);
-        }
+      const int64_t pz = zc.back().size(1);
+      const bool check = may_repair<D>(zs[i], unbiased), sample = use_sample_space(method, n, pz, pz, D::kGramPanel);
+      Tensor gram;  // the layer's n×n Gram in the input precision, where needed
+      if (u_centred || (check && sample)) gram = mm(zc.back(), transposed(zc.back()));
+      if (check) {  // the self terms' moments, for linear_hsic_repaired's check, whichever way costs less
+        if (sample) D::dot_into(gram, gram, row, kKK);
+        else gram_sq_add<D>(zc.back(), row, kKK);
         D::dot_into(dz.back(), dz.back(), row, kDkDk);
       }
-      if (u_centred) {  // the Gram in the input precision (as on the sample path), centred in float64
-        const Tensor gram = as_f64(mm(zc.back(), transposed(zc.back())));
-        uz.push_back(u_centred_gram(gram, row, kUCentred + kuAbsK));
+      if (u_centred) {  // the Gram centred in float64
+        uz.push_back(u_centred_gram(as_f64(gram), row, kUCentred + kuAbsK));
         D::dot_into(uz.back(), uz.back(), row, kUCentred + kuKK);
       }
     }
