@@ -59,8 +59,9 @@ def add_grok(sub: Any) -> None:
                        "AdamW, log the inter-layer CKA Ô01 and other progress measures, and report memorisation, the "
                        "Ô01 re-rise alarm, the test-accuracy watcher, the grok step and the lead time. In the study "
                        "(docs/STUDY.md) the Ô01 alarm fired at a near-fixed step in runs that grokked and in runs that "
-                       "did not, its rise built from train-loss spikes: it says the run memorised and is spiking, not "
-                       "that or when it will grok; the test-accuracy watcher was the best signal. Writes config.json, "
+                       "did not: it says the run memorised, not that or when it will grok (its rise came with train-loss "
+                       "spikes, and survived their suppression in a pre-registered test); the test-accuracy watcher "
+                       "was the best signal. Writes config.json, "
                        "log.csv, summary.json, plot.png and checkpoint.pt into the run directory.", epilog=EXIT_CODES_HELP)
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint (flags given must "
                    "match the run's config, except --max-steps, --stop-after-grok, detector and runtime flags)")

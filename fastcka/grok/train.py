@@ -522,7 +522,7 @@ def format_report(s: dict) -> str:
     lines += [f"  alarm (Ô01 re-rise +{c['detector']['rise']:g}, spike guard {c['detector']['spike_guard']}):  {alarm}",
               f"    the same rule with spike guard {guards}",
               "    (in the study the Ô01 alarm fired at a near-fixed step whether or not the run went on to grok: "
-              "it says the run memorised and is spiking, not that or when it will grok; docs/STUDY.md)"]
+              "it says the run memorised, not that or when it will grok; docs/STUDY.md)"]
     if "test_acc_watch_step" in s:  # summaries written before issue 20 lack the watcher
         base = s.get("test_acc_at_memorised")
         lines.append(f"  test-accuracy watcher (test acc +{s['test_acc_watch_gain']:g} over its value at memorisation"
